@@ -1,0 +1,30 @@
+"""The real local services cloudtrack's tests, demos and benchmarks run against.
+
+Each sub-package starts one service on a free loopback port and cleans it up:
+``python -m backends up s3 azure gcs mlflow`` for a person, the pytest fixtures in
+``tests/conftest.py`` for tests.  A storage service offers :class:`StorageService`.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Mapping
+
+#: service name -> ``module:Class``
+SERVICES: Mapping[str, str] = {
+    "local": "backends.local.service:LocalDirectory",
+    "s3": "backends.s3.service:MotoS3",
+    "s3-iam": "backends.s3.service:MotoS3Iam",
+    "azure": "backends.azure.service:Azurite",
+    "azure-oauth": "backends.azure.service:AzuriteOAuth",
+    "gcs": "backends.gcs.service:GcsEmulator",
+    "mlflow": "backends.mlflow.service:MlflowServer",
+}
+
+#: The blob backends the conformance suite runs against.
+STORAGE_SERVICES = ("local", "s3", "azure", "gcs")
+
+
+def load(name: str) -> type:
+    module, cls = SERVICES[name].split(":")
+    return getattr(importlib.import_module(module), cls)  # type: ignore[no-any-return]

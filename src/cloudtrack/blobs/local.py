@@ -1,0 +1,259 @@
+"""LocalBlobs: the blob interface on a local directory.
+
+Writes go to a temporary file in the target's folder and are renamed into place, so readers
+never see half an object.  Conditional writes hold an exclusive ``flock`` on the folder while
+they compare and rename; ``put_if_absent`` links the finished file with ``os.link``, which fails
+atomically when the name is taken.  Versions combine the file's inode, size and a nanosecond
+mtime that every write sets explicitly, so a version is never reused for a key.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import os
+import shutil
+import time
+import uuid
+from collections.abc import Iterator
+from datetime import datetime, timezone
+
+from cloudtrack.blobs.base import CHUNK_SIZE, BlobInfo, Blobs
+from cloudtrack.errors import (
+    AlreadyExists,
+    BlobError,
+    BlobNotFound,
+    ContainerNotFound,
+    PermissionDenied,
+    PreconditionFailed,
+)
+
+_TMP_MARK = ".cloudtrack-tmp-"
+
+
+def _version(st: os.stat_result) -> str:
+    return f"{st.st_mtime_ns:x}-{st.st_ino:x}-{st.st_size:x}"
+
+
+def _info(key: str, st: os.stat_result) -> BlobInfo:
+    return BlobInfo(key, st.st_size, _version(st),
+                    datetime.fromtimestamp(st.st_mtime_ns / 1e9, tz=timezone.utc))
+
+
+class LocalBlobs(Blobs):
+    backend = "file"
+
+    @property
+    def root(self) -> str:
+        return self.config.container
+
+    def _path(self, key: str) -> str:
+        path = os.path.normpath(os.path.join(self.root, *key.split("/")))
+        # validate_key already refuses '..' and absolute keys; this is the belt to its braces.
+        if os.path.commonpath([self.root, path]) != self.root:
+            raise BlobError(f"key {key!r} resolves outside the store root {self.root}", self.uri)
+        return path
+
+    def _translate(self, e: OSError, key: str) -> BlobError:
+        uri = self.object_uri(key)
+        if e.errno == errno.ENOENT:
+            if not os.path.isdir(self.root):
+                return ContainerNotFound(
+                    f"store directory {self.root} does not exist; create it or check the URI",
+                    self.uri)
+            return BlobNotFound(f"no object {uri}", uri)
+        if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+            return PermissionDenied(f"permission denied on {uri}: {e.strerror}; check the "
+                                    f"directory's owner and mode", uri)
+        if e.errno in (errno.ENOTDIR, errno.EISDIR, errno.EEXIST):
+            return BlobError(f"{uri}: a file and a folder of the same name clash "
+                             f"({e.strerror}); the local store cannot hold both 'a' and 'a/b'",
+                             uri)
+        return BlobError(f"{uri}: {e.strerror or e}", uri)
+
+    @contextlib.contextmanager
+    def _locked(self, folder: str) -> Iterator[None]:
+        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
+
+    def _check_root(self) -> None:
+        if not os.path.isdir(self.root):
+            raise ContainerNotFound(
+                f"store directory {self.root} does not exist; create it or check the URI",
+                self.uri)
+
+    def _write_tmp(self, folder: str, fill: object) -> str:
+        tmp = os.path.join(folder, f"{_TMP_MARK}{uuid.uuid4().hex}")
+        with open(tmp, "wb") as f:
+            if isinstance(fill, (bytes, bytearray, memoryview)):
+                f.write(fill)
+            else:
+                with open(str(fill), "rb") as src:
+                    shutil.copyfileobj(src, f, CHUNK_SIZE)
+            f.flush()
+            os.fsync(f.fileno())
+        return tmp
+
+    def _stamp(self, tmp: str, previous: os.stat_result | None) -> None:
+        now = time.time_ns()
+        if previous is not None and now <= previous.st_mtime_ns:
+            now = previous.st_mtime_ns + 1
+        os.utime(tmp, ns=(now, now))
+
+    def _write(self, key: str, fill: object, *, if_absent: bool, if_version: str | None) -> str:
+        self._check_root()
+        path = self._path(key)
+        folder = os.path.dirname(path)
+        tmp = None
+        try:
+            os.makedirs(folder, exist_ok=True)
+            tmp = self._write_tmp(folder, fill)
+            with self._locked(folder):
+                try:
+                    previous: os.stat_result | None = os.stat(path)
+                except FileNotFoundError:
+                    previous = None
+                if previous is not None and os.path.isdir(path):
+                    raise OSError(errno.EISDIR, "is a folder")
+                if if_absent and previous is not None:
+                    raise AlreadyExists(f"{self.object_uri(key)} already exists",
+                                        self.object_uri(key))
+                if if_version is not None and (previous is None or _version(previous) != if_version):
+                    raise PreconditionFailed(
+                        f"{self.object_uri(key)} changed since version {if_version} was read",
+                        self.object_uri(key))
+                self._stamp(tmp, previous)
+                os.replace(tmp, path)
+                tmp = None
+                return _version(os.stat(path))
+        except BlobError:
+            raise
+        except OSError as e:
+            raise self._translate(e, key) from e
+        finally:
+            if tmp is not None:
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp)
+
+    # -- primitives -----------------------------------------------------------------------
+
+    def _get(self, key: str) -> tuple[bytes, str]:
+        path = self._path(key)
+        try:
+            with open(path, "rb") as f:
+                st = os.fstat(f.fileno())
+                return f.read(), _version(st)
+        except IsADirectoryError:
+            raise BlobNotFound(f"no object {self.object_uri(key)} (it is a folder)",
+                               self.object_uri(key)) from None
+        except OSError as e:
+            raise self._translate(e, key) from e
+
+    def _put(self, key: str, data: bytes, *, if_absent: bool, if_version: str | None) -> str:
+        return self._write(key, bytes(data), if_absent=if_absent, if_version=if_version)
+
+    def _walk(self, prefix: str) -> Iterator[BlobInfo]:
+        self._check_root()
+        # Start at the deepest folder the prefix fully names.
+        base = prefix.rsplit("/", 1)[0] if "/" in prefix else ""
+        start = self._path(base) if base else self.root
+        if not os.path.isdir(start):
+            return
+        for dirpath, dirnames, filenames in os.walk(start):
+            rel = os.path.relpath(dirpath, self.root)
+            rel = "" if rel == "." else rel.replace(os.sep, "/") + "/"
+            dirnames[:] = [d for d in dirnames if (rel + d + "/").startswith(prefix)
+                           or prefix.startswith(rel + d + "/")]
+            for name in filenames:
+                if name.startswith(_TMP_MARK) or name.endswith(".cloudtrack-part"):
+                    continue
+                key = rel + name
+                if key.startswith(prefix):
+                    try:
+                        st = os.stat(os.path.join(dirpath, name))
+                    except FileNotFoundError:
+                        continue  # deleted while we walked
+                    yield _info(key, st)
+
+    def _list_page(self, prefix: str, token: str | None) -> tuple[list[BlobInfo], str | None]:
+        try:
+            items = sorted(self._walk(prefix), key=lambda i: i.key.encode("utf-8"))
+        except BlobError:
+            raise
+        except OSError as e:
+            raise self._translate(e, prefix) from e
+        return items, None
+
+    def _list_dir(self, prefix: str) -> tuple[list[BlobInfo], list[str]]:
+        self._check_root()
+        folder = self._path(prefix.rstrip("/")) if prefix else self.root
+        files: list[BlobInfo] = []
+        dirs: list[str] = []
+        try:
+            entries = sorted(os.scandir(folder), key=lambda e: e.name.encode("utf-8"))
+        except FileNotFoundError:
+            return [], []
+        except OSError as e:
+            raise self._translate(e, prefix) from e
+        for entry in entries:
+            if entry.name.startswith(_TMP_MARK) or entry.name.endswith(".cloudtrack-part"):
+                continue
+            if entry.is_dir():
+                dirs.append(entry.name)
+            else:
+                files.append(_info(prefix + entry.name, entry.stat()))
+        return files, dirs
+
+    def _delete(self, key: str) -> None:
+        path = self._path(key)
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            return
+        except IsADirectoryError:
+            return
+        except OSError as e:
+            raise self._translate(e, key) from e
+        # Prune folders the delete emptied, up to the root, so listings stay cheap.
+        folder = os.path.dirname(path)
+        while folder != self.root and os.path.commonpath([self.root, folder]) == self.root:
+            try:
+                os.rmdir(folder)
+            except OSError:
+                break
+            folder = os.path.dirname(folder)
+
+    def _stat(self, key: str) -> BlobInfo:
+        path = self._path(key)
+        try:
+            st = os.stat(path)
+        except OSError as e:
+            raise self._translate(e, key) from e
+        if os.path.isdir(path):
+            raise BlobNotFound(f"no object {self.object_uri(key)} (it is a folder)",
+                               self.object_uri(key))
+        return _info(key, st)
+
+    def _upload_file(self, key: str, path: str) -> str:
+        return self._write(key, path, if_absent=False, if_version=None)
+
+    def _download_file(self, key: str, path: str) -> None:
+        src = self._path(key)
+        try:
+            with open(src, "rb") as f, open(path, "wb") as out:
+                shutil.copyfileobj(f, out, CHUNK_SIZE)
+        except OSError as e:
+            if e.filename == path:
+                raise
+            raise self._translate(e, key) from e
+
+    def _create_container(self) -> None:
+        try:
+            os.makedirs(self.root, exist_ok=True)
+        except OSError as e:
+            raise self._translate(e, "") from e
