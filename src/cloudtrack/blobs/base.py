@@ -76,9 +76,11 @@ class Blobs(abc.ABC):
     #: Short backend name: ``file``, ``s3``, ``azure`` or ``gcs``.
     backend: ClassVar[str]
 
-    def __init__(self, config: StoreConfig, *, retry: RetryPolicy = DEFAULT_POLICY) -> None:
+    def __init__(self, config: StoreConfig, *, retry: RetryPolicy | None = None) -> None:
         self.config = config
-        self.retry = retry
+        attempts = config.get("max_attempts")
+        self.retry = retry or (RetryPolicy(attempts=int(attempts))  # type: ignore[call-overload]
+                               if attempts else DEFAULT_POLICY)
 
     # -- naming ---------------------------------------------------------------------------
 

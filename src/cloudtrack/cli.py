@@ -1,0 +1,101 @@
+"""The ``cloudtrack`` command: thin click commands over the library."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import click
+
+from cloudtrack import __version__
+from cloudtrack.config import StoreConfig, resolve
+from cloudtrack.errors import CloudtrackError
+
+
+def _fail(message: str, code: int = 1) -> None:
+    click.echo(f"error: {message}", err=True)
+    sys.exit(code)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="cloudtrack")
+def main() -> None:
+    """MLflow tracking on S3, GCS, Azure Blob or a local directory — no server, no database.
+
+    Point unchanged MLflow code at a store with MLFLOW_TRACKING_URI=s3://bucket/prefix
+    (or gs://, wasbs://, abfss://, a local directory).
+    """
+
+
+def _config_dict(config: StoreConfig) -> dict[str, object]:
+    return {
+        "uri": config.display_uri,
+        "backend": config.backend,
+        "container": config.container,
+        "prefix": config.prefix,
+        "settings": [
+            {"name": s.name, "value": s.shown() if s.value is not None else None,
+             "source": s.source}
+            for s in config.settings
+        ],
+    }
+
+
+@main.command("config")
+@click.argument("uri")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def config_cmd(uri: str, as_json: bool) -> None:
+    """Show how URI resolves: container, prefix, and where every setting came from."""
+    try:
+        config = resolve(uri)
+    except CloudtrackError as e:
+        _fail(str(e), 2)
+        return
+    data = _config_dict(config)
+    if as_json:
+        click.echo(json.dumps(data, indent=2))
+        return
+    click.echo(f"store      {data['uri']}")
+    click.echo(f"backend    {config.backend}")
+    click.echo(f"container  {config.container}")
+    click.echo(f"prefix     {config.prefix or '(none)'}")
+    for s in config.settings:
+        click.echo(f"  {s.name:<26} {s.shown():<40} from {s.source}")
+
+
+@main.command("demo-blobs")
+@click.argument("uri", required=False)
+def demo_blobs(uri: str | None) -> None:
+    """Write, list, conditionally update and read back a few objects in a store."""
+    import tempfile
+
+    from cloudtrack.blobs import open_blobs
+    from cloudtrack.errors import AlreadyExists, PreconditionFailed
+
+    target = uri or tempfile.mkdtemp(prefix="cloudtrack-demo-")
+    try:
+        with open_blobs(target) as blobs:
+            if blobs.backend == "file":
+                blobs.create_container()
+            click.echo(f"store: {blobs.uri}")
+            v1 = blobs.put_if_absent("demo/claim.json", b'{"owner": "me"}')
+            click.echo(f"put-if-absent demo/claim.json -> version {v1}")
+            try:
+                blobs.put_if_absent("demo/claim.json", b'{"owner": "someone else"}')
+            except AlreadyExists:
+                click.echo("a second put-if-absent lost, as it must")
+            v2 = blobs.put_if_version("demo/claim.json", b'{"owner": "me", "n": 2}', v1)
+            try:
+                blobs.put_if_version("demo/claim.json", b"stale", v1)
+            except PreconditionFailed:
+                click.echo("a put-if-version with the stale version lost, as it must")
+            click.echo(f"put-if-version -> version {v2}")
+            for info in blobs.list("demo/"):
+                click.echo(f"  {info.key}  {info.size} bytes  version {info.version}")
+            click.echo(f"read back: {blobs.get('demo/claim.json').decode()}")
+    except CloudtrackError as e:
+        _fail(str(e))
+
+
+if __name__ == "__main__":
+    main()
