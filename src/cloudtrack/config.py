@@ -73,6 +73,9 @@ AZURE_STORAGE_SAS_TOKEN = _v("AZURE_STORAGE_SAS_TOKEN", "azure", "SAS token for 
 
 CLOUDTRACK_CONNECT_TIMEOUT = _v("CLOUDTRACK_CONNECT_TIMEOUT", "all", "seconds to wait for a connection", "10")
 CLOUDTRACK_READ_TIMEOUT = _v("CLOUDTRACK_READ_TIMEOUT", "all", "seconds to wait for a response", "60")
+CLOUDTRACK_STRICT = _v("CLOUDTRACK_STRICT", "all",
+                       "`true`: every logging call is durable when it returns (else buffered, flushed about once a second, at end_run and at exit)",
+                       "false")
 CLOUDTRACK_MAX_ATTEMPTS = _v("CLOUDTRACK_MAX_ATTEMPTS", "all", "attempts for a transient failure (5xx, 429, reset, timeout)", "5")
 
 VARIABLES: tuple[EnvVar, ...] = tuple(
@@ -281,7 +284,9 @@ def _number(environ: Mapping[str, str], var: EnvVar, kind: type) -> Setting:
 
 
 def _common(environ: Mapping[str, str]) -> list[Setting]:
+    strict = _bool_env(environ, CLOUDTRACK_STRICT)
     return [
+        Setting("strict", bool(strict), "env:CLOUDTRACK_STRICT" if strict is not None else "default"),
         _number(environ, CLOUDTRACK_CONNECT_TIMEOUT, float),
         _number(environ, CLOUDTRACK_READ_TIMEOUT, float),
         _number(environ, CLOUDTRACK_MAX_ATTEMPTS, int),

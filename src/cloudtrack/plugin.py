@@ -1,0 +1,61 @@
+"""The builders MLflow calls through the entry points in pyproject.toml.
+
+``file:`` URIs and plain paths come here too: a directory that already holds an MLflow
+FileStore (``<id>/meta.yaml``) keeps being served by MLflow's own FileStore, unchanged; every
+other directory becomes a cloudtrack local store.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from cloudtrack.config import local_path
+
+
+def is_mlflow_file_store(path: str) -> bool:
+    """Does ``path`` already hold MLflow FileStore data (``<experiment id>/meta.yaml``)?"""
+    if not os.path.isdir(path):
+        return False
+    if os.path.exists(os.path.join(path, "cloudtrack.json")):
+        return False
+    for name in ("0", ".trash"):
+        if os.path.exists(os.path.join(path, name, "meta.yaml")) or (
+                name == ".trash" and os.path.isdir(os.path.join(path, name))):
+            return True
+    try:
+        entries = os.listdir(path)
+    except OSError:
+        return False
+    return any(e.isdigit() and os.path.exists(os.path.join(path, e, "meta.yaml")) for e in entries)
+
+
+def tracking_store(store_uri: str, artifact_uri: str | None = None) -> Any:
+    if store_uri.startswith("file:") or "://" not in store_uri:
+        path = local_path(store_uri)
+        if is_mlflow_file_store(path):
+            from mlflow.store.tracking.file_store import FileStore
+
+            return FileStore(path, artifact_uri)
+    from cloudtrack.tracking import BlobTrackingStore
+
+    return BlobTrackingStore(store_uri, artifact_uri)
+
+
+def registry_store(store_uri: str, tracking_uri: str | None = None) -> Any:
+    if store_uri.startswith("file:") or "://" not in store_uri:
+        path = local_path(store_uri)
+        if is_mlflow_file_store(path):
+            from mlflow.store.model_registry.file_store import FileStore
+
+            return FileStore(path)
+    from cloudtrack.registry import BlobRegistryStore
+
+    return BlobRegistryStore(store_uri, tracking_uri)
+
+
+def artifact_repository(artifact_uri: str, tracking_uri: str | None = None,
+                        registry_uri: str | None = None) -> Any:
+    from cloudtrack.artifacts import BlobArtifactRepository
+
+    return BlobArtifactRepository(artifact_uri, tracking_uri, registry_uri)
