@@ -21,6 +21,7 @@ import concurrent.futures
 import json
 import logging
 import math
+import sys
 import threading
 import time
 import uuid
@@ -54,6 +55,7 @@ from mlflow.entities import (
 )
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import (
+    BAD_REQUEST,
     INTERNAL_ERROR,
     INVALID_PARAMETER_VALUE,
     INVALID_STATE,
@@ -184,7 +186,12 @@ def _experiment_entity(rec: Mapping[str, Any]) -> Experiment:
 
 
 def _metric_tuple(m: Metric) -> list[Any]:
-    return [m.key, m.value, m.timestamp, m.step, m.model_id, m.dataset_name, m.dataset_digest]
+    value = float(m.value)
+    # MLflow's SQL stores (the reference) clamp ±inf to the largest finite double; NaN stays.
+    if math.isinf(value):
+        value = math.copysign(sys.float_info.max, value)
+    return [m.key, value, int(m.timestamp), int(m.step), m.model_id, m.dataset_name,
+            m.dataset_digest]
 
 
 def _metric_from(t: list[Any], run_id: str | None) -> Metric:
@@ -604,9 +611,7 @@ class BlobTrackingStore(AbstractStore):
 
         def change(rec: dict[str, Any]) -> dict[str, Any]:
             if rec["lifecycle_stage"] != LifecycleStage.DELETED:
-                raise MlflowException(
-                    f"Cannot restore an active experiment. Experiment id: {experiment_id}",
-                    INVALID_STATE)
+                raise _not_found(f"No Experiment with id={experiment_id} exists")
             rec["lifecycle_stage"] = LifecycleStage.ACTIVE
             rec["last_update_time"] = get_current_time_millis()
             return rec
@@ -643,7 +648,7 @@ class BlobTrackingStore(AbstractStore):
                                      _dumps({"experiment_id": experiment_id}))
         except AlreadyExists:
             raise MlflowException(f"Experiment(name={new_name}) already exists.",
-                                  RESOURCE_ALREADY_EXISTS) from None
+                                  BAD_REQUEST) from None
 
         def change(r: dict[str, Any]) -> dict[str, Any]:
             r["name"] = new_name
@@ -1092,7 +1097,7 @@ class BlobTrackingStore(AbstractStore):
             tags=rec.get("tags", {}),
             params=rec.get("params", {}),
             metrics=[_metric_from(t[:7], t[7] if len(t) > 7 else None)
-                     for t in rec.get("metrics", [])] or None,
+                     for t in rec.get("metrics", [])],
         )
 
     def create_logged_model(self, experiment_id: str = layout.DEFAULT_EXPERIMENT_ID,
@@ -1122,7 +1127,7 @@ class BlobTrackingStore(AbstractStore):
             "last_updated_timestamp": now,
             "model_type": model_type,
             "source_run_id": source_run_id,
-            "status": int(LoggedModelStatus.PENDING.to_int()),
+            "status": LoggedModelStatus.PENDING.value,
             "status_message": None,
             "lifecycle_stage": LifecycleStage.ACTIVE,
             "tags": {t.key: str(t.value) for t in tags or []},
@@ -1149,6 +1154,7 @@ class BlobTrackingStore(AbstractStore):
         return rec
 
     def get_logged_model(self, model_id: str, allow_deleted: bool = False) -> LoggedModel:
+        self._flusher.flush()  # buffered metrics may name this model
         exp = self._model_experiment(model_id)
         key = layout.logged_model(exp, model_id)
         try:
@@ -1161,7 +1167,8 @@ class BlobTrackingStore(AbstractStore):
 
     def finalize_logged_model(self, model_id: str, status: LoggedModelStatus) -> LoggedModel:
         def change(rec: dict[str, Any]) -> dict[str, Any]:
-            rec["status"] = int(LoggedModelStatus(status).to_int())
+            rec["status"] = (LoggedModelStatus.from_int(status) if isinstance(status, int)
+                             else LoggedModelStatus(status)).value
             rec["last_updated_timestamp"] = get_current_time_millis()
             return rec
 
@@ -1236,6 +1243,7 @@ class BlobTrackingStore(AbstractStore):
             raise MlflowException("`dataset_name` in the `datasets` clause must be specified.",
                                   INVALID_PARAMETER_VALUE)
         max_results = max_results or SEARCH_LOGGED_MODEL_MAX_RESULTS_DEFAULT
+        self._flusher.flush()
         models: list[LoggedModel] = []
         for exp_id in dict.fromkeys(str(e) for e in experiment_ids):
             _validate_experiment_id(exp_id)
