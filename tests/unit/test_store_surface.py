@@ -1,0 +1,63 @@
+"""MLflow's abstract stores do not enforce their abstract methods: a forgotten method would
+silently return None.  Every public method of the base classes must be implemented here, be an
+inherited method that only calls implemented ones, or raise a clear NOT_IMPLEMENTED."""
+
+from __future__ import annotations
+
+import inspect
+
+import pytest
+from mlflow.exceptions import MlflowException
+from mlflow.store.model_registry.abstract_store import AbstractStore as RegistryBase
+from mlflow.store.tracking.abstract_store import AbstractStore as TrackingBase
+
+from cloudtrack.registry import BlobRegistryStore
+from cloudtrack.tracking import INHERITED, BlobTrackingStore
+
+#: What issue #3 requires the tracking store to implement for real.
+REQUIRED_TRACKING = {
+    "create_experiment", "get_experiment", "get_experiment_by_name", "search_experiments",
+    "rename_experiment", "delete_experiment", "restore_experiment", "set_experiment_tag",
+    "delete_experiment_tag", "create_run", "get_run", "update_run_info", "delete_run",
+    "restore_run", "set_tag", "delete_tag", "log_param", "log_metric", "log_batch", "log_inputs",
+    "log_outputs", "get_metric_history", "get_metric_history_bulk_interval_from_steps",
+    "_search_runs", "create_logged_model", "get_logged_model", "search_logged_models",
+    "finalize_logged_model", "delete_logged_model", "set_logged_model_tags",
+    "delete_logged_model_tag", "record_logged_model",
+}
+
+
+def public_methods(cls: type) -> list[str]:
+    return sorted(n for n, _ in inspect.getmembers(cls, predicate=callable) if not n.startswith("_"))
+
+
+def test_required_tracking_methods_are_implemented_here() -> None:
+    for name in REQUIRED_TRACKING:
+        assert name in BlobTrackingStore.__dict__, name
+        assert name not in BlobTrackingStore.UNSUPPORTED, name
+
+
+@pytest.mark.parametrize("name", public_methods(TrackingBase))
+def test_every_tracking_method_is_accounted_for(name: str, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    defined_here = name in BlobTrackingStore.__dict__
+    assert defined_here or name in INHERITED, f"{name} is neither implemented nor unsupported"
+    if name in BlobTrackingStore.UNSUPPORTED:
+        store = BlobTrackingStore(str(tmp_path))
+        params = [p for p in inspect.signature(getattr(TrackingBase, name)).parameters.values()
+                  if p.name != "self" and p.default is inspect.Parameter.empty
+                  and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+        with pytest.raises(MlflowException) as e:
+            getattr(store, name)(*[None] * len(params))
+        assert e.value.error_code == "NOT_IMPLEMENTED"
+        assert "cloudtrack" in e.value.message and str(tmp_path) in e.value.message
+
+
+def test_inherited_methods_exist_and_are_concrete() -> None:
+    for name in INHERITED:
+        method = getattr(TrackingBase, name)
+        assert not getattr(method, "__isabstractmethod__", False), name
+
+
+@pytest.mark.parametrize("name", public_methods(RegistryBase))
+def test_every_registry_method_is_accounted_for(name: str, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    assert name in BlobRegistryStore.__dict__, f"{name} would silently return None"
