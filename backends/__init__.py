@@ -21,6 +21,7 @@ SERVICES: Mapping[str, str] = {
     "azure-oauth": "backends.azure.service:AzuriteOAuth",
     "gcs": "backends.gcs.service:GcsEmulator",
     "mlflow": "backends.mlflow.service:MlflowServer",
+    "mlflow-auth": "backends.mlflow.service:MlflowAuthServer",
 }
 
 #: The blob backends the conformance suite runs against.

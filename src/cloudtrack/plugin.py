@@ -59,3 +59,31 @@ def artifact_repository(artifact_uri: str, tracking_uri: str | None = None,
     from cloudtrack.artifacts import BlobArtifactRepository
 
     return BlobArtifactRepository(artifact_uri, tracking_uri, registry_uri)
+
+
+def _also_serve_plain_paths(module_name: str, registry_attr: str, builder: Any) -> None:
+    """Register ``builder`` for the empty scheme (plain paths such as ``./mlruns``) too.
+
+    An entry point cannot be named "", yet MLflow routes plain paths through the "" scheme.
+    MLflow loads our entry points while it builds each registry, so at that moment the
+    registry object exists and we add the "" scheme to it.
+    """
+    import sys
+
+    module = sys.modules.get(module_name)
+    registry = getattr(module, registry_attr, None) if module is not None else None
+    if registry is not None:
+        registry.register("", builder)
+
+
+def __getattr__(name: str) -> Any:
+    # The entry points name these attributes; resolving them is the hook described above.
+    if name == "tracking_store_builder":
+        _also_serve_plain_paths("mlflow.tracking._tracking_service.utils",
+                                "_tracking_store_registry", tracking_store)
+        return tracking_store
+    if name == "registry_store_builder":
+        _also_serve_plain_paths("mlflow.tracking._model_registry.utils",
+                                "_model_registry_store_registry", registry_store)
+        return registry_store
+    raise AttributeError(name)
