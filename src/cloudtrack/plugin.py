@@ -39,7 +39,7 @@ def tracking_store(store_uri: str, artifact_uri: str | None = None) -> Any:
             return FileStore(path, artifact_uri)
     from cloudtrack.tracking import BlobTrackingStore
 
-    return BlobTrackingStore(store_uri, artifact_uri)
+    return BlobTrackingStore(store_uri, artifact_uri)  # type: ignore[abstract]
 
 
 def registry_store(store_uri: str, tracking_uri: str | None = None) -> Any:
@@ -51,7 +51,7 @@ def registry_store(store_uri: str, tracking_uri: str | None = None) -> Any:
             return FileStore(path)
     from cloudtrack.registry import BlobRegistryStore
 
-    return BlobRegistryStore(store_uri, tracking_uri)
+    return BlobRegistryStore(store_uri, tracking_uri)  # type: ignore[abstract]
 
 
 def artifact_repository(artifact_uri: str, tracking_uri: str | None = None,

@@ -1216,7 +1216,7 @@ class BlobTrackingStore(AbstractStore):
     def _log_model_metrics(self, run_id: str, metrics: list[list[Any]]) -> None:
         by_model: dict[str, list[list[Any]]] = {}
         for t in metrics:
-            by_model.setdefault(t[4], []).append(t + [run_id])
+            by_model.setdefault(t[4], []).append([*t, run_id])
         for model_id, points in by_model.items():
             def change(rec: dict[str, Any], points: list[list[Any]] = points) -> dict[str, Any]:
                 latest = {(m[0], m[5], m[6]): m for m in rec.get("metrics", [])}
@@ -1293,7 +1293,7 @@ def _make_unsupported(name: str) -> Callable[..., Any]:
                               NOT_IMPLEMENTED)
     method.__name__ = name
     method.__qualname__ = f"BlobTrackingStore.{name}"
-    method.__doc__ = f"Not supported: raises MlflowException(NOT_IMPLEMENTED)."
+    method.__doc__ = "Not supported: raises MlflowException(NOT_IMPLEMENTED)."
     return method
 
 

@@ -6,7 +6,6 @@ import concurrent.futures
 import hashlib
 import multiprocessing
 import os
-
 import subprocess
 import sys
 import textwrap

@@ -147,10 +147,10 @@ def summary(run_ids: dict[str, str]) -> dict[str, object]:
     for label, run_id in run_ids.items():
         run = mlflow.get_run(run_id)
 
-        def walk(path: str | None = None) -> list[str]:
+        def walk(path: str | None = None, run_id: str = run_id) -> list[str]:
             found = []
             for f in client.list_artifacts(run_id, path):
-                found.extend(walk(f.path) if f.is_dir else [f.path])
+                found.extend(walk(f.path, run_id) if f.is_dir else [f.path])
             return sorted(found)
 
         out[label] = {

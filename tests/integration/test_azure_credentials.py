@@ -9,8 +9,8 @@ import urllib.parse
 import pytest
 from azure.core.exceptions import HttpResponseError
 from azure.storage.blob import ContainerSasPermissions, generate_container_sas
-from backends.azure.service import ACCOUNT, ACCOUNT_KEY, Azurite
 
+from backends.azure.service import ACCOUNT, ACCOUNT_KEY, Azurite
 from cloudtrack.blobs import open_blobs
 from cloudtrack.blobs.azure import DATA_ROLE, AzureBlobs
 from cloudtrack.config import resolve

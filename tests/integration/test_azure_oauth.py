@@ -13,8 +13,8 @@ import textwrap
 
 import pytest
 from azure.core.exceptions import HttpResponseError
-from backends.azure.service import AzuriteOAuth, MintedTokenCredential
 
+from backends.azure.service import AzuriteOAuth, MintedTokenCredential
 from cloudtrack.blobs.azure import AzureBlobs
 from cloudtrack.config import resolve
 from cloudtrack.errors import AlreadyExists, BlobError, ConfigError, TransientError, Unauthenticated

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 import requests
+
 from backends._common import LOOPBACK, ROOT
 from backends.mlflow import MlflowServer, MlflowServerError
 from backends.proxy import LatencyProxy, remote_reset, remote_stats

@@ -11,8 +11,8 @@ from collections.abc import Iterator
 
 import pytest
 import requests
-from backends.gcs.service import GcsEmulator
 
+from backends.gcs.service import GcsEmulator
 from cloudtrack.blobs import open_blobs
 from cloudtrack.config import resolve
 from cloudtrack.errors import PermissionDenied, Unauthenticated

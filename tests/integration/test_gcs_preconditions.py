@@ -13,13 +13,13 @@ import concurrent.futures
 from collections.abc import Iterator
 
 import pytest
+
 from backends._common import StorageService
 from backends.gcs.service import BareFakeGcsServer, GcsEmulator, PlainGcpStorageEmulator
-from tests.conformance.test_blobs import run_increment_race, run_put_if_absent_race
-
 from cloudtrack.blobs import Blobs, open_blobs
 from cloudtrack.config import resolve
 from cloudtrack.errors import AlreadyExists, PreconditionFailed
+from tests.conformance.test_blobs import run_increment_race, run_put_if_absent_race
 
 pytestmark = pytest.mark.slow
 

@@ -8,9 +8,9 @@ import concurrent.futures
 import socket
 
 import pytest
+
 from backends._common import LOOPBACK, free_port
 from backends.s3.service import MotoS3Iam
-
 from cloudtrack.blobs import open_blobs
 from cloudtrack.blobs.base import MULTIPART_THRESHOLD
 from cloudtrack.blobs.s3 import S3Blobs

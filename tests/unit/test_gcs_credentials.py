@@ -11,9 +11,9 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from backends.gcs.auth import generate_key, service_account_info
 from google.auth.credentials import AnonymousCredentials
 
+from backends.gcs.auth import generate_key, service_account_info
 from cloudtrack.blobs.gcs import DEFAULT_ENDPOINT, GcsBlobs
 from cloudtrack.config import resolve
 from cloudtrack.errors import Unauthenticated

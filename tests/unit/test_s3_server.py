@@ -14,8 +14,9 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from backends.s3.server import SerializedRequests
 from werkzeug.test import Client
+
+from backends.s3.server import SerializedRequests
 
 
 class RacyCounter:

@@ -9,6 +9,7 @@ pagination, and the rule that a retried conditional write recognises its own ear
 from __future__ import annotations
 
 import abc
+import builtins
 import logging
 import os
 from collections.abc import Iterator
@@ -164,16 +165,16 @@ class Blobs(abc.ABC):
         validate_key(prefix, what="prefix", allow_empty=True)
         token: str | None = None
         while True:
-            page, token = call_with_retry(
-                lambda _, t=token: self._list_page(prefix, t),
-                what=f"LIST {self.object_uri(prefix)}",
-                policy=self.retry,
-            )
+            def one_page(_: int, t: str | None = token) -> tuple[builtins.list[BlobInfo], str | None]:
+                return self._list_page(prefix, t)
+
+            page, token = call_with_retry(one_page, what=f"LIST {self.object_uri(prefix)}",
+                                          policy=self.retry)
             yield from page
             if not token:
                 return
 
-    def list_dir(self, prefix: str) -> tuple[list[BlobInfo], list[str]]:
+    def list_dir(self, prefix: str) -> tuple[builtins.list[BlobInfo], builtins.list[str]]:
         """Objects directly under ``prefix`` (a folder, '/'-terminated or empty) and the names
         of its sub-folders (without trailing '/')."""
         if prefix and not prefix.endswith("/"):
@@ -239,7 +240,7 @@ class Blobs(abc.ABC):
         call_with_retry(lambda _: self._create_container(), what=f"CREATE {self.uri}",
                         policy=self.retry)
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - optional hook: most backends hold nothing to release
         """Release connections; the object must not be used afterwards."""
 
     def __enter__(self) -> Blobs:
@@ -257,11 +258,11 @@ class Blobs(abc.ABC):
     def _put(self, key: str, data: bytes, *, if_absent: bool, if_version: str | None) -> str: ...
 
     @abc.abstractmethod
-    def _list_page(self, prefix: str, token: str | None) -> tuple[list[BlobInfo], str | None]: ...
+    def _list_page(self, prefix: str, token: str | None) -> tuple[builtins.list[BlobInfo], str | None]: ...
 
-    def _list_dir(self, prefix: str) -> tuple[list[BlobInfo], list[str]]:
+    def _list_dir(self, prefix: str) -> tuple[builtins.list[BlobInfo], builtins.list[str]]:
         # Backends with a delimiter listing override this; the fallback walks the whole prefix.
-        files: list[BlobInfo] = []
+        files: builtins.list[BlobInfo] = []
         dirs: dict[str, None] = {}
         for info in self.list(prefix):
             rest = info.key[len(prefix):]
