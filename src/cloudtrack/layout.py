@@ -21,6 +21,7 @@ HEADS = "heads/"
 HISTORY = "history/"
 LOGGED_MODELS = "logged-models/"
 LOGGED_MODEL_INDEX = "logged-model-index/"
+SNAPSHOTS = "snapshots/"
 ARTIFACTS = "artifacts"
 
 DEFAULT_EXPERIMENT_ID = "0"
@@ -52,6 +53,11 @@ def heads(exp_id: str) -> str:
 
 def head(exp_id: str, run_id: str) -> str:
     return f"{HEADS}{exp_id}/{run_id}.json"
+
+
+def head_snapshot(exp_id: str) -> str:
+    """A gzip'd cache of an experiment's run heads, each with the version it was read at."""
+    return f"{SNAPSHOTS}heads/{exp_id}.json.gz"
 
 
 def history(run_id: str) -> str:

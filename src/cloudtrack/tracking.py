@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import atexit
 import concurrent.futures
+import gzip
 import json
 import logging
 import math
@@ -106,6 +107,10 @@ log = logging.getLogger("cloudtrack.tracking")
 #: Parallel GETs when a search or a history read must fetch many objects.
 READ_CONCURRENCY = 32
 FLUSH_INTERVAL = 1.0
+#: A search missing this many heads in its cache first reads the experiment's snapshot.
+SNAPSHOT_MIN_MISSES = 64
+#: A search that had to fetch this many heads rewrites the snapshot (in the background).
+SNAPSHOT_REFRESH_MISSES = 256
 
 
 def _dumps(obj: object) -> bytes:
@@ -386,6 +391,8 @@ class BlobTrackingStore(AbstractStore):
         self._cache: dict[str, tuple[str, dict[str, Any]]] = {}
         self._cache_lock = threading.Lock()
         self._run_exp: dict[str, str] = {}
+        self._entities: dict[str, tuple[str, Run]] = {}
+        self._snapshots_in_flight: set[str] = set()
         self._heads: dict[str, tuple[dict[str, Any], str]] = {}
         self._flusher = _Flusher(self, FLUSH_INTERVAL)
         _FLUSHERS.add(self._flusher)
@@ -1036,21 +1043,85 @@ class BlobTrackingStore(AbstractStore):
 
     # -- search -------------------------------------------------------------------------
 
+    def _uncached(self, infos: list[tuple[str, str]]) -> int:
+        with self._cache_lock:
+            return sum(1 for key, version in infos
+                       if (hit := self._cache.get(key)) is None or hit[0] != version)
+
+    def _load_snapshot(self, experiment_id: str) -> None:
+        """Seed the cache from the experiment's head snapshot: one GET instead of thousands.
+
+        Entries are only ever used when their version equals the one a fresh LIST reports, so
+        a stale snapshot costs GETs, never correctness.
+        """
+        key = layout.head_snapshot(experiment_id)
+        try:
+            data = self.blobs.get(key)
+            snap = json.loads(gzip.decompress(data))
+            entries = snap["heads"]
+        except BlobNotFound:
+            return
+        except Exception as e:  # a damaged snapshot is only a slower search
+            log.warning("ignoring unreadable snapshot %s: %r", self.blobs.object_uri(key), e)
+            return
+        with self._cache_lock:
+            for head_key, (version, rec) in entries.items():
+                hit = self._cache.get(head_key)
+                if hit is None or hit[0] != version:
+                    self._cache[head_key] = (version, rec)
+
+    def _write_snapshot(self, experiment_id: str, infos: list[tuple[str, str]]) -> None:
+        with self._cache_lock:
+            entries = {key: [version, hit[1]] for key, version in infos
+                       if (hit := self._cache.get(key)) is not None and hit[0] == version}
+        body = gzip.compress(_dumps({"heads": entries, "written": get_current_time_millis()}),
+                             compresslevel=5)
+        self.blobs.put(layout.head_snapshot(experiment_id), body)
+
+    def _refresh_snapshot_later(self, experiment_id: str, infos: list[tuple[str, str]]) -> None:
+        if experiment_id in self._snapshots_in_flight:
+            return
+        self._snapshots_in_flight.add(experiment_id)
+
+        def work() -> None:
+            try:
+                self._write_snapshot(experiment_id, infos)
+            except Exception:
+                log.warning("could not refresh the head snapshot of experiment %s",
+                            experiment_id, exc_info=True)
+            finally:
+                self._snapshots_in_flight.discard(experiment_id)
+
+        threading.Thread(target=work, name="cloudtrack-snapshot", daemon=True).start()
+
     def _runs_of(self, experiment_id: str) -> list[Run]:
         infos = [(i.key, i.version) for i in self.blobs.list(layout.heads(experiment_id))]
+        misses = self._uncached(infos)
+        if misses >= SNAPSHOT_MIN_MISSES:
+            self._load_snapshot(experiment_id)
+            misses = self._uncached(infos)
         records = self._read_many(infos)
+        if misses >= SNAPSHOT_REFRESH_MISSES:
+            self._refresh_snapshot_later(experiment_id, infos)
         runs = []
-        for key, _ in infos:
+        for key, version in infos:
             rec = records[key]
             if isinstance(rec, BlobNotFound):
                 continue
             if isinstance(rec, Exception):
                 log.warning("skipping run head %s: %s", self.blobs.object_uri(key), rec)
                 continue
+            hit = self._entities.get(key)
+            if hit is not None and hit[0] == version:
+                runs.append(hit[1])
+                continue
             try:
-                runs.append(_run_entity(rec))
+                run = _run_entity(rec)
             except (KeyError, TypeError, ValueError) as e:
                 log.warning("skipping malformed run head %s: %r", self.blobs.object_uri(key), e)
+                continue
+            self._entities[key] = (version, run)
+            runs.append(run)
         return runs
 
     def _search_runs(self, experiment_ids: list[str], filter_string: str | None,
