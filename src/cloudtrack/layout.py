@@ -22,6 +22,8 @@ HISTORY = "history/"
 LOGGED_MODELS = "logged-models/"
 LOGGED_MODEL_INDEX = "logged-model-index/"
 SNAPSHOTS = "snapshots/"
+REGISTERED_MODELS = "registry/models/"
+MODEL_VERSIONS = "registry/versions/"
 ARTIFACTS = "artifacts"
 
 DEFAULT_EXPERIMENT_ID = "0"
@@ -83,3 +85,15 @@ def logged_model_index(model_id: str) -> str:
 def id_from_key(key: str) -> str:
     """``heads/3/abc.json`` -> ``abc``."""
     return key.rsplit("/", 1)[-1].removesuffix(".json")
+
+
+def registered_model(name: str) -> str:
+    return f"{REGISTERED_MODELS}{encode_name(name)}.json"
+
+
+def model_versions(model_key: str) -> str:
+    return f"{MODEL_VERSIONS}{model_key}/"
+
+
+def model_version(model_key: str, version: int) -> str:
+    return f"{MODEL_VERSIONS}{model_key}/{version:010d}.json"

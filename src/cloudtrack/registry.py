@@ -1,40 +1,599 @@
-"""MLflow's model-registry ``AbstractStore`` on a cloudtrack store.
+"""MLflow's model-registry ``AbstractStore`` over the blob layer.
 
-MLflow resolves the registry store as soon as a client is created, so the entry points exist
-from the start.  The registry itself is not built yet: every method raises NOT_IMPLEMENTED with
-a clear message instead of silently returning None.
+Layout (docs/format.md):
+
+* ``registry/models/<encoded name>.json`` — the registered model: a stable ``id``, name,
+  description, timestamps, tags and aliases.  Created with put-if-absent (unique names without
+  a lock); changed only by read-modify-write under a version precondition.
+* ``registry/versions/<model id>/<version, 10 digits>.json`` — one record per model version,
+  claimed with put-if-absent on the next free number: concurrent registrations get distinct,
+  gap-free numbers.  Versions hang off the model's id, not its name, so a rename moves nothing.
+
+Deleting a model removes its registry records only, never the runs' artifacts.  Prompts,
+``copy_model_version`` and webhooks come from MLflow's base class, which builds them on the
+methods implemented here (webhooks are refused there with a clear error).
 """
 
 from __future__ import annotations
 
-import inspect
+import concurrent.futures
+import logging
+import urllib.parse
+import uuid
 from collections.abc import Callable
 from typing import Any
 
+from mlflow.entities.model_registry import (
+    ModelVersion,
+    ModelVersionTag,
+    RegisteredModel,
+    RegisteredModelAlias,
+    RegisteredModelTag,
+)
+from mlflow.entities.model_registry.model_version_stages import (
+    ALL_STAGES,
+    DEFAULT_STAGES_FOR_GET_LATEST_VERSIONS,
+    STAGE_ARCHIVED,
+    STAGE_DELETED_INTERNAL,
+    STAGE_NONE,
+    get_canonical_stage,
+)
+from mlflow.entities.model_registry.model_version_status import ModelVersionStatus
 from mlflow.exceptions import MlflowException
-from mlflow.protos.databricks_pb2 import NOT_IMPLEMENTED
+from mlflow.prompt.registry_utils import (
+    add_prompt_filter_string,
+    handle_resource_already_exist_error,
+    has_prompt_tag,
+)
+from mlflow.protos.databricks_pb2 import (
+    INVALID_PARAMETER_VALUE,
+    RESOURCE_ALREADY_EXISTS,
+    RESOURCE_DOES_NOT_EXIST,
+)
+from mlflow.store.entities.paged_list import PagedList
+from mlflow.store.model_registry import (
+    SEARCH_MODEL_VERSION_MAX_RESULTS_THRESHOLD,
+    SEARCH_REGISTERED_MODEL_MAX_RESULTS_DEFAULT,
+    SEARCH_REGISTERED_MODEL_MAX_RESULTS_THRESHOLD,
+)
 from mlflow.store.model_registry.abstract_store import AbstractStore
+from mlflow.utils.search_utils import SearchModelUtils, SearchModelVersionUtils, SearchUtils
+from mlflow.utils.time import get_current_time_millis
+from mlflow.utils.validation import (
+    _validate_model_alias_name,
+    _validate_model_alias_name_reserved,
+    _validate_model_name,
+    _validate_model_renaming,
+    _validate_model_version,
+    _validate_model_version_tag,
+    _validate_registered_model_tag,
+    _validate_tag_name,
+)
 
-from cloudtrack.config import resolve
+from cloudtrack import layout
+from cloudtrack.blobs import open_blobs
+from cloudtrack.config import StoreConfig, resolve
+from cloudtrack.errors import AlreadyExists, BlobNotFound
+from cloudtrack.tracking import CorruptObject, _dumps, _parse, _versioned_update
+
+log = logging.getLogger("cloudtrack.registry")
+
+_LATEST = "latest"
+
+
+def _model_not_found(name: str) -> MlflowException:
+    return MlflowException(f"Registered Model with name={name} not found", RESOURCE_DOES_NOT_EXIST)
+
+
+def _version_not_found(name: str, version: Any) -> MlflowException:
+    return MlflowException(f"Model Version (name={name}, version={version}) not found",
+                           RESOURCE_DOES_NOT_EXIST)
 
 
 class BlobRegistryStore(AbstractStore):
-    def __init__(self, store_uri: str, tracking_uri: str | None = None) -> None:
+    """MLflow model registry on a cloudtrack store (the same URI as the tracking store)."""
+
+    def __init__(self, store_uri: str, tracking_uri: str | None = None, *,
+                 config: StoreConfig | None = None) -> None:
         super().__init__(store_uri, tracking_uri)
-        self.config = resolve(store_uri)
+        self.config = config or resolve(store_uri)
         self.store_uri = self.config.display_uri
+        self.tracking_uri = tracking_uri
+        self.blobs = open_blobs(self.config)
+        if self.config.backend == "file":
+            self.blobs.create_container()
+        self._pool = concurrent.futures.ThreadPoolExecutor(16, thread_name_prefix="cloudtrack-reg")
+        self._cache: dict[str, tuple[str, dict[str, Any]]] = {}
 
+    # -- records ----------------------------------------------------------------------------
 
-def _unsupported(name: str) -> Callable[..., Any]:
-    def method(self: BlobRegistryStore, *args: Any, **kwargs: Any) -> Any:
-        raise MlflowException(
-            f"{name}: the model registry on cloudtrack stores ({self.store_uri}) is not "
-            "available in this version; set MLFLOW_REGISTRY_URI to an MLflow server or "
-            "database to register models meanwhile.", NOT_IMPLEMENTED)
-    method.__name__ = name
-    return method
+    def _read(self, key: str) -> tuple[dict[str, Any], str] | None:
+        try:
+            data, version = self.blobs.get_versioned(key)
+        except BlobNotFound:
+            return None
+        return _parse(self.blobs, key, data), version
 
+    def _model_record(self, name: str) -> dict[str, Any]:
+        _validate_model_name(name)
+        got = self._read(layout.registered_model(name))
+        if got is None:
+            raise _model_not_found(name)
+        return got[0]
 
-for _name, _ in inspect.getmembers(AbstractStore, predicate=callable):
-    if not _name.startswith("_"):
-        setattr(BlobRegistryStore, _name, _unsupported(_name))
+    def _update_model(self, name: str,
+                      change: Callable[[dict[str, Any]], dict[str, Any] | None]) -> dict[str, Any]:
+        _validate_model_name(name)
+        rec, _ = _versioned_update(self.blobs, layout.registered_model(name), change,
+                                   missing=lambda: _model_not_found(name))
+        return rec
+
+    def _touch(self, name: str, now: int | None = None) -> dict[str, Any]:
+        stamp = now or get_current_time_millis()
+
+        def change(rec: dict[str, Any]) -> dict[str, Any]:
+            rec["last_updated_timestamp"] = stamp
+            return rec
+
+        return self._update_model(name, change)
+
+    def _version_records(self, model: dict[str, Any]) -> list[dict[str, Any]]:
+        prefix = layout.model_versions(model["id"])
+        infos = [(i.key, i.version) for i in self.blobs.list(prefix)]
+        todo = [k for k, v in infos if self._cache.get(k, ("",))[0] != v]
+
+        def fetch(key: str) -> tuple[str, tuple[dict[str, Any], str] | None]:
+            return key, self._read(key)
+
+        for key, got in self._pool.map(fetch, todo):
+            if got is not None:
+                self._cache[key] = (got[1], got[0])
+        out = []
+        for key, _ in infos:
+            hit = self._cache.get(key)
+            if hit is not None:
+                out.append(hit[1])
+        return sorted(out, key=lambda r: int(r["version"]))
+
+    def _version_record(self, model: dict[str, Any], version: Any) -> tuple[dict[str, Any], str]:
+        got = self._read(layout.model_version(model["id"], int(version)))
+        if got is None or got[0].get("current_stage") == STAGE_DELETED_INTERNAL:
+            raise _version_not_found(model["name"], version)
+        return got
+
+    def _update_version(self, name: str, version: Any,
+                        change: Callable[[dict[str, Any]], dict[str, Any] | None]) -> dict[str, Any]:
+        version = _validate_model_version(version)
+        model = self._model_record(name)
+
+        def guarded(rec: dict[str, Any]) -> dict[str, Any] | None:
+            if rec.get("current_stage") == STAGE_DELETED_INTERNAL:
+                raise _version_not_found(name, version)
+            return change(rec)
+
+        rec, _ = _versioned_update(self.blobs, layout.model_version(model["id"], int(version)),
+                                   guarded, missing=lambda: _version_not_found(name, version))
+        return rec
+
+    # -- entities ---------------------------------------------------------------------------
+
+    def _version_entity(self, model: dict[str, Any], rec: dict[str, Any], *,
+                        with_aliases: bool = True) -> ModelVersion:
+        # Versions (and alias targets) are ints as MLflow's SQL store returns them; the REST
+        # layer turns them into strings for clients.
+        version = int(rec["version"])
+        aliases = ([a for a, v in model.get("aliases", {}).items() if int(v) == version]
+                   if with_aliases else [])
+        return ModelVersion(
+            name=model["name"],
+            version=version,  # type: ignore[arg-type]
+            creation_timestamp=rec["creation_timestamp"],
+            last_updated_timestamp=rec.get("last_updated_timestamp"),
+            description=rec.get("description"),
+            user_id=rec.get("user_id"),
+            current_stage=rec.get("current_stage", STAGE_NONE),
+            source=rec.get("source"),
+            run_id=rec.get("run_id"),
+            status=rec.get("status", ModelVersionStatus.to_string(ModelVersionStatus.READY)),
+            status_message=rec.get("status_message"),
+            tags=[ModelVersionTag(k, v) for k, v in rec.get("tags", {}).items()],
+            run_link=rec.get("run_link"),
+            aliases=sorted(aliases),
+            model_id=rec.get("model_id"),
+        )
+
+    def _latest(self, model: dict[str, Any], versions: list[dict[str, Any]],
+                stages: list[str] | None = None) -> list[ModelVersion]:
+        wanted = [get_canonical_stage(s) for s in (stages or ALL_STAGES)]
+        latest: dict[str, dict[str, Any]] = {}
+        for rec in versions:
+            stage = rec.get("current_stage", STAGE_NONE)
+            if stage in wanted and (stage not in latest
+                                    or int(latest[stage]["version"]) < int(rec["version"])):
+                latest[stage] = rec
+        return [self._version_entity(model, latest[s]) for s in dict.fromkeys(wanted)
+                if s in latest]
+
+    def _model_entity(self, model: dict[str, Any],
+                      versions: list[dict[str, Any]] | None = None) -> RegisteredModel:
+        if versions is None:
+            versions = self._version_records(model)
+        return RegisteredModel(
+            name=model["name"],
+            creation_timestamp=model["creation_timestamp"],
+            last_updated_timestamp=model.get("last_updated_timestamp"),
+            description=model.get("description"),
+            latest_versions=self._latest(model, versions),
+            tags=[RegisteredModelTag(k, v) for k, v in model.get("tags", {}).items()],
+            aliases=[RegisteredModelAlias(a, int(v))  # type: ignore[arg-type]
+                     for a, v in model.get("aliases", {}).items()],
+            deployment_job_id=model.get("deployment_job_id"),
+        )
+
+    # -- registered models ------------------------------------------------------------------
+
+    def create_registered_model(self, name: str, tags: list[RegisteredModelTag] | None = None,
+                                description: str | None = None,
+                                deployment_job_id: str | None = None) -> RegisteredModel:
+        _validate_model_name(name)
+        for tag in tags or []:
+            _validate_registered_model_tag(tag.key, tag.value)
+        now = get_current_time_millis()
+        rec = {
+            "id": uuid.uuid4().hex,
+            "name": name,
+            "creation_timestamp": now,
+            "last_updated_timestamp": now,
+            "description": description,
+            "tags": {t.key: "" if t.value is None else str(t.value) for t in tags or []},
+            "aliases": {},
+            "deployment_job_id": deployment_job_id,
+        }
+        try:
+            self.blobs.put_if_absent(layout.registered_model(name), _dumps(rec))
+        except AlreadyExists:
+            existing = self._model_record(name)
+            handle_resource_already_exist_error(
+                name, has_prompt_tag(existing.get("tags", {})),
+                has_prompt_tag({t.key: t.value for t in tags or []}))
+            raise MlflowException(f"Registered Model (name={name}) already exists.",
+                                  RESOURCE_ALREADY_EXISTS) from None
+        return self._model_entity(rec, [])
+
+    def get_registered_model(self, name: str) -> RegisteredModel:
+        return self._model_entity(self._model_record(name))
+
+    def update_registered_model(self, name: str, description: str | None,
+                                deployment_job_id: str | None = None) -> RegisteredModel:
+        def change(rec: dict[str, Any]) -> dict[str, Any]:
+            rec["description"] = description
+            if deployment_job_id is not None:
+                rec["deployment_job_id"] = deployment_job_id
+            rec["last_updated_timestamp"] = get_current_time_millis()
+            return rec
+
+        return self._model_entity(self._update_model(name, change))
+
+    def rename_registered_model(self, name: str, new_name: str) -> RegisteredModel:
+        _validate_model_renaming(new_name)
+        _validate_model_name(new_name)
+        rec = self._model_record(name)
+        if name == new_name:
+            return self._model_entity(rec)
+        renamed = {**rec, "name": new_name, "last_updated_timestamp": get_current_time_millis()}
+        try:
+            self.blobs.put_if_absent(layout.registered_model(new_name), _dumps(renamed))
+        except AlreadyExists:
+            raise MlflowException(f"Registered Model (name={new_name}) already exists.",
+                                  RESOURCE_ALREADY_EXISTS) from None
+        # Versions hang off the model's id, so the rename is complete once the old name goes.
+        self.blobs.delete(layout.registered_model(name))
+        return self._model_entity(renamed)
+
+    def delete_registered_model(self, name: str) -> None:
+        rec = self._model_record(name)
+        self.blobs.delete(layout.registered_model(name))
+        # Registry entries only: the runs' artifacts the versions point at stay untouched.
+        keys = [i.key for i in self.blobs.list(layout.model_versions(rec["id"]))]
+        list(self._pool.map(self.blobs.delete, keys))
+
+    def _all_models(self) -> list[dict[str, Any]]:
+        infos = [(i.key, i.version) for i in self.blobs.list(layout.REGISTERED_MODELS)]
+        todo = [k for k, v in infos if self._cache.get(k, ("",))[0] != v]
+
+        def fetch(key: str) -> tuple[str, tuple[dict[str, Any], str] | Exception | None]:
+            try:
+                return key, self._read(key)
+            except CorruptObject as e:
+                return key, e
+
+        for key, got in self._pool.map(fetch, todo):
+            if isinstance(got, Exception):
+                log.warning("skipping registry record: %s", got)
+            elif got is not None:
+                self._cache[key] = (got[1], got[0])
+        return [self._cache[k][1] for k, _ in infos if k in self._cache]
+
+    def search_registered_models(self, filter_string: str | None = None,
+                                 max_results: int | None = SEARCH_REGISTERED_MODEL_MAX_RESULTS_DEFAULT,
+                                 order_by: list[str] | None = None,
+                                 page_token: str | None = None) -> PagedList[RegisteredModel]:
+        if not isinstance(max_results, int) or max_results < 1:
+            raise MlflowException(
+                "Invalid value for max_results. It must be a positive integer,"
+                f" but got {max_results}", INVALID_PARAMETER_VALUE)
+        if max_results > SEARCH_REGISTERED_MODEL_MAX_RESULTS_THRESHOLD:
+            raise MlflowException(
+                "Invalid value for request parameter max_results. It must be at most "
+                f"{SEARCH_REGISTERED_MODEL_MAX_RESULTS_THRESHOLD}, but got value {max_results}",
+                INVALID_PARAMETER_VALUE)
+        filter_string = add_prompt_filter_string(filter_string, is_prompt=False)
+        models = self._all_models()
+        entities = list(self._pool.map(self._model_entity, models))
+        filtered = SearchModelUtils.filter(entities, filter_string)
+        ordered = SearchModelUtils.sort(filtered, order_by)
+        start = SearchUtils.parse_start_offset_from_page_token(page_token)
+        end = start + max_results
+        token = SearchUtils.create_page_token(end) if end < len(ordered) else None
+        return PagedList(ordered[start:end], token)
+
+    def get_latest_versions(self, name: str, stages: list[str] | None = None) -> list[ModelVersion]:
+        model = self._model_record(name)
+        return self._latest(model, self._version_records(model), stages or None)
+
+    def set_registered_model_tag(self, name: str, tag: RegisteredModelTag) -> None:
+        _validate_registered_model_tag(tag.key, tag.value)
+
+        def change(rec: dict[str, Any]) -> dict[str, Any]:
+            rec.setdefault("tags", {})[tag.key] = "" if tag.value is None else str(tag.value)
+            rec["last_updated_timestamp"] = get_current_time_millis()
+            return rec
+
+        self._update_model(name, change)
+
+    def delete_registered_model_tag(self, name: str, key: str) -> None:
+        _validate_tag_name(key)
+
+        def change(rec: dict[str, Any]) -> dict[str, Any] | None:
+            if key not in rec.get("tags", {}):
+                return None
+            del rec["tags"][key]
+            rec["last_updated_timestamp"] = get_current_time_millis()
+            return rec
+
+        self._update_model(name, change)
+
+    # -- model versions ---------------------------------------------------------------------
+
+    def _tracking_client(self) -> Any:
+        from mlflow.tracking.client import MlflowClient
+
+        return MlflowClient(tracking_uri=self.tracking_uri)
+
+    def create_model_version(self, name: str, source: str, run_id: str | None = None,
+                             tags: list[ModelVersionTag] | None = None,
+                             run_link: str | None = None, description: str | None = None,
+                             local_model_path: str | None = None,
+                             model_id: str | None = None) -> ModelVersion:
+        from mlflow.store.artifact.utils.models import _parse_model_uri
+
+        _validate_model_name(name)
+        for tag in tags or []:
+            _validate_model_version_tag(tag.key, tag.value)
+        storage_location = source
+        if urllib.parse.urlparse(source).scheme == "models":
+            parsed = _parse_model_uri(source)
+            try:
+                if parsed.model_id is not None:
+                    logged = self._tracking_client().get_logged_model(parsed.model_id)
+                    storage_location = logged.artifact_location
+                    run_id = run_id or logged.source_run_id
+                else:
+                    storage_location = self.get_model_version_download_uri(
+                        str(parsed.name), parsed.version)
+            except Exception as e:
+                raise MlflowException(
+                    f"Unable to fetch model from model URI source artifact location '{source}'."
+                    f"Error: {e}") from e
+        if not run_id and model_id:
+            run_id = self._tracking_client().get_logged_model(model_id).source_run_id
+        model = self._model_record(name)
+        taken = [int(layout.id_from_key(i.key)) for i in self.blobs.list(
+            layout.model_versions(model["id"]))]
+        number = max(taken, default=0) + 1
+        now = get_current_time_millis()
+        while True:
+            rec = {
+                "version": number,
+                "creation_timestamp": now,
+                "last_updated_timestamp": now,
+                "description": description,
+                "user_id": None,
+                "current_stage": STAGE_NONE,
+                "source": source,
+                "storage_location": storage_location,
+                "run_id": run_id,
+                "run_link": run_link,
+                "status": ModelVersionStatus.to_string(ModelVersionStatus.READY),
+                "status_message": None,
+                "tags": {t.key: "" if t.value is None else str(t.value) for t in tags or []},
+                "model_id": model_id,
+            }
+            try:
+                self.blobs.put_if_absent(layout.model_version(model["id"], number), _dumps(rec))
+                break
+            except AlreadyExists:
+                number += 1  # another registration took this number: the next one is ours
+        model = self._touch(name, now)
+        return self._version_entity(model, rec)
+
+    def get_model_version(self, name: str, version: Any) -> ModelVersion:
+        version = _validate_model_version(version)
+        model = self._model_record(name)
+        return self._version_entity(model, self._version_record(model, version)[0])
+
+    def update_model_version(self, name: str, version: Any,
+                             description: str | None) -> ModelVersion:
+        def change(rec: dict[str, Any]) -> dict[str, Any]:
+            rec["description"] = description
+            rec["last_updated_timestamp"] = get_current_time_millis()
+            return rec
+
+        rec = self._update_version(name, version, change)
+        return self._version_entity(self._model_record(name), rec)
+
+    def transition_model_version_stage(self, name: str, version: Any, stage: str,
+                                       archive_existing_versions: bool) -> ModelVersion:
+        version = _validate_model_version(version)
+        canonical = get_canonical_stage(stage)
+        if archive_existing_versions and canonical not in DEFAULT_STAGES_FOR_GET_LATEST_VERSIONS:
+            # No error code, as MLflow's stores raise it (INTERNAL_ERROR over REST).
+            raise MlflowException(
+                "Model version transition cannot archive existing model versions because "
+                f"'{stage}' is not an Active stage. Valid stages are "
+                f"{DEFAULT_STAGES_FOR_GET_LATEST_VERSIONS}")
+        now = get_current_time_millis()
+
+        def change(rec: dict[str, Any]) -> dict[str, Any]:
+            rec["current_stage"] = canonical
+            rec["last_updated_timestamp"] = now
+            return rec
+
+        rec = self._update_version(name, version, change)
+        model = self._model_record(name)
+        if archive_existing_versions:
+            for other in self._version_records(model):
+                if int(other["version"]) != int(version) and other.get("current_stage") == canonical:
+                    def archive(r: dict[str, Any]) -> dict[str, Any] | None:
+                        if r.get("current_stage") != canonical:
+                            return None
+                        r["current_stage"] = STAGE_ARCHIVED
+                        r["last_updated_timestamp"] = now
+                        return r
+                    self._update_version(name, other["version"], archive)
+        model = self._touch(name, now)
+        return self._version_entity(model, rec)
+
+    def delete_model_version(self, name: str, version: Any) -> None:
+        version = _validate_model_version(version)
+        now = get_current_time_millis()
+
+        def change(rec: dict[str, Any]) -> dict[str, Any]:
+            # A tombstone keeps the number taken, as MLflow's stores do.
+            rec.update(current_stage=STAGE_DELETED_INTERNAL, last_updated_timestamp=now,
+                       description=None, user_id=None, source="REDACTED-SOURCE-PATH",
+                       run_id="REDACTED-RUN-ID", run_link="REDACTED-RUN-LINK",
+                       status_message=None)
+            return rec
+
+        self._update_version(name, version, change)
+
+        def drop_aliases(rec: dict[str, Any]) -> dict[str, Any]:
+            rec["aliases"] = {a: v for a, v in rec.get("aliases", {}).items()
+                              if str(v) != str(version)}
+            rec["last_updated_timestamp"] = now
+            return rec
+
+        self._update_model(name, drop_aliases)
+
+    def get_model_version_download_uri(self, name: str, version: Any) -> str:
+        version = _validate_model_version(version)
+        model = self._model_record(name)
+        rec = self._version_record(model, version)[0]
+        return str(rec.get("storage_location") or rec.get("source"))
+
+    def search_model_versions(self, filter_string: str | None = None,
+                              max_results: int | None = None, order_by: list[str] | None = None,
+                              page_token: str | None = None) -> PagedList[ModelVersion]:
+        if not isinstance(max_results, int) or max_results < 1:
+            raise MlflowException(
+                "Invalid value for max_results. It must be a positive integer,"
+                f" but got {max_results}", INVALID_PARAMETER_VALUE)
+        if max_results > SEARCH_MODEL_VERSION_MAX_RESULTS_THRESHOLD:
+            raise MlflowException(
+                "Invalid value for request parameter max_results. It must be at most "
+                f"{SEARCH_MODEL_VERSION_MAX_RESULTS_THRESHOLD}, but got value {max_results}",
+                INVALID_PARAMETER_VALUE)
+        versions: list[ModelVersion] = []
+        for model in self._all_models():
+            # MLflow's SQL store leaves aliases out of version search results; so do we.
+            versions.extend(self._version_entity(model, rec, with_aliases=False)
+                            for rec in self._version_records(model)
+                            if rec.get("current_stage") != STAGE_DELETED_INTERNAL)
+        filter_string = add_prompt_filter_string(filter_string, is_prompt=False)
+        filtered = SearchModelVersionUtils.filter(versions, filter_string)
+        ordered = SearchModelVersionUtils.sort(
+            filtered, order_by or ["last_updated_timestamp DESC", "name ASC", "version_number DESC"])
+        start = SearchUtils.parse_start_offset_from_page_token(page_token)
+        end = start + max_results
+        token = SearchUtils.create_page_token(end) if end < len(ordered) else None
+        return PagedList(ordered[start:end], token)
+
+    def set_model_version_tag(self, name: str, version: Any, tag: ModelVersionTag) -> None:
+        _validate_model_version_tag(tag.key, tag.value)
+
+        def change(rec: dict[str, Any]) -> dict[str, Any]:
+            rec.setdefault("tags", {})[tag.key] = "" if tag.value is None else str(tag.value)
+            return rec
+
+        self._update_version(name, version, change)
+        self._touch(name)
+
+    def delete_model_version_tag(self, name: str, version: Any, key: str) -> None:
+        _validate_tag_name(key)
+
+        def change(rec: dict[str, Any]) -> dict[str, Any] | None:
+            if key not in rec.get("tags", {}):
+                return None
+            del rec["tags"][key]
+            return rec
+
+        self._update_version(name, version, change)
+        self._touch(name)
+
+    # -- aliases ----------------------------------------------------------------------------
+
+    def set_registered_model_alias(self, name: str, alias: str, version: Any) -> None:
+        _validate_model_name(name)
+        _validate_model_alias_name(alias)
+        _validate_model_alias_name_reserved(alias)
+        version = _validate_model_version(version)
+        model = self._model_record(name)
+        self._version_record(model, version)
+
+        def change(rec: dict[str, Any]) -> dict[str, Any]:
+            rec.setdefault("aliases", {})[alias] = int(version)
+            rec["last_updated_timestamp"] = get_current_time_millis()
+            return rec
+
+        self._update_model(name, change)
+
+    def delete_registered_model_alias(self, name: str, alias: str) -> None:
+        _validate_model_name(name)
+        _validate_model_alias_name(alias)
+
+        def change(rec: dict[str, Any]) -> dict[str, Any] | None:
+            if alias not in rec.get("aliases", {}):
+                return None
+            del rec["aliases"][alias]
+            rec["last_updated_timestamp"] = get_current_time_millis()
+            return rec
+
+        self._update_model(name, change)
+
+    def get_model_version_by_alias(self, name: str, alias: str) -> ModelVersion:
+        _validate_model_name(name)
+        model = self._model_record(name)
+        if alias.lower() == _LATEST:
+            live = [r for r in self._version_records(model)
+                    if r.get("current_stage") != STAGE_DELETED_INTERNAL]
+            if not live:
+                raise MlflowException(f"No versions of registered model {name}",
+                                      RESOURCE_DOES_NOT_EXIST)
+            return self._version_entity(model, live[-1])
+        version = model.get("aliases", {}).get(alias)
+        if version is None:
+            raise MlflowException(f"Registered model alias {alias} not found.",
+                                  INVALID_PARAMETER_VALUE)
+        return self.get_model_version(name, version)
+
