@@ -148,11 +148,7 @@ class BlobRegistryStore(AbstractStore):
         for key, got in self._pool.map(fetch, todo):
             if got is not None:
                 self._cache[key] = (got[1], got[0])
-        out = []
-        for key, _ in infos:
-            hit = self._cache.get(key)
-            if hit is not None:
-                out.append(hit[1])
+        out = [hit[1] for k, v in infos if (hit := self._cache.get(k)) is not None and hit[0] == v]
         return sorted(out, key=lambda r: int(r["version"]))
 
     def _version_record(self, model: dict[str, Any], version: Any) -> tuple[dict[str, Any], str]:
@@ -312,7 +308,7 @@ class BlobRegistryStore(AbstractStore):
                 log.warning("skipping registry record: %s", got)
             elif got is not None:
                 self._cache[key] = (got[1], got[0])
-        return [self._cache[k][1] for k, _ in infos if k in self._cache]
+        return [hit[1] for k, v in infos if (hit := self._cache.get(k)) is not None and hit[0] == v]
 
     def search_registered_models(self, filter_string: str | None = None,
                                  max_results: int | None = SEARCH_REGISTERED_MODEL_MAX_RESULTS_DEFAULT,
