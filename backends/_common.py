@@ -55,7 +55,7 @@ class ManagedProcess:
         full_env = dict(os.environ)
         if env:
             full_env.update(env)
-        self._logf = open(self.log, "wb")  # noqa: SIM115 - closed in stop()
+        self._logf = open(self.log, "wb")
         self.proc = subprocess.Popen(
             list(argv), env=full_env, cwd=str(cwd) if cwd else None, stdout=self._logf,
             stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
