@@ -107,6 +107,8 @@ log = logging.getLogger("cloudtrack.tracking")
 #: Parallel GETs when a search or a history read must fetch many objects.
 READ_CONCURRENCY = 32
 FLUSH_INTERVAL = 1.0
+#: Points a run head keeps before they move to an immutable history batch.
+TAIL_MAX = 100
 #: A search missing this many heads in its cache first reads the experiment's snapshot.
 SNAPSHOT_MIN_MISSES = 64
 #: A search that had to fetch this many heads rewrites the snapshot (in the background).
@@ -807,6 +809,8 @@ class BlobTrackingStore(AbstractStore):
             info = head["info"]
             info["status"] = RunStatus.to_string(run_status)
             info["end_time"] = end_time
+            if RunStatus.is_terminated(run_status):
+                self._spill(run_id, head)  # finished runs keep small heads
             if run_name:
                 info["run_name"] = run_name
                 head["tags"][MLFLOW_RUN_NAME] = run_name
@@ -877,12 +881,27 @@ class BlobTrackingStore(AbstractStore):
                 f"logged with value='{old}' for run ID='{run_id}'. Attempted logging new value "
                 f"'{new}'.", INVALID_PARAMETER_VALUE)
 
+    def _spill(self, run_id: str, head: dict[str, Any]) -> None:
+        """Move the head's tail of recent points into an immutable history batch.
+
+        Called inside a head update: the batch is written before the head that no longer
+        holds those points, so a reader that reads the head first and lists history second
+        sees every point at least once (duplicates are merged on read).
+        """
+        tail = head.get("tail") or []
+        if tail:
+            batch = f"{time.time_ns():020d}-{uuid.uuid4().hex[:12]}"
+            self.blobs.put(layout.history_batch(run_id, batch), _dumps({"metrics": tail}))
+            head["tail"] = []
+
     def _apply(self, run_id: str, metrics: list[list[Any]], params: dict[str, str],
                tags: dict[str, str]) -> None:
-        """Write one batch durably: the history object, then the head (conditional)."""
-        if metrics:
-            batch = f"{time.time_ns():020d}-{uuid.uuid4().hex[:12]}"
-            self.blobs.put(layout.history_batch(run_id, batch), _dumps({"metrics": metrics}))
+        """Write one batch durably with one conditional head write.
+
+        New points go to the head's tail with the latest values; every TAIL_MAX points the
+        tail moves to a history batch.  So a strict logging call costs one request, and two
+        when it fills the tail, whatever the run's history.
+        """
 
         def change(head: dict[str, Any]) -> dict[str, Any]:
             _check_active(head)
@@ -898,6 +917,10 @@ class BlobTrackingStore(AbstractStore):
                 cur = latest.get(t[0])
                 if cur is None or _newer(t, cur):
                     latest[t[0]] = t
+            tail = head.setdefault("tail", [])
+            tail.extend(metrics)
+            if len(tail) > TAIL_MAX:
+                self._spill(run_id, head)
             return head
 
         self._update_head(run_id, change)
@@ -986,10 +1009,11 @@ class BlobTrackingStore(AbstractStore):
 
     def _history_points(self, run_id: str) -> list[list[Any]]:
         self._flusher.flush(run_id)
-        self._experiment_of(run_id)
+        # The head before the listing: a tail spilled in between is then in the listing.
+        head, _ = self._load_head(run_id)
         infos = [(i.key, i.version) for i in self.blobs.list(layout.history(run_id))]
         batches = self._read_many(infos)
-        points: list[list[Any]] = []
+        points: list[list[Any]] = list(head.get("tail") or [])
         for key, _ in infos:
             rec = batches[key]
             if isinstance(rec, BlobNotFound):
@@ -1141,6 +1165,28 @@ class BlobTrackingStore(AbstractStore):
         filtered = SearchUtils.filter(runs, filter_string)
         ordered = SearchUtils.sort(filtered, order_by)
         return SearchUtils.paginate(ordered, page_token, max_results)
+
+    def _search_datasets(self, experiment_ids: list[str]) -> list[Any]:
+        """The distinct (experiment, dataset name, digest, context) of the experiments' runs.
+
+        Private in MLflow, yet ``mlflow server`` calls it for the UI's dataset filter
+        (``experiments/search-datasets``); without it that request answers 500.  Like MLflow's
+        SQL store: runs of every lifecycle stage, at most 1000 summaries.
+        """
+        from mlflow.entities.dataset_summary import _DatasetSummary
+        from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
+
+        self._flusher.flush()
+        found: dict[tuple[str, str, str, str | None], None] = {}
+        for exp_id in dict.fromkeys(str(e) for e in experiment_ids):
+            _validate_experiment_id(exp_id)
+            for run in self._runs_of(exp_id):
+                for d in (run.inputs.dataset_inputs if run.inputs else []):
+                    context = next((t.value for t in d.tags if t.key == MLFLOW_DATASET_CONTEXT),
+                                   None)
+                    found.setdefault((exp_id, d.dataset.name, d.dataset.digest, context), None)
+        return [_DatasetSummary(experiment_id=e, name=n, digest=d, context=c)
+                for e, n, d, c in list(found)[:1000]]
 
     # -- logged models (MLflow 3) ---------------------------------------------------------
 
