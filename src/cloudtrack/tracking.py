@@ -1188,6 +1188,24 @@ class BlobTrackingStore(AbstractStore):
         return [_DatasetSummary(experiment_id=e, name=n, digest=d, context=c)
                 for e, n, d, c in list(found)[:1000]]
 
+    # -- traces: refused on write, so every query is truthfully empty ----------------------
+
+    def search_traces(self, experiment_ids: list[str] | None = None, *args: Any,
+                      **kwargs: Any) -> tuple[list[Any], str | None]:
+        """No trace can be written to this store (start_trace and log_spans are refused), so
+        there are none to find.  Answering empty keeps the UI's trace views quiet instead of
+        retrying an error forever."""
+        for exp_id in experiment_ids or []:
+            self.get_experiment(str(exp_id))
+        return [], None
+
+    def query_trace_metrics(self, experiment_ids: list[str], *args: Any,
+                            **kwargs: Any) -> PagedList[Any]:
+        """Metrics over traces: empty, as there are no traces (see search_traces)."""
+        for exp_id in experiment_ids or []:
+            self.get_experiment(str(exp_id))
+        return PagedList([], None)
+
     # -- logged models (MLflow 3) ---------------------------------------------------------
 
     def _model_experiment(self, model_id: str) -> str:

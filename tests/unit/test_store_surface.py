@@ -23,7 +23,7 @@ REQUIRED_TRACKING = {
     "log_outputs", "get_metric_history", "get_metric_history_bulk_interval_from_steps",
     "_search_runs", "create_logged_model", "get_logged_model", "search_logged_models",
     "finalize_logged_model", "delete_logged_model", "set_logged_model_tags",
-    "delete_logged_model_tag", "record_logged_model",
+    "delete_logged_model_tag", "record_logged_model", "search_traces", "query_trace_metrics",
 }
 
 
@@ -87,3 +87,15 @@ def test_every_registry_method_is_accounted_for(name: str, tmp_path) -> None:  #
     assert name in BlobRegistryStore.__dict__ or name in REGISTRY_INHERITED, (
         f"{name} would silently return None")
     assert not getattr(getattr(BlobRegistryStore, name), "__isabstractmethod__", False), name
+
+
+def test_trace_queries_are_empty_because_trace_writes_are_refused(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    store = BlobTrackingStore(str(tmp_path))
+    with pytest.raises(MlflowException) as e:
+        store.start_trace(None)
+    assert e.value.error_code == "NOT_IMPLEMENTED"
+    assert store.search_traces(["0"]) == ([], None)
+    assert list(store.query_trace_metrics(["0"], None, "latency", [])) == []
+    with pytest.raises(MlflowException) as e:
+        store.search_traces(["12345"])
+    assert e.value.error_code == "RESOURCE_DOES_NOT_EXIST"
