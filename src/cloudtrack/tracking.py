@@ -333,9 +333,16 @@ class _Flusher:
                     continue
                 try:
                     store._apply(rid, p.metrics, p.params, p.tags)
-                except MlflowException:
-                    # Validation against the stored state failed: the data cannot be written;
-                    # never retry it forever.
+                except MlflowException as e:
+                    if e.error_code not in ("INVALID_PARAMETER_VALUE", "RESOURCE_DOES_NOT_EXIST"):
+                        # Not a verdict on the data (a damaged head, say): keep it and retry.
+                        self._put_back(rid, p)
+                        if raise_errors:
+                            raise
+                        log.warning("flushing run %s failed; will retry", rid, exc_info=True)
+                        continue
+                    # The stored state refuses the data (a param changed, the run was deleted):
+                    # it can never be written, so do not retry it forever.
                     if raise_errors:
                         raise
                     log.exception("dropping buffered data for run %s", rid)
@@ -1017,7 +1024,10 @@ class BlobTrackingStore(AbstractStore):
         for key, _ in infos:
             rec = batches[key]
             if isinstance(rec, BlobNotFound):
-                continue
+                # History batches are immutable and never deleted: a listed batch that
+                # answers 404 is an anomaly of the store, so look once more, then fail loudly
+                # rather than return a history with a hole in it.
+                rec = _parse(self.blobs, key, self.blobs.get(key))
             if isinstance(rec, Exception):
                 raise rec
             metrics = rec.get("metrics")
