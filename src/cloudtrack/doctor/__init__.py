@@ -1,0 +1,182 @@
+"""``cloudtrack doctor``: find, layer by layer, why logging to a store or an MLflow server fails,
+and say how to fix it.
+
+:func:`run` diagnoses the store a logging process would use — resolved with exactly
+:func:`cloudtrack.config.resolve` and opened with the blob backend's own client — through the
+layers config → dns → tcp → tls → http → auth → authz → consistency.  Each chain stops at its
+first failing layer; the report's ``cause`` is that of the lowest failing layer, in the
+vocabulary of the failure catalogue (:data:`CAUSES`).  One module per backend (``local``,
+``s3``, ``azure``, ``gcs``, ``http`` for MLflow servers); ``net`` holds the network probes,
+``store`` the authorization probes the blob backends share.
+
+Nothing here prints; nothing recorded contains a secret (see :meth:`Probe.scrub`).
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+import posixpath
+import re
+import time
+import urllib.parse
+import urllib.request
+from collections.abc import Mapping
+
+from cloudtrack.blobs import REGISTRY, blobs_class, install_hint
+from cloudtrack.config import SCHEMES, StoreConfig, redact_uri, resolve, split_scheme
+from cloudtrack.doctor.core import (
+    BACKENDS,
+    CAUSES,
+    LAYERS,
+    Check,
+    DoctorReport,
+    Probe,
+    Stop,
+    describe_settings,
+)
+from cloudtrack.errors import ConfigError, MissingDependencyError
+
+log = logging.getLogger("cloudtrack.doctor")
+
+__all__ = ["BACKENDS", "CAUSES", "LAYERS", "Check", "DoctorReport", "default_uri",
+           "diagnose_store", "run", "supported_schemes"]
+
+#: The module diagnosing each backend.
+_MODULES = {"file": "local", "s3": "s3", "gcs": "gcs", "azure": "azure", "http": "http"}
+
+
+def supported_schemes() -> list[str]:
+    """URI schemes the doctor diagnoses: those whose backend is in the blob registry, and
+    http(s) for MLflow servers."""
+    return [s for s, (backend, _) in SCHEMES.items() if backend in REGISTRY] + ["http", "https"]
+
+
+def default_uri(environ: Mapping[str, str], cwd: str | None = None) -> tuple[str, str]:
+    """The tracking URI MLflow would use, and where it came from.
+
+    ``MLFLOW_TRACKING_URI``, else MLflow's default: ``./mlruns`` when it already holds
+    FileStore data, else ``sqlite:///mlflow.db`` (``mlflow.tracking._tracking_service.utils.
+    get_tracking_uri``; re-stated because importing MLflow takes seconds — a unit test
+    compares the two).
+    """
+    uri = environ.get("MLFLOW_TRACKING_URI")
+    if uri:
+        return uri, "env:MLFLOW_TRACKING_URI"
+    base = cwd or os.getcwd()
+    mlruns = os.path.join(base, "mlruns")
+    try:
+        with os.scandir(mlruns) as entries:
+            for entry in entries:
+                if entry.is_dir() and entry.name.isdigit() and \
+                        os.path.lexists(os.path.join(entry.path, "meta.yaml")):
+                    from pathlib import Path
+
+                    return Path(os.path.abspath(mlruns)).as_uri(), "MLflow's default"
+    except OSError:
+        pass
+    db = os.path.abspath(os.path.join(base, "mlflow.db"))
+    return "sqlite:///" + posixpath.abspath(urllib.request.pathname2url(db)), "MLflow's default"
+
+
+def _backend_of(uri: str) -> str | None:
+    scheme = split_scheme(uri)
+    if scheme in ("http", "https"):
+        return "http"
+    entry = SCHEMES.get(scheme)
+    return entry[0] if entry is not None else None
+
+
+def run(uri: str | None = None, environ: Mapping[str, str] | None = None, *,
+        read_only: bool = False, timeout: float = 5.0, budget: float = 25.0,
+        secrets: set[str] | None = None) -> DoctorReport:
+    """Diagnose ``uri`` (default: the URI MLflow would use) as a process with ``environ``
+    (default: this process's environment) would reach it.
+
+    ``read_only`` skips every write; ``timeout`` bounds each network step and ``budget`` the
+    whole run, whatever the network does.  ``secrets``, when given, is filled with every
+    secret the run knows of (from the environment, and tokens it obtains), for callers that
+    scrub other output — logs — too.
+    """
+    env: Mapping[str, str] = os.environ if environ is None else environ
+    started = time.monotonic()
+    p = Probe(env, read_only=read_only, timeout=timeout, budget=budget, secrets=secrets)
+    origin = "the command line"
+    if not uri:
+        uri, origin = default_uri(env)
+    try:
+        p.secret(urllib.parse.urlsplit(uri).password)
+    except ValueError:
+        pass
+    backend = _backend_of(uri)
+    try:
+        _diagnose(p, uri, origin, backend)
+    except Stop:
+        pass
+    except Exception as e:
+        log.debug("the doctor failed unexpectedly", exc_info=True)
+        p.unexpected(p.checks[-1].layer if p.checks else "config", e)
+    return p.report(uri, backend, time.monotonic() - started)
+
+
+def _diagnose(p: Probe, uri: str, origin: str, backend: str | None) -> None:
+    if backend == "http":
+        from cloudtrack.doctor import http
+
+        http.diagnose(p, uri, origin)
+        return
+    if backend is None:
+        scheme = split_scheme(uri)
+        note = {
+            "sqlite": " (MLflow's own SQL store: nothing for cloudtrack to diagnose)",
+            "databricks": " (Databricks: MLflow's own Databricks client)",
+        }.get(scheme, "")
+        p.fail("config.uri", "config", "config-invalid",
+               f"{redact_uri(uri)} (from {origin}) has the scheme {scheme!r}{note}; the doctor "
+               f"diagnoses {', '.join(s + ':' for s in supported_schemes())} URIs and plain paths",
+               "set MLFLOW_TRACKING_URI (or pass the URI) to a cloudtrack store — "
+               + "; ".join(form for _, (_, form) in SCHEMES.items())
+               + " — or to an MLflow server's http(s):// URL")
+    try:
+        config = resolve(uri, p.environ)
+    except ConfigError as e:
+        p.fail("config.uri", "config", "config-invalid", f"{e} (the URI came from {origin})",
+               _config_fix(str(e)))
+    diagnose_store(p, config, origin)
+
+
+def diagnose_store(p: Probe, config: StoreConfig, origin: str = "") -> None:
+    """The checks of a resolved store, from its configuration on (also used for an MLflow
+    server's artifact store)."""
+    where = config.container if config.backend == "file" else \
+        f"container {config.container!r}, prefix {config.prefix or '(none)'!r}"
+    p.ok("config.uri", "config", f"{config.backend} store {config.display_uri}"
+         + (f" (from {origin})" if origin else "") + f": {where}")
+    if config.backend not in REGISTRY:
+        p.fail("config.backend", "config", "config-invalid",
+               f"no blob backend is registered for {config.backend!r}; registered: "
+               f"{', '.join(REGISTRY)}", "use one of the registered backends")
+    try:
+        blobs_class(config.backend)
+    except MissingDependencyError as e:
+        p.fail("config.extra", "config", "dependency-missing", str(e),
+               f"run: {install_hint(config.backend)}")
+    extra = REGISTRY[config.backend].extra
+    p.ok("config.extra", "config", f"the {config.backend} backend is installed"
+         + (f" (extra [{extra}])" if extra else ""))
+    p.ok("config.settings", "config", describe_settings(config))
+    module = importlib.import_module(f"cloudtrack.doctor.{_MODULES[config.backend]}")
+    module.diagnose(p, config)
+
+
+def _config_fix(message: str) -> str:
+    m = re.search(r"endpoint '([^']*)' from env:(\w+)", message)
+    if m:
+        value = m.group(1)
+        example = value if "://" in value else f"http://{value}"
+        return (f"set {m.group(2)} to a full URL with scheme and host, e.g. "
+                f"{m.group(2)}={example}")
+    if "unknown scheme" in message:
+        return "use one of the schemes listed above"
+    return "fix the URI or the variable named above; `cloudtrack config URI` shows how it resolves"

@@ -1,0 +1,513 @@
+"""The doctor of ``s3://`` stores, on AWS or any S3-compatible endpoint, through the client
+:func:`cloudtrack.blobs.s3.make_client` builds (inside :class:`S3Blobs`): which endpoint and
+where it came from, the network path to it, whether it answers like S3, which credential of
+the AWS chain signs and whose identity it is (STS GetCallerIdentity), its expiry, the clock,
+the bucket's region, and the access probes — with the IAM actions, the minimal policy for the
+prefix and the command that attaches it when something is denied."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Mapping, Sequence
+from datetime import datetime, timezone
+from typing import Any
+
+import botocore.exceptions as bex
+
+from cloudtrack.blobs.s3 import S3Blobs
+from cloudtrack.config import StoreConfig, redact_uri
+from cloudtrack.doctor import net
+from cloudtrack.doctor.core import (
+    EXPIRY_WARNING,
+    Probe,
+    ProbeTimeout,
+    duration,
+    mask_key_id,
+    with_timeouts,
+)
+from cloudtrack.doctor.store import AccessFix, Finding, check_marker, probe_access
+from cloudtrack.errors import (
+    BlobError,
+    CloudtrackError,
+    ConfigError,
+    ContainerNotFound,
+    MissingDependencyError,
+    PermissionDenied,
+    Unauthenticated,
+)
+
+TLS = net.TlsHints("AWS_CA_BUNDLE", "MLFLOW_S3_IGNORE_TLS=true")
+
+#: The IAM action each probe needs.
+ACTIONS = {"list": "s3:ListBucket", "read": "s3:GetObject", "write": "s3:PutObject",
+           "delete": "s3:DeleteObject"}
+
+#: Headers only S3 (and its imitations) send.
+_S3_HEADERS = ("x-amz-request-id", "x-amzn-requestid", "x-amz-id-2", "x-amz-bucket-region")
+_EMULATOR_HINTS = ("localhost", "127.", "minio", "moto", "localstack", "ceph", "seaweed",
+                   "garage", "::1", "host.docker.internal")
+
+_METHODS = {
+    "env": "AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY in the environment",
+    "explicit": "the keys of the resolved environment",
+    "shared-credentials-file": "a profile of the shared credentials file",
+    "config-file": "a profile of the AWS config file",
+    "assume-role": "a role assumed through the profile",
+    "assume-role-with-web-identity": "web identity (AWS_WEB_IDENTITY_TOKEN_FILE: EKS IRSA, CI)",
+    "sso": "IAM Identity Center (SSO) login of the profile",
+    "custom-process": "the profile's credential_process",
+    "container-role": "the container's role (ECS/EKS credentials endpoint)",
+    "iam-role": "the instance's role (EC2 instance metadata)",
+}
+#: Credentials that renew themselves: a short remaining life is no cause for alarm.
+_RENEWING = {"assume-role", "assume-role-with-web-identity", "container-role", "iam-role",
+             "sso", "custom-process"}
+
+
+def diagnose(p: Probe, config: StoreConfig) -> None:
+    endpoint_setting = config.setting("endpoint_url")
+    custom = endpoint_setting is not None and endpoint_setting.value is not None
+    try:
+        blobs = p.call(lambda: S3Blobs(with_timeouts(config, p.timeout)),
+                       what="building the S3 client (and finding credentials)")
+    except (ConfigError, MissingDependencyError) as e:
+        cause = "dependency-missing" if isinstance(e, MissingDependencyError) else "config-invalid"
+        p.fail("config.client", "config", cause, str(e),
+               "fix the variable named above (`cloudtrack config URI` shows every setting)")
+    except ProbeTimeout as e:
+        p.fail("auth.credential", "auth", "network-timeout",
+               f"{e}: the AWS credential chain waited on a credentials endpoint (instance "
+               "metadata, a container or SSO endpoint) that does not answer",
+               "set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or AWS_PROFILE; off EC2, "
+               "AWS_EC2_METADATA_DISABLED=true skips the metadata service")
+    try:
+        _diagnose(p, config, blobs, custom)
+    finally:
+        blobs.close()
+
+
+def _diagnose(p: Probe, config: StoreConfig, blobs: S3Blobs, custom: bool) -> None:
+    client = blobs._client
+    endpoint = str(client.meta.endpoint_url)
+    region = client.meta.region_name
+    source = config.setting("endpoint_url")
+    where = (f"{redact_uri(endpoint)} (from {source.source})" if custom and source
+             else f"{endpoint} (AWS's endpoint for region {region}: no MLFLOW_S3_ENDPOINT_URL, "
+                  "AWS_ENDPOINT_URL_S3 or AWS_ENDPOINT_URL is set)")
+    p.ok("config.client", "config", f"S3 client: endpoint {where}, region {region} "
+         f"({_source(config, 'region')})")
+    _static_consistency(p, config)
+    verify: bool | str = False if config.get("verify_tls") is False else (
+        str(config.get("ca_bundle")) if config.get("ca_bundle") else True)
+    net.probe_endpoint(p, endpoint, verify=verify, hints=TLS, what="the S3 endpoint")
+
+    creds = _credentials(p, config, client)
+    head = _head_bucket(p, blobs, endpoint)
+    net.check_clock(p, _header(head, "date"), server=f"the S3 endpoint {net.Target.from_url(endpoint).netloc}")
+    _expiry(p, config, creds)
+    identity = _identity(p, config, client, creds, custom)
+
+    bucket_region = _header(head, "x-amz-bucket-region")
+    status = int(head.get("status") or 0)
+    if status in (301, 307) or _code(head) in ("PermanentRedirect", "AuthorizationHeaderMalformed"):
+        p.fail("consistency.region", "consistency", "endpoint-mismatch",
+               f"bucket {blobs.bucket!r} is in region {bucket_region or '(not said)'}, but the "
+               f"client signs for {region} and sends to {endpoint} (HTTP {status} "
+               f"{_code(head) or 'PermanentRedirect'})",
+               f"set AWS_REGION={bucket_region or '<the bucket region>'} (or AWS_DEFAULT_REGION)")
+    if status == 404:
+        p.fail("authz.container", "authz", "container-not-found",
+               f"bucket {blobs.bucket!r} does not exist at {endpoint} (HEAD answered 404)",
+               _missing_bucket_fix(config, blobs.bucket, custom))
+    probe_access(p, blobs, classify=_classifier(config, endpoint, custom, identity),
+                 access_fix=_access_fix(config, identity), where=config.display_uri)
+    if bucket_region and region and bucket_region != region:
+        p.warn("consistency.region", "consistency", "endpoint-mismatch",
+               f"bucket {blobs.bucket!r} reports region {bucket_region}, the client uses "
+               f"{region}; this endpoint tolerates it, AWS would redirect",
+               f"set AWS_REGION={bucket_region}")
+    elif bucket_region:
+        p.ok("consistency.region", "consistency", f"bucket region {bucket_region} matches "
+             "the client's")
+    check_marker(p, blobs)
+
+
+# -- config ----------------------------------------------------------------------------------
+
+
+def _source(config: StoreConfig, name: str) -> str:
+    s = config.setting(name)
+    return s.source if s is not None else "sdk-default"
+
+
+def _static_consistency(p: Probe, config: StoreConfig) -> None:
+    endpoint = config.setting("endpoint_url")
+    env = p.environ
+    if endpoint is None or endpoint.value is None:
+        p.ok("consistency.endpoint", "consistency",
+             "real AWS S3 (no custom endpoint is configured)")
+        return
+    value = str(endpoint.value)
+    host = (net.Target.from_url(value).host if "://" in value else value).lower()
+    kind = "a local emulator or S3-compatible server" if any(h in host for h in _EMULATOR_HINTS) \
+        else ("AWS S3 through an explicit endpoint" if host.endswith("amazonaws.com")
+              else "an S3-compatible server")
+    shadowed = [name for name in ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL")
+                if env.get(name) and env.get(name) != value
+                and endpoint.source != f"env:{name}"]
+    if shadowed:
+        p.warn("consistency.endpoint", "consistency", "endpoint-mismatch",
+               f"{redact_uri(value)} from {endpoint.source} ({kind}) wins over "
+               + ", ".join(f"{n}={redact_uri(env[n])}" for n in shadowed)
+               + "; other AWS tools on this machine use the latter",
+               "set one endpoint variable, or make them agree")
+    else:
+        p.ok("consistency.endpoint", "consistency",
+             f"custom endpoint {redact_uri(value)} from {endpoint.source}: {kind}")
+
+
+# -- credentials -----------------------------------------------------------------------------
+
+
+def _chain_report(environ: Mapping[str, str]) -> str:
+    """What the AWS chain looks at, and what each place holds, without touching the network."""
+    home = environ.get("HOME") or os.path.expanduser("~")
+    profile = environ.get("AWS_PROFILE") or environ.get("AWS_DEFAULT_PROFILE") or "default"
+    shared = environ.get("AWS_SHARED_CREDENTIALS_FILE") or os.path.join(home, ".aws", "credentials")
+    conf = environ.get("AWS_CONFIG_FILE") or os.path.join(home, ".aws", "config")
+    items = [
+        "AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY: "
+        + ("only one is set" if bool(environ.get("AWS_ACCESS_KEY_ID"))
+           != bool(environ.get("AWS_SECRET_ACCESS_KEY")) else "unset"),
+        f"profile {profile!r}: " + ", ".join(
+            f"{path} {'exists' if os.path.exists(path) else 'missing'}" for path in (shared, conf)),
+        "AWS_WEB_IDENTITY_TOKEN_FILE: " + ("set" if environ.get("AWS_WEB_IDENTITY_TOKEN_FILE")
+                                           else "unset"),
+        "container credentials (AWS_CONTAINER_CREDENTIALS_*): "
+        + ("set" if environ.get("AWS_CONTAINER_CREDENTIALS_RELATIVE_URI")
+           or environ.get("AWS_CONTAINER_CREDENTIALS_FULL_URI") else "unset"),
+        "instance metadata: " + ("disabled (AWS_EC2_METADATA_DISABLED)"
+                                 if (environ.get("AWS_EC2_METADATA_DISABLED") or "").lower() == "true"
+                                 else "no answer (not on EC2, or blocked)"),
+    ]
+    return "; ".join(items)
+
+
+def _credentials(p: Probe, config: StoreConfig, client: Any) -> Any:
+    creds = client._request_signer._credentials
+    if creds is None:
+        p.fail("auth.credential", "auth", "credentials-missing",
+               "no AWS credentials found; the chain looked at: " + _chain_report(p.environ),
+               "set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (plus AWS_SESSION_TOKEN for "
+               "temporary keys), or AWS_PROFILE naming a profile of ~/.aws/credentials, or run "
+               "`aws sso login --profile <name>`; on a server, attach a role")
+    try:
+        frozen = p.call(creds.get_frozen_credentials, what="refreshing the AWS credentials")
+    except ProbeTimeout as e:
+        p.fail("auth.credential", "auth", "network-timeout",
+               f"{e}: the credential provider ({creds.method}) did not answer",
+               "check the provider's endpoint (SSO, STS, metadata), or use static keys")
+    except RuntimeError as e:
+        expiry = getattr(creds, "_expiry_time", None)
+        p.fail("auth.credential", "auth", "token-expired",
+               f"the {creds.method} credentials expired"
+               + (f" at {expiry:%Y-%m-%d %H:%M:%S %Z}" if expiry else "") + f" ({e})",
+               _renew_fix(creds.method))
+    except (bex.BotoCoreError, bex.ClientError) as e:
+        text = str(e)
+        cause = "token-expired" if "expired" in text.lower() else "credentials-invalid"
+        p.fail("auth.credential", "auth", cause,
+               f"the {creds.method} credential provider failed: {text}",
+               _renew_fix(creds.method))
+    p.secret(frozen.secret_key, frozen.token)
+    what = _METHODS.get(creds.method, creds.method)
+    if creds.method in ("shared-credentials-file", "config-file", "sso", "assume-role",
+                        "custom-process"):
+        profile = p.environ.get("AWS_PROFILE") or "default"
+        what += f" (profile {profile!r})"
+    session = " with a session token" if frozen.token else ""
+    p.ok("auth.credential", "auth",
+         f"signing with access key {mask_key_id(frozen.access_key)}{session} from {what}")
+    return creds
+
+
+def _renew_fix(method: str) -> str:
+    if method == "env":
+        return ("get new temporary credentials (e.g. `aws sts assume-role` or your SSO portal) "
+                "and export AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN and "
+                "AWS_CREDENTIAL_EXPIRATION again; a long job needs a profile that renews "
+                "itself (role_arn + source_profile, or SSO)")
+    if method == "sso":
+        return "run `aws sso login --profile <profile>`"
+    return "renew the credentials of the profile, or use a role that renews itself"
+
+
+def _expiry(p: Probe, config: StoreConfig, creds: Any) -> None:
+    expiry = getattr(creds, "_expiry_time", None)
+    if not isinstance(expiry, datetime):
+        if p.environ.get("AWS_SESSION_TOKEN") and creds.method == "env":
+            p.ok("auth.expiry", "auth",
+                 "temporary credentials of unknown expiry (AWS_CREDENTIAL_EXPIRATION is unset)")
+        return
+    left = (expiry - datetime.now(timezone.utc)).total_seconds()
+    when = expiry.strftime("%Y-%m-%d %H:%M:%S UTC")
+    if left <= 0:
+        p.fail("auth.expiry", "auth", "token-expired",
+               f"the credentials expired {duration(left)} ago ({when})", _renew_fix(creds.method))
+    if creds.method in _RENEWING:
+        p.ok("auth.expiry", "auth",
+             f"credentials valid for {duration(left)} (until {when}); {creds.method} renews them")
+    elif left < EXPIRY_WARNING:
+        p.warn("auth.expiry", "auth", "token-expired",
+               f"the credentials expire in {duration(left)} ({when}) and cannot renew "
+               "themselves: a longer job will fail mid-run with ExpiredToken",
+               _renew_fix(creds.method))
+    else:
+        p.ok("auth.expiry", "auth", f"credentials valid for {duration(left)} (until {when})")
+
+
+# -- the bucket ------------------------------------------------------------------------------
+
+
+def _head_bucket(p: Probe, blobs: S3Blobs, endpoint: str) -> dict[str, Any]:
+    """HEAD the bucket with the store's own client; record what answered (the http layer)."""
+    client = blobs._client
+    try:
+        resp = p.call(lambda: client.head_bucket(Bucket=blobs.bucket), what="HEAD of the bucket")
+        meta = resp.get("ResponseMetadata", {})
+        head: dict[str, Any] = {"status": meta.get("HTTPStatusCode", 200),
+                                "headers": meta.get("HTTPHeaders", {}), "code": ""}
+    except bex.ClientError as e:
+        meta = e.response.get("ResponseMetadata", {}) or {}
+        head = {"status": meta.get("HTTPStatusCode", 0), "headers": meta.get("HTTPHeaders", {}),
+                "code": (e.response.get("Error") or {}).get("Code", "")}
+    except ProbeTimeout as e:
+        p.fail("http.answer", "http", "network-timeout",
+               f"{e}: the S3 endpoint {endpoint} accepted the connection but did not answer",
+               "check the endpoint's health and any proxy in between")
+    except (bex.BotoCoreError, CloudtrackError) as e:
+        failure = net.transport_failure(e, endpoint)
+        if failure is not None:
+            fix = failure.fix or (TLS.untrusted_fix() if failure.cause == "tls-untrusted"
+                                  else "check the endpoint and the network")
+            p.fail(f"{failure.layer}.answer" if failure.layer == "http" else failure.layer,
+                   failure.layer, failure.cause, failure.summary, fix)
+        if isinstance(e, bex.NoCredentialsError | bex.PartialCredentialsError):
+            p.fail("auth.credential", "auth", "credentials-missing", str(e),
+                   "set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or AWS_PROFILE")
+        p.fail("http.answer", "http", "server-error", f"HEAD of the bucket failed: {e}",
+               "check the endpoint")
+    headers = {k.lower(): v for k, v in head["headers"].items()}
+    head["headers"] = headers
+    status = int(head["status"] or 0)
+    server = headers.get("server", "")
+    s3ish = any(h in headers for h in _S3_HEADERS) or bool(
+        re.search(r"AmazonS3|MinIO|Ceph|SeaweedFS|Garage|moto", server, re.I))
+    ctype = headers.get("content-type", "")
+    if status >= 500:
+        p.fail("http.answer", "http", "server-error",
+               f"the S3 endpoint {endpoint} answered HTTP {status}"
+               + (f" ({head['code']})" if head["code"] and not head["code"].isdigit() else "")
+               + (f", server {server}" if server else ""),
+               "the service is failing or overloaded: retry later, check its status page or "
+               "logs; if it persists, check the endpoint is the S3 API and not a web page")
+    if not s3ish and ("html" in ctype or (status in (404, 405) and not head["code"])):
+        p.fail("http.answer", "http", "endpoint-mismatch",
+               f"{endpoint} does not answer like S3 (HTTP {status}, {ctype or 'no content type'}"
+               + (f", server {server}" if server else "") + ", no x-amz-* headers)",
+               "point MLFLOW_S3_ENDPOINT_URL at the S3 API port of the server (MinIO: 9000, "
+               "not the console port)")
+    who = f"server {server}" if server else "an S3 API"
+    p.ok("http.answer", "http", f"{endpoint} answers like S3 ({who}; HEAD bucket: HTTP {status})")
+    return head
+
+
+def _header(head: Mapping[str, Any], name: str) -> str | None:
+    value = head.get("headers", {}).get(name)
+    return str(value) if value else None
+
+
+def _code(head: Mapping[str, Any]) -> str:
+    return str(head.get("code") or "")
+
+
+# -- identity --------------------------------------------------------------------------------
+
+
+def _identity(p: Probe, config: StoreConfig, client: Any, creds: Any, custom: bool) -> str | None:
+    """The caller's ARN from STS GetCallerIdentity at the STS endpoint the environment names
+    (or the S3 endpoint when it is custom); None when no STS answers."""
+    env = p.environ
+    sts_endpoint = env.get("AWS_ENDPOINT_URL_STS") or env.get("AWS_ENDPOINT_URL") or (
+        str(client.meta.endpoint_url) if custom else None)
+    frozen = creds.get_frozen_credentials()
+    from botocore.config import Config
+
+    session = _session()
+    verify = False if config.get("verify_tls") is False else (
+        str(config.get("ca_bundle")) if config.get("ca_bundle") else None)
+    try:
+        sts = session.create_client(
+            "sts", region_name=client.meta.region_name, endpoint_url=sts_endpoint, verify=verify,
+            aws_access_key_id=frozen.access_key, aws_secret_access_key=frozen.secret_key,
+            aws_session_token=frozen.token,
+            config=Config(connect_timeout=p.step_timeout(), read_timeout=p.step_timeout(),
+                          retries={"total_max_attempts": 1}))
+        answer = p.call(sts.get_caller_identity, what="STS GetCallerIdentity")
+    except bex.ClientError as e:
+        code = (e.response.get("Error") or {}).get("Code", "")
+        p.ok("auth.identity", "auth",
+             f"STS at {sts_endpoint or 'AWS'} did not say who this is ({code or e}); the "
+             "S3 requests below decide whether the credentials are accepted")
+        return None
+    except (bex.BotoCoreError, ProbeTimeout) as e:
+        p.ok("auth.identity", "auth", f"no STS answered at {sts_endpoint or 'AWS'} "
+             f"({type(e).__name__}); identity unknown")
+        return None
+    arn = str(answer.get("Arn", ""))
+    p.ok("auth.identity", "auth", f"identity {arn} (account {answer.get('Account')}, from STS "
+         f"GetCallerIdentity at {sts_endpoint or 'AWS'})")
+    return arn or None
+
+
+def _session() -> Any:
+    from cloudtrack.blobs.s3 import _new_botocore_session
+
+    return _new_botocore_session()
+
+
+# -- errors and fixes ------------------------------------------------------------------------
+
+
+def _classifier(config: StoreConfig, endpoint: str, custom: bool,
+                identity: str | None) -> Any:
+    source = config.setting("endpoint_url")
+    where = (f"{endpoint} (from {source.source})" if custom and source
+             else f"AWS ({endpoint}; no MLFLOW_S3_ENDPOINT_URL/AWS_ENDPOINT_URL is set)")
+    key_hint = ("" if custom else "; if these keys belong to MinIO or another S3-compatible "
+                "server, set MLFLOW_S3_ENDPOINT_URL to its URL — they were sent to AWS")
+
+    def classify(e: BaseException, op: str) -> Finding:
+        cause_error = e.__cause__
+        code = message = ""
+        status = 0
+        headers: Mapping[str, str] = {}
+        if isinstance(cause_error, bex.ClientError):
+            err = cause_error.response.get("Error") or {}
+            code, message = str(err.get("Code") or ""), str(err.get("Message") or "")
+            meta = cause_error.response.get("ResponseMetadata") or {}
+            status = int(meta.get("HTTPStatusCode") or 0)
+            headers = meta.get("HTTPHeaders") or {}
+        said = f"{code}: {message}" if message else (code or str(e))
+        if code == "InvalidAccessKeyId":
+            return Finding("auth", "credentials-invalid",
+                           f"{where} does not know the access key id ({said})",
+                           "use keys issued by this endpoint's account" + key_hint,
+                           id="auth.accepted")
+        if code in ("SignatureDoesNotMatch", "InvalidSignature", "IncompleteSignature"):
+            return Finding("auth", "credentials-invalid",
+                           f"{where} knows the access key id but the secret key does not match "
+                           f"it ({code})",
+                           "set AWS_SECRET_ACCESS_KEY to the secret issued with this access key "
+                           "(check for a stray space or newline); if the key is right, check "
+                           "the clock" + key_hint, id="auth.accepted")
+        if code in ("ExpiredToken", "TokenRefreshRequired", "RequestExpired",
+                    "ExpiredTokenException"):
+            return Finding("auth", "token-expired",
+                           f"{where} says the session token has expired ({said})",
+                           _renew_fix("env"), id="auth.accepted")
+        if code in ("InvalidToken", "InvalidClientTokenId"):
+            return Finding("auth", "credentials-invalid",
+                           f"{where} refused the session token ({said})",
+                           "AWS_SESSION_TOKEN must come with the access key it was issued with; "
+                           "unset it for long-term keys", id="auth.accepted")
+        if code == "RequestTimeTooSkewed":
+            return Finding("auth", "clock-skew",
+                           f"{where} refused the request: this machine's clock is too far off "
+                           f"({said})", "synchronise the clock with NTP",
+                           id="auth.clock")
+        if code in ("PermanentRedirect", "AuthorizationHeaderMalformed",
+                    "IllegalLocationConstraintException") or status in (301, 307):
+            region = headers.get("x-amz-bucket-region") or _region_in(message) or "?"
+            return Finding("consistency", "endpoint-mismatch",
+                           f"the bucket is in region {region}, not the client's ({said})",
+                           f"set AWS_REGION={region}", id="consistency.region")
+        if isinstance(e, ContainerNotFound) or code == "NoSuchBucket":
+            return Finding("authz", "container-not-found",
+                           f"bucket {config.container!r} does not exist at {where} ({said})",
+                           _missing_bucket_fix(config, config.container, custom),
+                           id="authz.container", stop=True)
+        if isinstance(e, Unauthenticated):
+            return Finding("auth", "credentials-invalid", f"{where} refused the credentials "
+                           f"({said})", "check AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY" + key_hint,
+                           id="auth.accepted")
+        if isinstance(e, PermissionDenied):
+            return Finding("authz", "permission-denied",
+                           f"{op} under the prefix is denied: {ACTIONS[op]} is missing for "
+                           f"{identity or 'these credentials'} ({said})")
+        if status >= 500:
+            return Finding("http", "server-error", f"{where} answered HTTP {status} ({said})",
+                           "the service is failing: retry later or check its logs")
+        failure = net.transport_failure(e, endpoint)
+        if failure is not None:
+            return Finding(failure.layer, failure.cause, failure.summary,
+                           failure.fix or "check the endpoint and the network")
+        if isinstance(e, BlobError):
+            return Finding("authz", "permission-denied", f"{op} failed: {e}")
+        return Finding("http", "server-error", f"{op} failed: {e}")
+
+    return classify
+
+
+def _region_in(message: str) -> str | None:
+    m = re.search(r"expecting '([a-z0-9-]+)'", message) or re.search(r"region '?([a-z]{2}-[a-z]+-\d)", message)
+    return m.group(1) if m else None
+
+
+def _missing_bucket_fix(config: StoreConfig, bucket: str, custom: bool) -> str:
+    endpoint = config.get("endpoint_url")
+    create = f"aws s3 mb s3://{bucket}" + (f" --endpoint-url {endpoint}" if endpoint else "")
+    hint = "" if custom else (" — or, if the bucket is on MinIO/another S3-compatible server, "
+                              "set MLFLOW_S3_ENDPOINT_URL to it")
+    return f"check the bucket name in the URI, or create it: `{create}`{hint}"
+
+
+def minimal_policy(bucket: str, prefix: str, read_only: bool = False) -> dict[str, Any]:
+    """The IAM policy that lets cloudtrack use ``s3://bucket/prefix`` and nothing else."""
+    objects = f"arn:aws:s3:::{bucket}/{prefix}/*" if prefix else f"arn:aws:s3:::{bucket}/*"
+    listing: dict[str, Any] = {"Effect": "Allow", "Action": "s3:ListBucket",
+                               "Resource": f"arn:aws:s3:::{bucket}"}
+    if prefix:
+        listing["Condition"] = {"StringLike": {"s3:prefix": [prefix, f"{prefix}/*"]}}
+    actions = ["s3:GetObject"] if read_only else ["s3:GetObject", "s3:PutObject",
+                                                  "s3:DeleteObject"]
+    return {"Version": "2012-10-17",
+            "Statement": [listing, {"Effect": "Allow", "Action": actions, "Resource": objects}]}
+
+
+def attach_command(identity: str | None, bucket: str, policy: Mapping[str, Any]) -> str:
+    doc = json.dumps(policy, separators=(",", ":"))
+    name = f"cloudtrack-{bucket}"[:128]
+    if identity:
+        m = re.match(r"arn:aws[\w-]*:iam::\d+:user/(?:.*/)?([^/]+)$", identity)
+        if m:
+            return (f"aws iam put-user-policy --user-name {m.group(1)} --policy-name {name} "
+                    f"--policy-document '{doc}'")
+        m = re.match(r"arn:aws[\w-]*:sts::\d+:assumed-role/([^/]+)/", identity)
+        if m:
+            return (f"aws iam put-role-policy --role-name {m.group(1)} --policy-name {name} "
+                    f"--policy-document '{doc}'")
+    return f"attach this policy to the identity that signs: {doc}"
+
+
+def _access_fix(config: StoreConfig, identity: str | None) -> AccessFix:
+    def fix(denied: Sequence[str]) -> str:
+        actions = ", ".join(ACTIONS[op] for op in denied)
+        policy = minimal_policy(config.container, config.prefix)
+        return (f"allow {actions} on s3://{config.container}/{config.prefix} — the minimal "
+                f"policy for the prefix: {attach_command(identity, config.container, policy)} "
+                "(or add the same statements to the bucket policy)")
+    return fix
+

@@ -1,0 +1,235 @@
+"""The authorization probes every blob backend shares, through the backend's own
+:class:`~cloudtrack.blobs.Blobs`: list the prefix, write a probe object, check that a second
+put-if-absent is refused, read it back, delete it (and make sure it is gone); with
+``--read-only`` only list and read.  The probe object lives under ``.cloudtrack-doctor/`` in the
+store and is removed afterwards, also when a step fails."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from cloudtrack import layout
+from cloudtrack.blobs import Blobs
+from cloudtrack.doctor.core import Probe, ProbeTimeout
+from cloudtrack.errors import AlreadyExists, BlobError, BlobNotFound, CloudtrackError
+
+PROBE_DIR = ".cloudtrack-doctor"
+PROBE_DATA = b"cloudtrack doctor probe object; safe to delete\n"
+
+
+@dataclass(frozen=True)
+class Finding:
+    """What an error means: the layer it belongs to, its cause, and how to fix it."""
+
+    layer: str
+    cause: str
+    summary: str
+    fix: str | None = None
+    #: The check's id when it differs from the operation's (``auth.accepted`` …).
+    id: str | None = None
+    #: End the chain here (everything below authz, and a missing bucket).
+    stop: bool | None = None
+
+    @property
+    def stops(self) -> bool:
+        return self.stop if self.stop is not None else self.layer != "authz"
+
+
+#: (error, operation) -> what it means.  Operations: list, write, read, delete.
+Classifier = Callable[[BaseException, str], Finding]
+#: The operations that were denied -> one fix that grants all of them.
+AccessFix = Callable[[Sequence[str]], str]
+
+
+def _timeout_finding(e: ProbeTimeout) -> Finding:
+    return Finding("http", "network-timeout", f"{e}; the service accepted the request but did "
+                   "not answer in time", "check the endpoint's health and the network")
+
+
+class _Steps:
+    """Results kept in order; denied operations are recorded once the fix for all is known."""
+
+    def __init__(self, p: Probe, classify: Classifier, access_fix: AccessFix) -> None:
+        self.p = p
+        self.classify = classify
+        self.access_fix = access_fix
+        #: (id, operation, summary, finding or None for a pass)
+        self.rows: list[tuple[str, str, str, Finding | None]] = []
+
+    def ok(self, id: str, summary: str) -> None:
+        self.rows.append((id, "", summary, None))
+
+    def run(self, id: str, op: str, fn: Callable[[], object]) -> tuple[bool, object]:
+        try:
+            return True, self.p.call(fn, what=f"the {op} probe")
+        except ProbeTimeout as e:
+            finding = _timeout_finding(e)
+        except CloudtrackError as e:
+            finding = self.classify(e, op)
+        if finding.stops:
+            self.stop(finding.id or (id if finding.layer == "authz" else f"{finding.layer}.{op}"),
+                      finding)
+        self.rows.append((finding.id or id, op, finding.summary, finding))
+        return False, None
+
+    def stop(self, id: str, finding: Finding) -> None:
+        self.flush()
+        self.p.fail(id, finding.layer, finding.cause, finding.summary, finding.fix)
+
+    def flush(self) -> None:
+        denied = [op for _, op, _, f in self.rows
+                  if f is not None and f.cause == "permission-denied"]
+        for id, _op, summary, finding in self.rows:
+            if finding is None:
+                self.p.ok(id, id.split(".")[0], summary)
+            else:
+                fix = finding.fix
+                if finding.cause == "permission-denied" and denied:
+                    fix = self.access_fix(denied) or fix
+                self.p.note_fail(id, finding.layer, finding.cause, summary, fix)
+        self.rows.clear()
+
+
+def probe_access(p: Probe, blobs: Blobs, *, classify: Classifier, access_fix: AccessFix,
+                 where: str) -> None:
+    """Record the authz checks of ``blobs``; end the chain on a failure below authz."""
+    steps = _Steps(p, classify, access_fix)
+    key = f"{PROBE_DIR}/{_host()}-{os.getpid()}-{uuid.uuid4().hex[:12]}"
+    created = deleted = False
+    try:
+        listed, result = steps.run("authz.list", "list", lambda: blobs.list_dir(""))
+        files: list[str] = []
+        if listed:
+            found, folders = result  # type: ignore[misc]
+            files = [str(f.key) for f in found]  # type: ignore[has-type]
+            steps.ok("authz.list", f"listed {where}: {len(files)} object(s) and "
+                     f"{len(folders)} folder(s) at the top")  # type: ignore[has-type]
+        if p.read_only:
+            _read_existing(steps, blobs, files)
+        else:
+            created, _ = steps.run("authz.write", "write",
+                                   lambda: blobs.put_if_absent(key, PROBE_DATA))
+            if created:
+                steps.ok("authz.write", f"wrote the probe object {key}")
+                enforced = _conditional(steps, blobs, key)
+                ok, data = steps.run("authz.read", "read", lambda: blobs.get(key))
+                if ok:
+                    if enforced and data != PROBE_DATA:
+                        steps.stop("consistency.read-back", Finding(
+                            "consistency", "endpoint-mismatch",
+                            f"{key} read back different bytes than were written",
+                            "the endpoint does not store objects faithfully; use another"))
+                    steps.ok("authz.read",
+                             f"read the probe object back ({len(PROBE_DATA)} bytes)")
+            else:
+                _read_existing(steps, blobs, files)
+            # Deleting a missing object still needs the permission: test it either way.
+            ok, _ = steps.run("authz.delete", "delete", lambda: blobs.delete(key))
+            if ok:
+                deleted = True
+                try:
+                    gone = not created or not p.call(lambda: blobs.exists(key),
+                                                     what="checking the delete")
+                except (CloudtrackError, ProbeTimeout):
+                    gone = True  # cannot tell; the delete itself succeeded
+                steps.ok("authz.delete", "deleted the probe object" if created
+                         else "deleting (a missing probe object) is allowed")
+                if not gone:
+                    steps.flush()
+                    p.warn("consistency.delete", "consistency", "endpoint-mismatch",
+                           f"{key} still exists after a successful delete",
+                           f"delete {key} by hand; the endpoint's deletes are not immediate")
+        steps.flush()
+    finally:
+        if created and not deleted:
+            try:
+                p.call(lambda: blobs.delete(key), what="removing the probe object")
+            except Exception:
+                p.warn("authz.cleanup", "authz", "permission-denied",
+                       f"the probe object {key} could not be removed", f"delete {key} by hand")
+
+
+def _host() -> str:
+    name = "".join(c if c.isalnum() or c in "-_" else "-" for c in socket.gethostname())
+    return name[:40] or "host"
+
+
+def _conditional(steps: _Steps, blobs: Blobs, key: str) -> bool:
+    """A second put-if-absent must lose; an endpoint that ignores the condition would let
+    concurrent writers overwrite each other's records.  True when the condition held."""
+    try:
+        steps.p.call(lambda: blobs.put_if_absent(key, b"second writer"),
+                     what="the conditional-write probe")
+    except AlreadyExists:
+        steps.ok("consistency.conditional-writes",
+                 "a second put-if-absent of the probe object was refused, as it must be")
+        return True
+    except ProbeTimeout as e:
+        steps.stop("http.conditional", _timeout_finding(e))
+    except CloudtrackError as e:
+        f = steps.classify(e, "write")
+        steps.stop("consistency.conditional-writes", Finding(
+            "consistency", f.cause, f"the conditional-write probe failed: {f.summary}", f.fix))
+    steps.flush()
+    steps.p.note_fail(
+        "consistency.conditional-writes", "consistency", "endpoint-mismatch",
+        "the endpoint accepted a second put-if-absent of the same object: it ignores "
+        "conditional writes (If-None-Match / ifGenerationMatch), so concurrent writers would "
+        "overwrite each other",
+        "use a service that enforces conditional writes (AWS S3, GCS, Azure, a recent MinIO); "
+        "this endpoint is not safe for cloudtrack")
+    return False
+
+
+def _read_existing(steps: _Steps, blobs: Blobs, files: list[str]) -> None:
+    """Read the store marker — or the metadata of the first object listed, which needs the
+    same permission and never downloads a large artifact — when nothing could be written."""
+    if layout.MARKER in files:
+        ok, data = steps.run("authz.read", "read", lambda: blobs.get(layout.MARKER))
+        if ok:
+            steps.ok("authz.read", f"read {layout.MARKER} ({len(data)} bytes)")  # type: ignore[arg-type]
+    elif files:
+        name = files[0]
+        ok, _ = steps.run("authz.read", "read", lambda: blobs.stat(name))
+        if ok:
+            steps.ok("authz.read", f"read the metadata of {name}")
+
+
+def check_marker(p: Probe, blobs: Blobs) -> None:
+    """The store's format marker, if any: a newer format than this cloudtrack understands
+    cannot be logged to.  (An artifact root has none.)"""
+    if p.artifact_store:
+        return
+    try:
+        raw = p.call(lambda: blobs.get(layout.MARKER), what="reading the store marker")
+    except BlobNotFound:
+        p.ok("consistency.format", "consistency",
+             "no cloudtrack.json yet: a new store, initialised on first use")
+        return
+    except (BlobError, ProbeTimeout):
+        return  # the access probes report it
+    try:
+        marker = json.loads(raw)
+        fmt, version = marker.get("format"), int(marker.get("version", 0))
+    except (ValueError, TypeError, AttributeError):
+        p.note_fail("consistency.format", "consistency", "config-invalid",
+                    f"{layout.MARKER} is not a cloudtrack format marker (not JSON)",
+                    "point the URI at a cloudtrack store, or at an empty prefix")
+        return
+    if fmt != layout.FORMAT:
+        p.note_fail("consistency.format", "consistency", "config-invalid",
+                    f"{layout.MARKER} names format {fmt!r}, not {layout.FORMAT!r}",
+                    "point the URI at a cloudtrack store, or at an empty prefix")
+    elif version > layout.FORMAT_VERSION:
+        p.note_fail("consistency.format", "consistency", "dependency-missing",
+                    f"the store uses cloudtrack format version {version}, newer than this "
+                    f"cloudtrack understands ({layout.FORMAT_VERSION})",
+                    "pip install -U cloudtrack")
+    else:
+        p.ok("consistency.format", "consistency",
+             f"cloudtrack store, format version {version}")
