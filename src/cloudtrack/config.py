@@ -179,6 +179,8 @@ def redact_uri(uri: str) -> str:
         query = "&".join(
             f"{k}={'***' if k.lower() in _SECRET_QUERY_KEYS else v}" for k, v in pairs
         )
+    if netloc == parsed.netloc and query == parsed.query:
+        return redact(uri)  # nothing structural to hide; keep the URI exactly as written
     return urllib.parse.urlunsplit((parsed.scheme, netloc, parsed.path, query, parsed.fragment))
 
 

@@ -167,3 +167,9 @@ def test_readme_reference_is_generated_from_the_config_module() -> None:
         "README's configuration reference is stale: regenerate it with "
         "`python -m cloudtrack.config` and paste between the markers"
     )
+
+
+@pytest.mark.parametrize("uri", ["sqlite:////tmp/x.db", "file:///tmp/a", "s3://bkt/p",
+                                 "wasbs://c@a.blob.core.windows.net/p"])
+def test_redact_uri_keeps_uris_without_secrets_intact(uri: str) -> None:
+    assert redact_uri(uri) == uri
