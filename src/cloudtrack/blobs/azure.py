@@ -57,7 +57,7 @@ from cloudtrack.errors import (
     TransientError,
     Unauthenticated,
 )
-from cloudtrack.retry import DEFAULT_POLICY, RetryPolicy
+from cloudtrack.retry import RetryPolicy
 
 log = logging.getLogger("cloudtrack.blobs.azure")
 
@@ -174,7 +174,7 @@ class AzureBlobs(Blobs):
 
     backend = "azure"
 
-    def __init__(self, config: StoreConfig, *, retry: RetryPolicy = DEFAULT_POLICY,
+    def __init__(self, config: StoreConfig, *, retry: RetryPolicy | None = None,
                  credential: TokenCredential | None = None) -> None:
         super().__init__(config, retry=retry)
         self._owned_credential: Any = None

@@ -40,7 +40,7 @@ from cloudtrack.errors import (
     TransientError,
     Unauthenticated,
 )
-from cloudtrack.retry import DEFAULT_POLICY, RetryPolicy
+from cloudtrack.retry import RetryPolicy
 
 if TYPE_CHECKING:
     from google.auth.credentials import Credentials
@@ -68,7 +68,7 @@ _TRANSIENT_STATUS = {408, 429, 500, 502, 503, 504}
 class GcsBlobs(Blobs):
     backend = "gcs"
 
-    def __init__(self, config: StoreConfig, *, retry: RetryPolicy = DEFAULT_POLICY) -> None:
+    def __init__(self, config: StoreConfig, *, retry: RetryPolicy | None = None) -> None:
         super().__init__(config, retry=retry)
         self.bucket_name = config.container
         #: Names inside the bucket start with this ('' or '<prefix>/').

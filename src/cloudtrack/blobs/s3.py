@@ -49,7 +49,7 @@ from cloudtrack.errors import (
     TransientError,
     Unauthenticated,
 )
-from cloudtrack.retry import DEFAULT_POLICY, RetryPolicy
+from cloudtrack.retry import RetryPolicy
 
 log = logging.getLogger("cloudtrack.blobs.s3")
 
@@ -289,7 +289,7 @@ class S3Blobs(Blobs):
     #: Keys per LIST request; S3's maximum (tests lower it to exercise pagination).
     page_size = 1000
 
-    def __init__(self, config: StoreConfig, *, retry: RetryPolicy = DEFAULT_POLICY) -> None:
+    def __init__(self, config: StoreConfig, *, retry: RetryPolicy | None = None) -> None:
         super().__init__(config, retry=retry)
         self.bucket = config.container
         #: Every key of this store starts with this; '' at the bucket's root.
@@ -377,6 +377,15 @@ class S3Blobs(Blobs):
             raise self._translate(cause, op, key, mode=mode) from cause
         except (bex.ClientError, bex.BotoCoreError) as e:
             raise self._translate(e, op, key, mode=mode) from e
+        except RuntimeError as e:
+            # botocore's refreshable credentials raise a bare RuntimeError once they are
+            # expired and cannot be refreshed (e.g. AWS_CREDENTIAL_EXPIRATION in the past).
+            if "expired" not in str(e).lower():
+                raise
+            raise Unauthenticated(
+                f"{op} {self.object_uri(key or '')}: the AWS credentials have expired and could "
+                "not be refreshed; renew the session (aws sso login, or new "
+                "AWS_SESSION_TOKEN / AWS_CREDENTIAL_EXPIRATION)", self.object_uri(key or "")) from e
 
     # -- helpers --------------------------------------------------------------------------
 
