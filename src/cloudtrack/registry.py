@@ -207,8 +207,10 @@ class BlobRegistryStore(AbstractStore):
             if stage in wanted and (stage not in latest
                                     or int(latest[stage]["version"]) < int(rec["version"])):
                 latest[stage] = rec
-        return [self._version_entity(model, latest[s]) for s in dict.fromkeys(wanted)
-                if s in latest]
+        # Ordered by version number and without aliases, as MLflow's SQL store answers.
+        found = sorted((latest[s] for s in dict.fromkeys(wanted) if s in latest),
+                       key=lambda r: int(r["version"]))
+        return [self._version_entity(model, r, with_aliases=False) for r in found]
 
     def _model_entity(self, model: dict[str, Any],
                       versions: list[dict[str, Any]] | None = None) -> RegisteredModel:
@@ -546,6 +548,19 @@ class BlobRegistryStore(AbstractStore):
 
         self._update_version(name, version, change)
         self._touch(name)
+
+    # -- webhooks: creating one is refused (MLflow's base class), so none ever exist --------
+
+    def list_webhooks(self, max_results: int | None = None,
+                      page_token: str | None = None) -> PagedList[Any]:
+        """No webhook can be created on this store, so the list is empty.  MLflow's server
+        asks on every registry event; answering keeps its log free of errors."""
+        return PagedList([], None)
+
+    def list_webhooks_by_event(self, event: Any, max_results: int | None = None,
+                               page_token: str | None = None) -> PagedList[Any]:
+        """See list_webhooks."""
+        return PagedList([], None)
 
     # -- aliases ----------------------------------------------------------------------------
 

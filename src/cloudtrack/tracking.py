@@ -1041,7 +1041,9 @@ class BlobTrackingStore(AbstractStore):
         seen: set[tuple[Any, ...]] = set()
         out = []
         for t in points:
-            ident = (t[0], t[2], t[3], repr(float(t[1])), t[4], t[5], t[6])
+            # MLflow's SQL store keys a run's metric points by (key, timestamp, step, value):
+            # the same point copied onto a logged model is still one point of the run.
+            ident = (t[0], t[2], t[3], repr(float(t[1])))
             if ident not in seen:
                 seen.add(ident)
                 out.append(t)
@@ -1447,7 +1449,7 @@ def _make_unsupported(name: str) -> Callable[..., Any]:
 INHERITED = frozenset({
     "search_runs", "log_batch_async", "log_metric_async", "log_param_async", "set_tag_async",
     "end_async_logging", "shut_down_async_logging", "get_metric_history_bulk_interval",
-    "filter_active_experiment_ids",
+    "filter_active_experiment_ids", "set_model_versions_tags",
 })
 
 

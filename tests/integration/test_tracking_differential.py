@@ -257,6 +257,11 @@ def scenario_logged_models(s: Any) -> list[Any]:
     r.call("get missing", lambda: s.get_logged_model("m-" + "0" * 32))
     s.log_batch(run.info.run_id, [Metric("acc", 0.9, T0, 0, model_id=ids[2])], [], [])
     r.call("model metric", lambda: s.get_logged_model(ids[2]), lambda m: [(x.key, x.value) for x in m.metrics or []])
+    # What log_model does: the run's point copied onto the model is still one point of the run.
+    s.log_batch(run.info.run_id, [Metric("acc", 0.9, T0, 0)], [], [])
+    s.log_batch(run.info.run_id, [Metric("acc", 0.9, T0, 0, model_id=ids[1])], [], [])
+    r.call("run history with model copies", lambda: s.get_metric_history(run.info.run_id, "acc"),
+           history_view)
 
     def search(label: str, filt: str | None = None, order: list[dict[str, Any]] | None = None) -> None:
         r.call(label, lambda: s.search_logged_models([exp], filt, None, None, order),

@@ -2,9 +2,10 @@
 
 On every backend MLflow first logs straight into a fresh store (no server); then two
 ``mlflow server`` processes are started side by side on that same store.  Both must serve what
-was logged, and a run created through one must be visible through the other.  On S3 the real
-UI is then driven in headless Chromium (Debian's ``/usr/bin/chromium``; ``.ci/run`` installs
-it; ``CLOUDTRACK_SKIP_UI=1`` skips the UI tests on a developer's machine).
+was logged (runs and the model registry), and a run or a model version created through one
+must be visible through the other.  On S3 the real UI is then driven in headless Chromium
+(Debian's ``/usr/bin/chromium``; ``.ci/run`` installs it; ``CLOUDTRACK_SKIP_UI=1`` skips the UI
+tests on a developer's machine).
 
 Start-up dominates the run time (each server imports MLflow twice), so one module fixture
 launches every server of every selected backend at once and their start-ups overlap.
@@ -39,11 +40,14 @@ UI_BACKEND = "s3"
 STARTUP_TIMEOUT = 300.0
 UI_TIMEOUT_MS = 60_000
 
+#: Registered with versions 1 (stage Production) and 2 (alias "champion").
+MODEL = "ui-model"
 LOSS = [round(1.0 / (step + 1), 6) for step in range(10)]
 
 #: Runs in a subprocess with MLFLOW_TRACKING_URI set to the store: plain MLflow, no server.
 LOG_DATA = f"""
 import json, mlflow, numpy
+from sklearn.linear_model import LinearRegression
 experiment = mlflow.set_experiment("ui-demo")
 with mlflow.start_run(run_name="ui-run") as run:
     mlflow.log_param("lr", 0.01)
@@ -52,7 +56,23 @@ with mlflow.start_run(run_name="ui-run") as run:
     mlflow.set_tag("team", "cloudtrack")
     mlflow.log_input(mlflow.data.from_numpy(numpy.arange(10.0), name="ui-data"),
                      context="training")
-print(json.dumps({{"experiment_id": experiment.experiment_id, "run_id": run.info.run_id}}))
+# The registry: two versions of one model, from a run of their own.  Not from "ui-run":
+# log_model copies the run's step-0 metrics onto each new model, and cloudtrack (unlike
+# MLflow's SQL store) keeps those copies as extra points of the run's metric history.
+mlflow.set_experiment("ui-models")
+with mlflow.start_run(run_name="ui-model-run") as model_run:
+    x = numpy.arange(10.0).reshape(-1, 1)
+    model = LinearRegression().fit(x, 2 * x.ravel())
+    for _ in range(2):
+        # Fixed requirements spare MLflow a subprocess inferring them.
+        mlflow.sklearn.log_model(model, name="model", registered_model_name={MODEL!r},
+                                 serialization_format="cloudpickle",
+                                 pip_requirements=["scikit-learn"])
+client = mlflow.MlflowClient()
+client.transition_model_version_stage({MODEL!r}, 1, "Production")
+client.set_registered_model_alias({MODEL!r}, "champion", 2)
+print(json.dumps({{"experiment_id": experiment.experiment_id, "run_id": run.info.run_id,
+                  "model_run_id": model_run.info.run_id}}))
 """
 
 
@@ -65,6 +85,7 @@ class Served:
     env: dict[str, str]
     experiment_id: str = ""
     run_id: str = ""
+    model_run_id: str = ""
     servers: list[MlflowServer] = field(default_factory=list)
     error: str = ""
 
@@ -137,6 +158,7 @@ def served_all(request: pytest.FixtureRequest) -> Iterator[dict[str, Served]]:
                 continue
             ids = json.loads(out.strip().splitlines()[-1])
             s.experiment_id, s.run_id = ids["experiment_id"], ids["run_id"]
+            s.model_run_id = ids["model_run_id"]
         for s in started.values():
             for server in s.servers:
                 try:
@@ -261,6 +283,82 @@ def test_run_created_through_one_server_is_seen_through_the_other(served: Served
         assert sorted(r["info"]["run_name"] for r in runs["runs"]) == sorted(["ui-run", *names])
 
 
+def _model_versions(server: MlflowServer, name: str) -> dict[str, dict[str, Any]]:
+    found = api(server, "GET", "model-versions/search", params={"filter": f"name='{name}'"})
+    return {v["version"]: v for v in found.get("model_versions", [])}
+
+
+def test_both_servers_serve_the_model_registry(served: Served) -> None:
+    for server in served.servers:
+        models = api(server, "GET", "registered-models/search")["registered_models"]
+        # Other tests may register models of their own.
+        [model] = [m for m in models if m["name"] == MODEL]
+        assert sorted((v["version"], v["current_stage"]) for v in model["latest_versions"]) \
+            == [("1", "Production"), ("2", "None")], model
+        assert model["aliases"] == [{"alias": "champion", "version": "2"}]
+
+        versions = _model_versions(server, MODEL)
+        assert {k: (v["current_stage"], v["status"], v["run_id"]) for k, v in versions.items()} \
+            == {"1": ("Production", "READY", served.model_run_id),
+                "2": ("None", "READY", served.model_run_id)}
+        assert all(v["source"].startswith("models:/m-") for v in versions.values()), versions
+
+        champion = api(server, "GET", "registered-models/alias",
+                       params={"name": MODEL, "alias": "champion"})["model_version"]
+        assert (champion["version"], champion["aliases"]) == ("2", ["champion"])
+
+
+def test_model_registered_through_one_server_is_seen_through_the_other(served: Served) -> None:
+    a, b = served.servers
+    name = f"ui-shared-{a.port}"  # its own model: MODEL stays as logged for the other tests
+    # What `mlflow.register_model("runs:/<run id>/model", name)` sends.
+    source = f"runs:/{served.model_run_id}/model"
+    api(a, "POST", "registered-models/create", {"name": name})
+    for number, (writer, reader) in enumerate([(a, b), (b, a)], start=1):
+        made = api(writer, "POST", "model-versions/create",
+                   {"name": name, "source": source, "run_id": served.model_run_id}
+                   )["model_version"]
+        assert made["version"] == str(number)
+        got = api(reader, "GET", "model-versions/get",
+                  params={"name": name, "version": made["version"]})["model_version"]
+        assert (got["source"], got["run_id"], got["status"]) == (source, served.model_run_id,
+                                                                 "READY")
+    api(b, "POST", "registered-models/alias", {"name": name, "alias": "shared", "version": "1"})
+    api(a, "POST", "model-versions/transition-stage",
+        {"name": name, "version": "2", "stage": "Staging", "archive_existing_versions": False})
+    for server in (a, b):
+        assert {k: v["current_stage"] for k, v in _model_versions(server, name).items()} \
+            == {"1": "None", "2": "Staging"}
+        [model] = api(server, "GET", "registered-models/search",
+                      params={"filter": f"name='{name}'"})["registered_models"]
+        assert model["aliases"] == [{"alias": "shared", "version": "1"}]
+        shared = api(server, "GET", "registered-models/alias",
+                     params={"name": name, "alias": "shared"})["model_version"]
+        assert shared["version"] == "1"
+
+
+def test_logged_model_registered_through_a_server(served: Served) -> None:
+    """What ``mlflow.<flavor>.log_model(..., registered_model_name=...)`` and
+    ``mlflow.register_model("models:/m-…")`` send to a server in MLflow 3."""
+    server = served.servers[0]
+    name = f"ui-logged-{server.port}"
+    v2 = api(server, "GET", "model-versions/get",
+             params={"name": MODEL, "version": "2"})["model_version"]
+    # REST answers carry no model_id (nor do they on MLflow's SQL store): the source names it.
+    model_id = v2["source"].removeprefix("models:/")
+    assert model_id.startswith("m-"), v2
+    api(server, "POST", "registered-models/create", {"name": name})
+    made = api(server, "POST", "model-versions/create",
+               {"name": name, "source": v2["source"], "run_id": served.model_run_id,
+                "model_id": model_id})["model_version"]
+    assert made["version"] == "1"
+    logged = api(server, "GET", f"logged-models/{model_id}")["model"]
+    tags = {t["key"]: t["value"] for t in logged["info"].get("tags", [])}
+    # Versions are numbers in this tag (MLflow's client and SQL store write them so).
+    registered = [(v["name"], str(v["version"])) for v in json.loads(tags["mlflow.modelVersions"])]
+    assert registered == [(MODEL, "2"), (name, "1")], registered
+
+
 # -- the UI ----------------------------------------------------------------------------------
 
 def _ui_skipped() -> bool:
@@ -354,4 +452,36 @@ def test_ui_run_page_shows_the_param_and_the_loss_chart(ui_served: Served, page:
     # One plotted point per logged step.
     expect(page.locator(".js-plotly-plot .scatterlayer .point")).to_have_count(len(LOSS))
     _shot(page, "metrics")
+    _no_server_errors(page, ui_served)
+
+
+def test_ui_models_pages_show_the_registered_model(ui_served: Served, page: Any) -> None:
+    from playwright.sync_api import expect
+
+    # MLflow advertises its new registry UI (aliases instead of stages) in a modal, once.
+    promo = page.get_by_role("dialog").filter(has_text="Flexible, governed deployments")
+    page.add_locator_handler(promo, lambda: promo.get_by_role("button", name="Close").click())
+    page.goto(f"{ui_served.servers[0].url}/#/models")
+    link = page.get_by_role("link", name=MODEL, exact=True)
+    expect(link).to_be_visible()
+    _shot(page, "models")
+
+    link.click()
+    page.wait_for_url(f"**/#/models/{MODEL}")
+    rows = page.get_by_role("row")
+
+    def row(version: int) -> Any:
+        return rows.filter(has=page.get_by_role("link", name=f"Version {version}", exact=True))
+
+    # The new UI (the default) shows aliases ...
+    expect(row(2)).to_contain_text("champion")
+    expect(row(1)).to_be_visible()
+    _shot(page, "models-aliases")
+    # ... the previous one stages.  (The choice sticks in this module's browser profile.)
+    page.get_by_role("switch", name="New model registry UI").click()
+    page.get_by_role("dialog").filter(has_text="Disable the new model stages") \
+        .get_by_role("button", name="Disable").click()
+    expect(row(1)).to_contain_text("Production")
+    expect(row(2)).to_contain_text("None")
+    _shot(page, "models-stages")
     _no_server_errors(page, ui_served)

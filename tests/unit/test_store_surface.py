@@ -68,9 +68,8 @@ REGISTRY_INHERITED = {
     "set_prompt_version_tag", "delete_prompt_version_tag", "link_prompt_version_to_model",
     "link_prompt_version_to_run", "supports_workspaces",
 }
-REGISTRY_REFUSED_BY_MLFLOW = {"create_webhook", "get_webhook", "list_webhooks",
-                              "list_webhooks_by_event", "update_webhook", "delete_webhook",
-                              "test_webhook"}
+REGISTRY_REFUSED_BY_MLFLOW = {"create_webhook", "get_webhook", "update_webhook",
+                              "delete_webhook", "test_webhook"}
 
 
 @pytest.mark.parametrize("name", public_methods(RegistryBase))
@@ -99,3 +98,11 @@ def test_trace_queries_are_empty_because_trace_writes_are_refused(tmp_path) -> N
     with pytest.raises(MlflowException) as e:
         store.search_traces(["12345"])
     assert e.value.error_code == "RESOURCE_DOES_NOT_EXIST"
+
+
+def test_no_webhook_can_exist(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    store = BlobRegistryStore(str(tmp_path))
+    with pytest.raises(NotImplementedError):
+        store.create_webhook("hook", "https://example.invalid/hook", [])
+    assert list(store.list_webhooks()) == []
+    assert list(store.list_webhooks_by_event(None)) == []
