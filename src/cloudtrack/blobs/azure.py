@@ -21,11 +21,9 @@ Versions are ETags, kept without their quotes.  Conditional writes use ``If-None
 
 from __future__ import annotations
 
-import email.utils
 import logging
 import os
 import ssl
-import time
 from collections.abc import Iterable
 from datetime import datetime, timezone
 from typing import Any, NoReturn
@@ -57,7 +55,7 @@ from cloudtrack.errors import (
     TransientError,
     Unauthenticated,
 )
-from cloudtrack.retry import RetryPolicy
+from cloudtrack.retry import RetryPolicy, retry_after
 
 log = logging.getLogger("cloudtrack.blobs.azure")
 
@@ -104,18 +102,7 @@ def _quoted(version: str) -> str:
 
 def _retry_after(e: HttpResponseError) -> float | None:
     response = getattr(e, "response", None)
-    value = response.headers.get("Retry-After") if response is not None else None
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, when.timestamp() - time.time())
+    return retry_after(response.headers if response is not None else None)
 
 
 def _error_code(e: HttpResponseError) -> str | None:

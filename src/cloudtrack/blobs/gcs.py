@@ -10,12 +10,10 @@ caller did not ask for: a missing ADC is an error, not an anonymous client (MLfl
 
 from __future__ import annotations
 
-import email.utils
 import logging
 import os
 import re
 import threading
-import time
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, NoReturn
 
@@ -40,7 +38,7 @@ from cloudtrack.errors import (
     TransientError,
     Unauthenticated,
 )
-from cloudtrack.retry import RetryPolicy
+from cloudtrack.retry import RetryPolicy, retry_after
 
 if TYPE_CHECKING:
     from google.auth.credentials import Credentials
@@ -406,15 +404,4 @@ class GcsBlobs(Blobs):
 
 def _retry_after(e: api_exceptions.GoogleAPICallError) -> float | None:
     response = getattr(e, "response", None)
-    value = response.headers.get("Retry-After") if response is not None else None
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, when.timestamp() - time.time())
+    return retry_after(response.headers if response is not None else None)

@@ -17,7 +17,6 @@ writes are safe to repeat.
 from __future__ import annotations
 
 import contextlib
-import email.utils
 import json
 import logging
 import os
@@ -25,7 +24,6 @@ import random
 import threading
 import time
 from collections.abc import Iterator, Mapping
-from datetime import datetime, timezone
 from typing import Any
 
 import botocore.exceptions as bex
@@ -49,7 +47,7 @@ from cloudtrack.errors import (
     TransientError,
     Unauthenticated,
 )
-from cloudtrack.retry import RetryPolicy
+from cloudtrack.retry import RetryPolicy, retry_after
 
 log = logging.getLogger("cloudtrack.blobs.s3")
 
@@ -159,21 +157,7 @@ def _classify(code: str, status: int) -> type[BlobError]:
 
 
 def _retry_after(headers: Mapping[str, str]) -> float | None:
-    """Seconds a ``Retry-After`` header asks for (a number or an HTTP date), if any."""
-    raw = headers.get("retry-after") or headers.get("Retry-After")
-    if not raw:
-        return None
-    try:
-        return max(0.0, float(raw))
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(raw)
-    except (TypeError, ValueError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=timezone.utc)
-    return max(0.0, (when - datetime.now(timezone.utc)).total_seconds())
+    return retry_after(headers)
 
 
 def _error_code(e: BaseException | None) -> str:
