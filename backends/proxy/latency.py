@@ -19,7 +19,10 @@ nothing.  The proxy therefore delays *turns*, not bytes:
 
 Counters (``stats()``): ``round_trips`` (turns), ``requests`` (turns that start an HTTP
 request: a body sent after a server's ``100 Continue`` is a round trip but not a new request),
-``connections``, ``bytes_up``, ``bytes_down``.  Through TLS the handshake's turns count as
+``connections``, ``bytes_up``, ``bytes_down``, and ``service_us``: microseconds from forwarding
+a turn's first bytes (after the added latency) to the service's first bytes back, summed over
+turns — how long the service itself took to answer, so a benchmark can tell a slow emulator
+from a slow client (concurrent turns add up beyond wall time).  Through TLS the handshake's turns count as
 requests too (the proxy cannot see inside); count through plain HTTP.
 
 Reading the counters from another process
@@ -39,6 +42,7 @@ import asyncio
 import contextlib
 import json
 import threading
+import time
 import urllib.request
 from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass
@@ -58,6 +62,7 @@ class ProxyStats:
     connections: int = 0
     bytes_up: int = 0
     bytes_down: int = 0
+    service_us: int = 0
 
     def as_dict(self) -> dict[str, int]:
         return asdict(self)
@@ -66,11 +71,12 @@ class ProxyStats:
 class _Turns:
     """Per connection: whether the next client bytes start a new turn."""
 
-    __slots__ = ("after_continue", "server_spoke")
+    __slots__ = ("after_continue", "sent_at", "server_spoke")
 
     def __init__(self) -> None:
         self.server_spoke = True  # the first client bytes start a turn
         self.after_continue = False
+        self.sent_at: float | None = None  # when this turn's first bytes went to the service
 
 
 class LatencyProxy:
@@ -253,6 +259,7 @@ class LatencyProxy:
                 turns.after_continue = False
                 if self.latency:
                     await asyncio.sleep(self.latency)
+                turns.sent_at = time.perf_counter()
             self._count(bytes_up=len(data))
             writer.write(data)
             await writer.drain()  # back-pressure: never read faster than the server takes
@@ -266,6 +273,9 @@ class LatencyProxy:
             if not turns.server_spoke:
                 turns.server_spoke = True
                 turns.after_continue = data.startswith(_CONTINUE)
+                if turns.sent_at is not None:
+                    self._count(service_us=int((time.perf_counter() - turns.sent_at) * 1e6))
+                    turns.sent_at = None
             self._count(bytes_down=len(data))
             writer.write(data)
             await writer.drain()

@@ -69,8 +69,8 @@ def auth_server(servers: dict[str, MlflowServer]) -> MlflowServer:
 
 
 class _Handler(http.server.BaseHTTPRequestHandler):
-    """GET /big: BIG deterministic bytes; PUT: answers the body's length and sha256, read in
-    chunks; GET anything else: a tiny answer."""
+    """GET /big: BIG deterministic bytes; GET /slow/<ms>: a tiny answer after <ms>; PUT: answers
+    the body's length and sha256, read in chunks; GET anything else: a tiny answer."""
 
     protocol_version = "HTTP/1.1"
     disable_nagle_algorithm = True  # else delayed ACKs add 40 ms to every small response
@@ -85,6 +85,9 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         self.wfile.write(body)
 
     def do_GET(self) -> None:
+        if self.path.startswith("/slow/"):
+            time.sleep(int(self.path.rsplit("/", 1)[1]) / 1000)
+            return self._answer(b"slow")
         if self.path != "/big":
             return self._answer(b"ok")
         self.send_response(200)
@@ -266,6 +269,18 @@ def test_proxy_counts_mlflow_client_calls_and_serves_stats_to_other_processes(
         assert json.loads(read.stdout) == proxy.stats()
         assert remote_reset(proxy.control_url)["requests"] == 2
         assert remote_stats(proxy.control_url)["requests"] == 0
+
+
+def test_proxy_measures_the_service_time_apart_from_its_latency(http_target: int) -> None:
+    with LatencyProxy(LOOPBACK, http_target, 50) as proxy, requests.Session() as session:
+        session.get(f"{proxy.url}/fast", timeout=30).raise_for_status()
+        fast = proxy.reset()
+        for _ in range(3):
+            session.get(f"{proxy.url}/slow/200", timeout=30).raise_for_status()
+        slow = proxy.stats()
+    # The added 50 ms is latency, not service time: a tiny answer takes well under it.
+    assert 0 < fast["service_us"] < 50_000, fast
+    assert 3 * 200_000 <= slow["service_us"] < 3 * 200_000 + 3 * 50_000, slow
 
 
 def test_large_bodies_pass_intact(http_target: int) -> None:
