@@ -91,6 +91,8 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--no-keep-alive", action="store_true",
+                        help="moto's own werkzeug server (closes every connection)")
     args = parser.parse_args(argv)
 
     # Imported here so that ``--help`` stays fast; moto loads every service's URL table.
@@ -99,12 +101,46 @@ def main(argv: list[str] | None = None) -> None:
         MotoRequestHandler,
         create_backend_app,
     )
-    from werkzeug.serving import run_simple
-
     _cache_moto_module_list()
-    app = DomainDispatcherApplication(create_backend_app)
-    run_simple(args.host, args.port, SerializedRequests(app), threaded=True,
-               request_handler=MotoRequestHandler)
+    app = SerializedRequests(DomainDispatcherApplication(create_backend_app))
+    if args.no_keep_alive:
+        from werkzeug.serving import run_simple
+
+        run_simple(args.host, args.port, app, threaded=True, request_handler=MotoRequestHandler)
+    else:
+        _serve_keep_alive(app, args.host, args.port)
+
+
+def _serve_keep_alive(app: WsgiApp, host: str, port: int) -> None:
+    """Serve ``app`` with keep-alive connections, as S3 does.
+
+    moto's own server is werkzeug's development server, which closes the connection after
+    every response ("keep-alive is not handled well by http.server"), so every request through
+    it also pays a TCP handshake that a client of real S3 does not: behind the latency proxy
+    that doubled the cost of each small request.  gunicorn's threaded worker keeps connections
+    open; one worker process, so moto's in-memory state stays in one place.
+    """
+    from gunicorn.app.base import BaseApplication
+
+    class Server(BaseApplication):  # type: ignore[misc]
+        def load_config(self) -> None:
+            settings = {
+                "bind": f"{host}:{port}", "workers": 1, "worker_class": "gthread",
+                "threads": 32, "keepalive": 30,
+                "timeout": 0,  # a 200 MB upload must not get the worker killed
+                "graceful_timeout": 2,
+                # S3 user metadata may contain underscores; keep such headers, as
+                # MotoRequestHandler does for werkzeug.
+                "header_map": "dangerous",
+                "loglevel": "warning", "accesslog": None,
+            }
+            for key, value in settings.items():
+                self.cfg.set(key, value)
+
+        def load(self) -> WsgiApp:
+            return app
+
+    Server().run()
 
 
 if __name__ == "__main__":

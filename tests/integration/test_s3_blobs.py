@@ -187,3 +187,29 @@ def test_reads_racing_overwrites_never_fail(store) -> None:  # type: ignore[no-u
 
     with concurrent.futures.ThreadPoolExecutor(6) as pool:
         list(pool.map(worker, range(6)))
+
+
+def test_small_writes_skip_the_100_continue_round_trip(store) -> None:  # type: ignore[no-untyped-def]
+    """botocore asks for ``Expect: 100-continue`` on every PUT; cloudtrack drops it for bodies
+    up to SMALL_BODY, so a strict logging call is one round trip, not two."""
+    import re
+
+    from backends.proxy import LatencyProxy
+    from cloudtrack.blobs.s3 import SMALL_BODY
+
+    endpoint = store.env["MLFLOW_S3_ENDPOINT_URL"]
+    port = int(re.search(r":(\d+)/?$", endpoint).group(1))  # type: ignore[union-attr]
+    with LatencyProxy(LOOPBACK, port, 1) as proxy:
+        blobs = open_blobs(resolve(store.uri, {**store.env,
+                                               "MLFLOW_S3_ENDPOINT_URL": proxy.url}))
+        blobs.put("warm-up", b"x")
+        proxy.reset()
+        version = blobs.put("head", b"h" * 4096)
+        blobs.put_if_version("head", b"h2" * 2048, version)
+        blobs.put_if_absent("batch", b"b" * SMALL_BODY)
+        small = proxy.reset()
+        blobs.put("large", b"L" * (SMALL_BODY + 1))
+        large = proxy.stats()
+    assert small["requests"] == 3 and small["round_trips"] == 3, small
+    # A large body still waits for the go-ahead: a rejected request wastes no upload.
+    assert large["requests"] == 1 and large["round_trips"] == 2, large

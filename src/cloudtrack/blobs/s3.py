@@ -264,6 +264,29 @@ def _listing_fields(root: ET.Element, ns: str) -> dict[str, Any]:
     return out
 
 
+#: Bodies up to this size go without ``Expect: 100-continue``.
+SMALL_BODY = 1024 * 1024
+
+
+def _no_continue_for_small_bodies(request: Any, **_: Any) -> None:
+    """botocore ``before-send`` hook: send small PUT bodies straight away.
+
+    botocore asks for ``Expect: 100-continue`` on every file-like body (and wraps even byte
+    strings in one), so each small conditional write waits a whole extra round trip for the
+    server's go-ahead.  The go-ahead only pays for itself when a rejected request would
+    otherwise waste a large upload; a run head or a history batch is a few kilobytes.
+    """
+    expect = request.headers.get("Expect")
+    if expect not in ("100-continue", b"100-continue"):  # botocore keeps some as bytes
+        return
+    try:
+        size = int(request.headers.get("Content-Length", ""))
+    except (TypeError, ValueError):
+        return
+    if size <= SMALL_BODY:
+        del request.headers["Expect"]
+
+
 def make_client(config: StoreConfig) -> Any:
     """The S3 client a store uses: endpoint, TLS, region and credentials as resolved.
 
@@ -323,6 +346,7 @@ def make_client(config: StoreConfig) -> Any:
             "this botocore cannot send conditional S3 writes (If-Match / If-None-Match); "
             "run: pip install -U 'cloudtrack[s3]'")
     client.meta.events.register("before-parse.s3.ListObjectsV2", _parse_listing)
+    client.meta.events.register("before-send.s3.PutObject", _no_continue_for_small_bodies)
     log.debug("S3 client for %s: endpoint=%s region=%s credentials=%s", config.display_uri,
               redact_uri(str(endpoint)) if endpoint else "(AWS default)",
               client.meta.region_name,
