@@ -11,6 +11,8 @@ This module runs moto's own WSGI application behind one lock, so every request i
 alone and each check-then-write is atomic, exactly as S3 promises.  Request bodies are read
 from the socket *before* taking the lock, so a slow client never holds up the others.  moto's
 S3 handlers work on in-memory objects, so serialising them costs little next to the GIL.
+It is served by gunicorn's threaded worker, which keeps connections open as S3 does (moto's
+own werkzeug server closes each one); ``--no-keep-alive`` serves it with werkzeug instead.
 """
 
 from __future__ import annotations
