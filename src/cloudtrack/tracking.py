@@ -127,8 +127,8 @@ def _gc_paused() -> Iterator[None]:
     """Pause Python's cyclic garbage collector while a search builds thousands of objects.
 
     A 10,000-run search allocates millions of small objects (the decoded snapshot, the Run
-    entities); each allocation burst triggers full collections that scan them all again, which
-    measured 35-50 % of a cold search.  Nothing built here forms cycles worth collecting early.
+    entities); each allocation burst triggers full collections that scan them all again: a
+    cold 10,000-run search of a local store took 2.9-3.5 s with them, 1.2-1.9 s without.  Nothing built here forms cycles worth collecting early.
     Re-entrant and thread-safe: the collector resumes when the last pause ends.
     """
     global _gc_pauses, _gc_was_enabled

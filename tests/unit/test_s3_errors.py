@@ -18,7 +18,7 @@ import pytest
 from botocore.response import StreamingBody
 from botocore.stub import Stubber
 
-from cloudtrack.blobs.s3 import CONFLICT_ATTEMPTS, S3Blobs, _retry_after
+from cloudtrack.blobs.s3 import CONFLICT_ATTEMPTS, S3Blobs
 from cloudtrack.config import resolve
 from cloudtrack.errors import (
     AlreadyExists,
@@ -29,6 +29,7 @@ from cloudtrack.errors import (
     Unauthenticated,
 )
 from cloudtrack.retry import RetryPolicy
+from cloudtrack.retry import retry_after as _retry_after
 
 ENV = {"MLFLOW_S3_ENDPOINT_URL": "http://127.0.0.1:9", "AWS_ACCESS_KEY_ID": "AKIAEXAMPLE",
        "AWS_SECRET_ACCESS_KEY": "example-secret", "AWS_DEFAULT_REGION": "us-east-1"}

@@ -158,10 +158,6 @@ def _classify(code: str, status: int) -> type[BlobError]:
     return BlobError
 
 
-def _retry_after(headers: Mapping[str, str]) -> float | None:
-    return retry_after(headers)
-
-
 def _error_code(e: BaseException | None) -> str:
     return _error_fields(e)[0] if isinstance(e, bex.ClientError) else ""
 
@@ -252,10 +248,8 @@ def _listing_fields(root: ET.Element, ns: str) -> dict[str, Any]:
                                       if c.tag == f"{ns}Prefix"]
         elif tag == "IsTruncated":
             out[tag] = (node.text or "").strip().lower() == "true"
-        elif tag == "KeyCount":
-            out[tag] = int(node.text or 0)
-        elif tag in ("NextContinuationToken", "ContinuationToken", "EncodingType", "Prefix",
-                     "Delimiter", "StartAfter", "Name"):
+        elif tag in ("NextContinuationToken", "EncodingType"):
+            # EncodingType tells botocore's after-call handler to URL-decode the keys.
             out[tag] = node.text or ""
     if not out["Contents"]:
         del out["Contents"]
@@ -395,7 +389,7 @@ class S3Blobs(Blobs):
                    mode: str = "") -> CloudtrackError:
         """One cloudtrack error for one SDK error; ``mode`` is ``if_absent`` or ``if_version``."""
         where = self._where(key)
-        retry_after: float | None = None
+        wait: float | None = None
         if isinstance(e, bex.ClientError):
             code, message, status, headers = _error_fields(e)
             cls = _classify(code, status)
@@ -403,7 +397,7 @@ class S3Blobs(Blobs):
             detail = (f"HTTP {status}" if code.isdigit()
                       else f"{code}, HTTP {status}: {message}" if message
                       else f"{code}, HTTP {status}")
-            retry_after = _retry_after(headers)
+            wait = retry_after(headers)
         elif isinstance(e, _CREDENTIAL_ERRORS):
             cls, detail = Unauthenticated, redact(str(e))
         elif isinstance(e, bex.SSLError) and "CERTIFICATE_VERIFY_FAILED" in str(e):
@@ -435,8 +429,8 @@ class S3Blobs(Blobs):
         if cls is Unauthenticated or cls is PermissionDenied:
             hint = f"{hint} (using {self._credential_source()})"
         error = cls(f"{op} {where} failed: {detail}" + (f"; {hint}" if hint else ""), where)
-        if retry_after is not None and isinstance(error, TransientError):
-            error.retry_after = retry_after  # type: ignore[attr-defined]
+        if wait is not None and isinstance(error, TransientError):
+            error.retry_after = wait  # type: ignore[attr-defined]
         return error
 
     @contextlib.contextmanager
