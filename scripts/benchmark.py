@@ -69,7 +69,7 @@ WORKLOADS = ("L", "S", "H", "A")
 #: moto CPU time to both sides of the artifact comparison.
 SERVICE_OF = {"s3": "s3-noauth", "azure": "azure", "gcs": "gcs", "local": "local"}
 
-#: Upper bound of each ratio, from issue 3 item 6.
+#: Upper bound of each ratio: the targets docs/benchmarks.md states.
 TARGETS = {
     ("L", "cloudtrack default"): 0.1,
     ("L", "cloudtrack strict"): 1.1,
@@ -285,28 +285,22 @@ def work_copy(spec: Mapping[str, Any]) -> dict[str, Any]:
     """Copy a populated cloudtrack store object by object into another (no proxy).
 
     The format is the same on every backend, so a store written once through
-    ``BlobTrackingStore`` and copied is what that code would have written there, except for
-    the location of each run's artifacts, which names the store: that prefix is rewritten.
-    Search snapshots are left behind (their versions are the source's); the first search
-    builds one, as it would after any bulk logging.
+    ``BlobTrackingStore`` and copied (:func:`cloudtrack.store.copy.copy_store`) is what that
+    code would have written there, except for the location of each run's artifacts, which
+    names the store: that prefix is rewritten.  Search snapshots are left behind (their
+    versions are the source's); the first search builds one, as it would after any bulk
+    logging.
     """
     from cloudtrack.blobs import open_blobs
     from cloudtrack.config import resolve
+    from cloudtrack.store.copy import copy_store, relocate_artifacts
 
     source = open_blobs(resolve(spec["source"], os.environ))
     target = open_blobs(resolve(spec["uri"], os.environ))
-    old = json.dumps(spec["source"].rstrip("/") + "/artifacts/").encode()[:-1]
-    new = json.dumps(spec["uri"].rstrip("/") + "/artifacts/").encode()[:-1]
-    keys = [i.key for i in source.list("") if not i.key.startswith("snapshots/")]
     t0 = time.perf_counter()
-
-    def one(key: str) -> None:
-        target.put(key, source.get(key).replace(old, new))
-
-    with ThreadPoolExecutor(int(spec["threads"])) as pool:
-        for _ in pool.map(one, keys):
-            pass
-    return {"seconds": time.perf_counter() - t0, "objects": len(keys)}
+    result = copy_store(source, target, rewrite=relocate_artifacts(spec["source"], spec["uri"]),
+                        threads=int(spec["threads"]))
+    return {"seconds": time.perf_counter() - t0, "objects": result.objects}
 
 
 def _history_run(store: Any, spec: Mapping[str, Any], metric_cls: type) -> str:
@@ -555,7 +549,7 @@ class Lab:
         """Fail in seconds, not after the set-up, when the copied src does not import."""
         env = {k: v for k, v in os.environ.items() if not _FOREIGN_ENV.match(k)}
         env["PYTHONPATH"] = os.pathsep.join([str(self.src), str(ROOT)])
-        code = ("import cloudtrack.tracking, cloudtrack.artifacts, cloudtrack.plugin, sys; "
+        code = ("import cloudtrack.tracking, cloudtrack.artifacts, cloudtrack.mlflow_plugin, sys; "
                 "assert cloudtrack.__file__.startswith(sys.argv[1]), cloudtrack.__file__")
         proc = subprocess.run([sys.executable, "-c", code, str(self.src)], env=env,
                               capture_output=True, text=True, timeout=300, check=False)

@@ -21,7 +21,7 @@ from mlflow.store.artifact.artifact_repo import ArtifactRepository
 
 from cloudtrack.blobs import Blobs, open_blobs
 from cloudtrack.config import resolve
-from cloudtrack.errors import ConfigError
+from cloudtrack.mlflow_errors import boundary
 
 
 def _clean(path: str | None) -> str:
@@ -39,16 +39,18 @@ def _clean(path: str | None) -> str:
     return path
 
 
+@boundary("__init__", "_is_directory", "_download_file")
 class BlobArtifactRepository(ArtifactRepository):
-    """Artifacts under one object-store URI (an experiment's or run's artifact location)."""
+    """Artifacts under one object-store URI (an experiment's or run's artifact location).
+
+    ``_download_file`` answers MLflow's errors too: MLflow's ``download_artifacts`` passes
+    their code on (a missing file is RESOURCE_DOES_NOT_EXIST, not an internal error).
+    """
 
     def __init__(self, artifact_uri: str, tracking_uri: str | None = None,
                  registry_uri: str | None = None) -> None:
         super().__init__(artifact_uri, tracking_uri, registry_uri)
-        try:
-            self.blobs: Blobs = open_blobs(resolve(artifact_uri))
-        except ConfigError as e:
-            raise MlflowException(str(e), INVALID_PARAMETER_VALUE) from e
+        self.blobs: Blobs = open_blobs(resolve(artifact_uri))
 
     def _key(self, *parts: str | None) -> str:
         return "/".join(p for p in (_clean(p) for p in parts) if p)

@@ -53,7 +53,44 @@ class Unauthenticated(BlobError, PermissionError):
 
 
 class TransientError(BlobError, ConnectionError):
-    """A failure that may go away on retry: 5xx, 429, connection reset, timeout."""
+    """A failure that may go away on retry: 5xx, 429, connection reset, timeout.
+
+    ``retry_after``: the seconds the service asked the caller to wait (its ``Retry-After``),
+    or None; :func:`cloudtrack.retry.call_with_retry` waits that long before the next try.
+    """
+
+    def __init__(self, message: str, uri: str | None = None, *,
+                 retry_after: float | None = None) -> None:
+        super().__init__(message, uri)
+        self.retry_after = retry_after
+
+
+class CorruptObject(BlobError):
+    """An object in the store is not what cloudtrack wrote there (not JSON, a foreign record).
+
+    Reported by its URI; other records stay readable.
+    """
+
+    def __init__(self, uri: str, why: str) -> None:
+        super().__init__(
+            f"corrupt or foreign object {uri}: {why}. Other records are unaffected; remove or "
+            "restore this object (or run `cloudtrack doctor`) to read it again.", uri)
+        self.why = why
+
+
+class CredentialsUnavailable(Unauthenticated):
+    """No usable credential could be had, before any request was sent.
+
+    ``reason`` says why: ``missing`` (nothing to sign with), ``expired`` (it ended and cannot
+    be renewed) or ``invalid`` (it was refused where it comes from: a token endpoint, a key
+    file).  ``tried`` lists every place looked at, for messages and the doctor.
+    """
+
+    def __init__(self, message: str, uri: str | None = None, *, reason: str = "invalid",
+                 tried: tuple[str, ...] = ()) -> None:
+        super().__init__(message, uri)
+        self.reason = reason
+        self.tried = tried
 
 
 class UnsupportedOperation(CloudtrackError, NotImplementedError):

@@ -77,6 +77,6 @@ def call_with_retry(
             attempt += 1
             if attempt >= policy.attempts:
                 raise
-            delay = policy.delay(attempt, getattr(e, "retry_after", None))
+            delay = policy.delay(attempt, e.retry_after)
             log.info("%s failed transiently (%s); retry %d in %.2fs", what, e, attempt, delay)
             sleep(delay)

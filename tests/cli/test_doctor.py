@@ -1,5 +1,5 @@
 """``cloudtrack doctor`` against real services on loopback: one reproduction per failure of the
-catalogue (shared/failure-catalogue.md) that can be produced here, each asserting the reported
+catalogue (the causes of docs/doctor.md) that can be produced here, each asserting the reported
 ``cause`` and that none of the secrets in play reaches stdout or stderr.
 
 The doctor runs as the real command in a child process with a controlled environment (HOME

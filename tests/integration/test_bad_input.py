@@ -6,9 +6,9 @@ import pytest
 from mlflow.entities import Metric, ViewType
 from mlflow.exceptions import MlflowException
 
-from cloudtrack import layout
 from cloudtrack.artifacts import BlobArtifactRepository
 from cloudtrack.config import resolve
+from cloudtrack.store import layout
 from cloudtrack.tracking import BlobTrackingStore
 
 ESCAPES = ["../x", "../../etc/passwd", "/etc/passwd", "%2e%2e", "a/../../b", "..", "x/y"]
@@ -100,7 +100,7 @@ def test_newer_format_is_refused_with_advice(store) -> None:  # type: ignore[no-
 
 
 def test_registry_names_stay_inside_and_corrupt_records_are_named(store) -> None:  # type: ignore[no-untyped-def]
-    from cloudtrack.registry import BlobRegistryStore
+    from cloudtrack.model_registry import BlobRegistryStore
 
     reg = BlobRegistryStore(store.uri, config=resolve(store.uri, store.env))
     for rejected in ("../../escape", "a/b", "x:y", "", ".."):

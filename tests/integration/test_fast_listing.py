@@ -15,7 +15,8 @@ import pytest
 
 from cloudtrack.blobs.azure import AzureBlobs
 from cloudtrack.blobs.base import BlobInfo, Blobs
-from cloudtrack.blobs.s3 import S3Blobs, _parse_listing
+from cloudtrack.blobs.s3 import S3Blobs
+from cloudtrack.blobs.s3.listing import EVENT, parse_listing
 
 KEYS = [
     "runs/plain.json",
@@ -50,13 +51,13 @@ def test_s3_listing_hook_matches_botocore(store) -> None:  # type: ignore[no-unt
     blobs.page_size = 5
     fast = _fields(list(blobs.list("runs/")))
     fast_dir = blobs.list_dir("runs")
-    events = blobs._client.meta.events
-    events.unregister("before-parse.s3.ListObjectsV2", _parse_listing)
+    events = blobs.client.meta.events
+    events.unregister(EVENT, parse_listing)
     try:
         slow = _fields(list(blobs.list("runs/")))
         slow_dir = blobs.list_dir("runs")
     finally:
-        events.register("before-parse.s3.ListObjectsV2", _parse_listing)
+        events.register(EVENT, parse_listing)
     assert [k for k, *_ in slow] == sorted(KEYS, key=lambda k: k.encode())
     assert fast == slow
     assert _fields(fast_dir[0]) == _fields(slow_dir[0]) and fast_dir[1] == slow_dir[1]
@@ -81,9 +82,9 @@ def test_azure_raw_listing_matches_the_sdk(store, monkeypatch) -> None:  # type:
     assert len(calls) == 5 and calls[0] is None and all(calls[1:]), calls
 
     def unavailable(prefix: str, token: str | None) -> Any:
-        from cloudtrack.blobs.azure import _ListingNotUnderstood
+        from cloudtrack.blobs.azure.listing import ListingNotUnderstood
 
-        raise _ListingNotUnderstood("test: the SDK's path")
+        raise ListingNotUnderstood("test: the SDK's path")
 
     monkeypatch.setattr(blobs, "_list_page_raw", unavailable)
     slow = _fields(list(blobs.list("runs/")))
@@ -109,7 +110,7 @@ def test_gcs_json_listing_matches_the_sdk(store, monkeypatch) -> None:  # type: 
     blobs = store.open()
     assert isinstance(blobs, gcs.GcsBlobs)
     _fill(blobs)
-    monkeypatch.setattr(gcs, "PAGE_SIZE", 5)
+    blobs.page_size = 5
     fast = _fields(list(blobs.list("runs/")))
     monkeypatch.setattr(blobs, "_list_page", blobs._list_page_sdk)
     slow = _fields(list(blobs.list("runs/")))
@@ -120,9 +121,9 @@ def test_gcs_json_listing_matches_the_sdk(store, monkeypatch) -> None:  # type: 
 def test_gcs_timestamps_with_nanoseconds() -> None:
     from datetime import datetime, timezone
 
-    from cloudtrack.blobs.gcs import _timestamp
+    from cloudtrack.blobs.gcs.listing import timestamp
 
-    assert _timestamp("2026-11-26T12:00:00.123Z") == datetime(2026, 11, 26, 12, 0, 0, 123000,
+    assert timestamp("2026-11-26T12:00:00.123Z") == datetime(2026, 11, 26, 12, 0, 0, 123000,
                                                               tzinfo=timezone.utc)
-    assert _timestamp("2026-11-26T12:00:00.123456789Z") == datetime(
+    assert timestamp("2026-11-26T12:00:00.123456789Z") == datetime(
         2026, 11, 26, 12, 0, 0, 123456, tzinfo=timezone.utc)

@@ -53,6 +53,6 @@ def test_cloud_schemes_and_http(tmp_path: Path) -> None:
                          env={**os.environ, **env}, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     s3, gs, http, repo = out.stdout.split()
-    assert s3 == gs == "cloudtrack.plugin"
+    assert s3 == gs == "cloudtrack.mlflow_plugin"
     assert http.startswith("mlflow.")
     assert repo == "BlobArtifactRepository"

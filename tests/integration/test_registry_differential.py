@@ -12,7 +12,7 @@ from mlflow.entities.model_registry import ModelVersionTag, RegisteredModelTag
 from mlflow.store.model_registry.sqlalchemy_store import SqlAlchemyStore
 
 from cloudtrack.config import resolve
-from cloudtrack.registry import BlobRegistryStore
+from cloudtrack.model_registry import BlobRegistryStore
 from tests.integration.test_tracking_differential import Recorder
 
 

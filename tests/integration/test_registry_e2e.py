@@ -17,7 +17,7 @@ import requests
 
 from backends._common import ManagedProcess, free_port, wait_for_port
 from cloudtrack.config import resolve
-from cloudtrack.registry import BlobRegistryStore
+from cloudtrack.model_registry import BlobRegistryStore
 from cloudtrack.tracking import BlobTrackingStore
 from tests.integration import workers
 

@@ -10,9 +10,9 @@ import time
 import pytest
 from mlflow.entities import Metric, Param, ViewType
 
-from cloudtrack import layout, tracking
 from cloudtrack.config import resolve
-from cloudtrack.tracking import BlobTrackingStore
+from cloudtrack.store import layout
+from cloudtrack.tracking import BlobTrackingStore, search
 
 
 class CountingGets:
@@ -36,8 +36,8 @@ def open_store(store) -> BlobTrackingStore:  # type: ignore[no-untyped-def]
 
 @pytest.mark.slow
 def test_search_uses_a_snapshot_but_checks_versions(store, monkeypatch) -> None:  # type: ignore[no-untyped-def]
-    monkeypatch.setattr(tracking, "SNAPSHOT_MIN_MISSES", 10)
-    monkeypatch.setattr(tracking, "SNAPSHOT_REFRESH_MISSES", 20)
+    monkeypatch.setattr(search, "SNAPSHOT_MIN_MISSES", 10)
+    monkeypatch.setattr(search, "SNAPSHOT_REFRESH_MISSES", 20)
     writer = open_store(store)
     exp = writer.create_experiment("snap")
 
@@ -73,7 +73,7 @@ def test_search_uses_a_snapshot_but_checks_versions(store, monkeypatch) -> None:
 
 
 def test_damaged_snapshot_is_only_slower(store, monkeypatch) -> None:  # type: ignore[no-untyped-def]
-    monkeypatch.setattr(tracking, "SNAPSHOT_MIN_MISSES", 1)
+    monkeypatch.setattr(search, "SNAPSHOT_MIN_MISSES", 1)
     s = open_store(store)
     exp = s.create_experiment("damaged")
     for i in range(3):

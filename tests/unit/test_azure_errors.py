@@ -179,7 +179,18 @@ def test_sdk_does_not_retry_and_retry_after_is_kept(stub: _Scripted) -> None:
     with open_stub(stub) as blobs, pytest.raises(TransientError) as e:
         blobs.put("k", b"v")
     assert len(stub.requests) == 1, "the SDK must not retry: cloudtrack.retry does"
-    assert getattr(e.value, "retry_after", None) == 7
+    assert e.value.retry_after == 7
+
+
+def test_messages_carry_the_services_request_id(stub: _Scripted) -> None:
+    stub.replies = [error(403, "AuthorizationPermissionMismatch",
+                          **{"x-ms-request-id": "5c1f3e9a-0001-0042-7a1b-4f2c00000000"})]
+    with open_stub(stub) as blobs, pytest.raises(PermissionDenied) as e:
+        blobs.get("k")
+    assert "request id 5c1f3e9a-0001-0042-7a1b-4f2c00000000" in str(e.value)
+    facts = blobs.error_facts(e.value)
+    assert facts is not None and (facts.status, facts.code) == (403,
+                                                                 "AuthorizationPermissionMismatch")
 
 
 def test_transient_errors_are_retried_by_the_base_class(stub: _Scripted) -> None:

@@ -153,10 +153,13 @@ def test_redact(text: str, secret: str) -> None:
 
 def test_every_variable_read_is_declared() -> None:
     """Config reads variables only through EnvVar objects listed in VARIABLES."""
-    source = Path(cfg.__file__).read_text()
-    used = set(re.findall(r'_v\("([A-Z0-9_]+)"', source))
+    sources = {p.name: p.read_text() for p in Path(cfg.__file__).parent.glob("*.py")}
+    assert "variables.py" in sources and "s3.py" in sources
+    used = {name for source in sources.values()
+            for name in re.findall(r'_v\("([A-Z0-9_]+)"', source)}
     assert used == {v.name for v in cfg.VARIABLES}
-    assert "os.environ.get" not in source and "os.getenv" not in source
+    for name, source in sources.items():
+        assert "os.environ.get" not in source and "os.getenv" not in source, name
 
 
 def test_readme_reference_is_generated_from_the_config_module() -> None:
@@ -173,3 +176,24 @@ def test_readme_reference_is_generated_from_the_config_module() -> None:
                                  "wasbs://c@a.blob.core.windows.net/p"])
 def test_redact_uri_keeps_uris_without_secrets_intact(uri: str) -> None:
     assert redact_uri(uri) == uri
+
+
+def test_one_backend_table_names_every_layers_part() -> None:
+    """Each row's parts exist and agree with it: the blob class and the credential provider
+    say they serve that backend, its doctor module diagnoses, its URIs resolve to it."""
+    import importlib
+
+    from cloudtrack.config.backends import BACKENDS
+
+    examples = {"s3": "s3://bkt/p", "gs": "gs://bkt/p",
+                "wasbs": "wasbs://box@acct01.blob.core.windows.net/p",
+                "abfss": "abfss://box@acct01.dfs.core.windows.net/p", "file": "file:///tmp/x"}
+    assert set(examples) == set(cfg.SCHEMES)
+    for spec in BACKENDS:
+        assert spec.load("blobs").backend == spec.name
+        assert spec.load("credentials").backend == spec.name
+        assert callable(importlib.import_module(spec.doctor).diagnose)
+        assert spec.install_hint() == (f"pip install 'cloudtrack[{spec.extra}]'" if spec.extra
+                                       else "pip install cloudtrack")
+        for scheme in spec.schemes:
+            assert resolve(examples[scheme], {}).backend == spec.name

@@ -9,6 +9,8 @@ import json
 import botocore.exceptions as bex
 
 from cloudtrack.config import resolve
+from cloudtrack.credentials import decode_jwt
+from cloudtrack.credentials.azure import parse_sas
 from cloudtrack.doctor import azure, s3
 from cloudtrack.errors import PermissionDenied, Unauthenticated
 
@@ -66,10 +68,10 @@ def test_identity_without_a_data_role() -> None:
 
 
 def test_sas_fields_and_jwt_claims() -> None:
-    sas = azure.parse_sas("?sv=2024-01-01&se=2030-01-01T00%3A00%3A00Z&sr=c&sp=rl&sig=abc%2Bdef")
+    sas = parse_sas("?sv=2024-01-01&se=2030-01-01T00%3A00%3A00Z&sr=c&sp=rl&sig=abc%2Bdef")
     assert sas["sp"] == "rl" and sas["se"] == "2030-01-01T00:00:00Z" and sas["sig"] == "abc+def"
     from backends.azure.service import mint_token
 
-    claims = azure.decode_jwt(mint_token("wrong-audience"))
+    claims = decode_jwt(mint_token("wrong-audience"))
     assert claims["aud"] == "https://management.azure.com" and claims["tid"]
-    assert azure.decode_jwt("not-a-jwt") == {}
+    assert decode_jwt("not-a-jwt") == {}

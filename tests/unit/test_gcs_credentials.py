@@ -1,5 +1,5 @@
 """Which credentials and endpoint GcsBlobs uses: the resolved config decides, and a missing
-ADC is an error, never an anonymous client (MLflow's gs:// bug, catalogue row 17)."""
+ADC is an error, never an anonymous client (as MLflow's own gs:// client silently makes)."""
 
 from __future__ import annotations
 
@@ -59,14 +59,14 @@ def test_missing_adc_is_unauthenticated_not_anonymous(tmp_path: Path,
 
 def test_bare_emulator_host_is_anonymous() -> None:
     blobs = GcsBlobs(resolve("gs://bkt/p", {"STORAGE_EMULATOR_HOST": "127.0.0.1:9"}))
-    assert isinstance(blobs._credentials()[0], AnonymousCredentials)
+    assert isinstance(blobs.credentials.load()[0], AnonymousCredentials)
     assert blobs.client._connection.API_BASE_URL == EMULATOR
 
 
 def test_emulator_host_with_a_key_file_sends_the_key(key_file: Path) -> None:
     blobs = GcsBlobs(resolve("gs://bkt/p", {"STORAGE_EMULATOR_HOST": EMULATOR,
                                             "GOOGLE_APPLICATION_CREDENTIALS": str(key_file)}))
-    creds, project = blobs._credentials()
+    creds, project = blobs.credentials.load()
     assert creds.service_account_email == "unit@proj.iam.gserviceaccount.com"
     assert project == "proj"
 

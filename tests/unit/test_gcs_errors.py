@@ -101,7 +101,7 @@ def test_credential_failures_are_unauthenticated(blobs: GcsBlobs, error: Excepti
 def test_429_keeps_retry_after(blobs: GcsBlobs) -> None:
     err = translate(blobs, http_error(429, "rate limited", {"Retry-After": "7"}))
     assert isinstance(err, TransientError)
-    assert err.retry_after == 7.0  # type: ignore[attr-defined]
+    assert err.retry_after == 7.0
 
 
 @pytest.mark.parametrize("error", [

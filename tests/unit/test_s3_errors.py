@@ -48,7 +48,7 @@ def blobs() -> Iterator[S3Blobs]:
 
 
 def _stub(b: S3Blobs) -> Stubber:
-    stubber = Stubber(b._client)
+    stubber = Stubber(b.client)
     stubber.activate()
     return stubber
 
@@ -148,7 +148,7 @@ def test_retry_after_is_passed_on(blobs: S3Blobs) -> None:
                              response_meta={"HTTPHeaders": {"retry-after": "7"}})
     with pytest.raises(TransientError) as e:
         blobs.get("k")
-    assert e.value.retry_after == 7.0  # type: ignore[attr-defined]
+    assert e.value.retry_after == 7.0
 
 
 def test_retry_after_as_an_http_date() -> None:

@@ -1,6 +1,10 @@
 """MLflow's abstract stores do not enforce their abstract methods: a forgotten method would
 silently return None.  Every public method of the base classes must be implemented here, be an
-inherited method that only calls implemented ones, or raise a clear NOT_IMPLEMENTED."""
+inherited method that only calls implemented ones, or raise a clear NOT_IMPLEMENTED.
+
+"Implemented here" means defined by a cloudtrack class anywhere in the store's class hierarchy
+(the tracking store is a few mixins): the class that answers a name is the first in the MRO
+that defines it, so a method a mixin forgot falls through to MLflow's base and is caught."""
 
 from __future__ import annotations
 
@@ -11,10 +15,12 @@ from mlflow.exceptions import MlflowException
 from mlflow.store.model_registry.abstract_store import AbstractStore as RegistryBase
 from mlflow.store.tracking.abstract_store import AbstractStore as TrackingBase
 
-from cloudtrack.registry import BlobRegistryStore
+from cloudtrack.model_registry import BlobRegistryStore
 from cloudtrack.tracking import INHERITED, BlobTrackingStore
+from cloudtrack.tracking.experiments import ExperimentsMixin
+from cloudtrack.tracking.unsupported import refuse_the_rest
 
-#: What issue #3 requires the tracking store to implement for real.
+#: What the tracking store must implement for real: MLflow's client and UI need each of these.
 REQUIRED_TRACKING = {
     "create_experiment", "get_experiment", "get_experiment_by_name", "search_experiments",
     "rename_experiment", "delete_experiment", "restore_experiment", "set_experiment_tag",
@@ -31,15 +37,21 @@ def public_methods(cls: type) -> list[str]:
     return sorted(n for n, _ in inspect.getmembers(cls, predicate=callable) if not n.startswith("_"))
 
 
+def implemented_here(cls: type, name: str) -> bool:
+    """Is ``name`` answered by a cloudtrack class of ``cls``'s hierarchy (not MLflow's)?"""
+    owner = next((k for k in cls.__mro__ if name in vars(k)), None)
+    return owner is not None and owner.__module__.startswith("cloudtrack.")
+
+
 def test_required_tracking_methods_are_implemented_here() -> None:
     for name in REQUIRED_TRACKING:
-        assert name in BlobTrackingStore.__dict__, name
+        assert implemented_here(BlobTrackingStore, name), name
         assert name not in BlobTrackingStore.UNSUPPORTED, name
 
 
 @pytest.mark.parametrize("name", public_methods(TrackingBase))
 def test_every_tracking_method_is_accounted_for(name: str, tmp_path) -> None:  # type: ignore[no-untyped-def]
-    defined_here = name in BlobTrackingStore.__dict__
+    defined_here = implemented_here(BlobTrackingStore, name)
     assert defined_here or name in INHERITED, f"{name} is neither implemented nor unsupported"
     if name in BlobTrackingStore.UNSUPPORTED:
         store = BlobTrackingStore(str(tmp_path))
@@ -56,6 +68,16 @@ def test_inherited_methods_exist_and_are_concrete() -> None:
     for name in INHERITED:
         method = getattr(TrackingBase, name)
         assert not getattr(method, "__isabstractmethod__", False), name
+
+
+def test_a_method_no_mixin_defines_is_found_missing() -> None:
+    """The walk sees through the mixins: a store made of some of them lacks the others'
+    methods, and refuse_the_rest refuses exactly those."""
+    partial = type("Partial", (ExperimentsMixin,), {"__module__": "tests.unit"})
+    assert implemented_here(partial, "create_experiment")
+    assert not implemented_here(partial, "log_batch")  # answered by MLflow's base: None
+    refused = refuse_the_rest(type("Refusing", (ExperimentsMixin,), {"__module__": "tests.unit"}))
+    assert "log_batch" in refused.UNSUPPORTED and "create_experiment" not in refused.UNSUPPORTED
 
 
 #: Registry base-class methods MLflow implements on top of the abstract ones (prompts,
@@ -83,7 +105,7 @@ def test_every_registry_method_is_accounted_for(name: str, tmp_path) -> None:  #
             getattr(store, name)(*[None] * len(params))
         assert "does not support" in str(e.value)
         return
-    assert name in BlobRegistryStore.__dict__ or name in REGISTRY_INHERITED, (
+    assert implemented_here(BlobRegistryStore, name) or name in REGISTRY_INHERITED, (
         f"{name} would silently return None")
     assert not getattr(getattr(BlobRegistryStore, name), "__isabstractmethod__", False), name
 

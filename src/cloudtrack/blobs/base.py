@@ -17,11 +17,19 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, ClassVar
 
-from cloudtrack.errors import AlreadyExists, BlobNotFound, ConfigError, PreconditionFailed
+from cloudtrack.errors import (
+    AlreadyExists,
+    BlobNotFound,
+    CloudtrackError,
+    ConfigError,
+    PreconditionFailed,
+)
 from cloudtrack.retry import DEFAULT_POLICY, RetryPolicy, call_with_retry
 
 if TYPE_CHECKING:
+    from cloudtrack.blobs.sdk_errors import ErrorFacts
     from cloudtrack.config import StoreConfig
+    from cloudtrack.credentials import CredentialProvider
 
 log = logging.getLogger("cloudtrack.blobs")
 
@@ -76,6 +84,9 @@ class Blobs(abc.ABC):
 
     #: Short backend name: ``file``, ``s3``, ``azure`` or ``gcs``.
     backend: ClassVar[str]
+    #: Who signs this store's requests (:mod:`cloudtrack.credentials`); the client is built
+    #: through it.
+    credentials: CredentialProvider
 
     def __init__(self, config: StoreConfig, *, retry: RetryPolicy | None = None) -> None:
         self.config = config
@@ -95,6 +106,21 @@ class Blobs(abc.ABC):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.uri!r})"
+
+    # -- errors ---------------------------------------------------------------------------
+
+    @classmethod
+    def error_facts(cls, error: BaseException) -> ErrorFacts | None:
+        """What the service (or the SDK) said when ``error`` was raised: the facts of the SDK
+        error behind a cloudtrack error of this backend (its ``__cause__``), or of an SDK
+        error itself.  None when there is no SDK error to read."""
+        cause = error.__cause__ if isinstance(error, CloudtrackError) else error
+        return cls._sdk_facts(cause) if cause is not None else None
+
+    @staticmethod
+    def _sdk_facts(error: BaseException) -> ErrorFacts | None:
+        """The backend's reading of its SDK's errors (none for a backend without an SDK)."""
+        return None
 
     # -- public operations ----------------------------------------------------------------
 

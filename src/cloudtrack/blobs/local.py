@@ -1,10 +1,12 @@
 """LocalBlobs: the blob interface on a local directory.
 
 Writes go to a temporary file in the target's folder and are renamed into place, so readers
-never see half an object.  Conditional writes hold an exclusive ``flock`` on the folder while
-they compare and rename; ``put_if_absent`` links the finished file with ``os.link``, which fails
-atomically when the name is taken.  Versions combine the file's inode, size and a nanosecond
-mtime that every write sets explicitly, so a version is never reused for a key.
+never see half an object.  Every write then takes an exclusive ``flock`` on the folder, checks
+its condition (put-if-absent: no object has the name; put-if-version: the object is still at
+that version) and renames while it holds the lock, so two conditional writers of one key cannot
+both win.  (The lock is advisory: only cloudtrack's writers take it.)  Versions combine the
+file's inode, size and a nanosecond mtime that every write sets explicitly, so a version is
+never reused for a key.
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ from collections.abc import Iterator
 from datetime import datetime, timezone
 
 from cloudtrack.blobs.base import CHUNK_SIZE, BlobInfo, Blobs
+from cloudtrack.config import StoreConfig
+from cloudtrack.credentials.local import LocalCredentials
 from cloudtrack.errors import (
     AlreadyExists,
     BlobError,
@@ -28,6 +32,7 @@ from cloudtrack.errors import (
     PermissionDenied,
     PreconditionFailed,
 )
+from cloudtrack.retry import RetryPolicy
 
 _TMP_MARK = ".cloudtrack-tmp-"
 
@@ -43,6 +48,11 @@ def _info(key: str, st: os.stat_result) -> BlobInfo:
 
 class LocalBlobs(Blobs):
     backend = "file"
+    credentials: LocalCredentials
+
+    def __init__(self, config: StoreConfig, *, retry: RetryPolicy | None = None) -> None:
+        super().__init__(config, retry=retry)
+        self.credentials = LocalCredentials(config)
 
     @property
     def root(self) -> str:

@@ -6,8 +6,11 @@ and say how to fix it.
 layers config → dns → tcp → tls → http → auth → authz → consistency.  Each chain stops at its
 first failing layer; the report's ``cause`` is that of the lowest failing layer, in the
 vocabulary of the failure catalogue (:data:`CAUSES`).  One module per backend (``local``,
-``s3``, ``azure``, ``gcs``, ``http`` for MLflow servers); ``net`` holds the network probes,
-``store`` the authorization probes the blob backends share.
+``s3``, ``azure``, ``gcs``, as the backend table names them; ``http`` for MLflow servers);
+``net`` holds the network probes, ``answer`` the check of who answers at an endpoint,
+``store`` the authorization probes the blob backends share.  The backends are diagnosed
+through the public API of :mod:`cloudtrack.blobs` and :mod:`cloudtrack.credentials`, so what
+is tested is what a logging process uses.
 
 Nothing here prints; nothing recorded contains a secret (see :meth:`Probe.scrub`).
 """
@@ -24,8 +27,9 @@ import urllib.parse
 import urllib.request
 from collections.abc import Mapping
 
-from cloudtrack.blobs import REGISTRY, blobs_class, install_hint
-from cloudtrack.config import SCHEMES, StoreConfig, redact_uri, resolve, split_scheme
+from cloudtrack.blobs import blobs_class
+from cloudtrack.config import BACKENDS as BACKEND_TABLE
+from cloudtrack.config import SCHEMES, StoreConfig, backend, redact_uri, resolve, split_scheme
 from cloudtrack.doctor.core import (
     BACKENDS,
     CAUSES,
@@ -43,23 +47,18 @@ log = logging.getLogger("cloudtrack.doctor")
 __all__ = ["BACKENDS", "CAUSES", "LAYERS", "Check", "DoctorReport", "default_uri",
            "diagnose_store", "run", "supported_schemes"]
 
-#: The module diagnosing each backend.
-_MODULES = {"file": "local", "s3": "s3", "gcs": "gcs", "azure": "azure", "http": "http"}
-
-
 def supported_schemes() -> list[str]:
-    """URI schemes the doctor diagnoses: those whose backend is in the blob registry, and
+    """URI schemes the doctor diagnoses: those of every backend in the backend table, and
     http(s) for MLflow servers."""
-    return [s for s, (backend, _) in SCHEMES.items() if backend in REGISTRY] + ["http", "https"]
+    return [s for spec in BACKEND_TABLE for s in spec.schemes] + ["http", "https"]
 
 
 def default_uri(environ: Mapping[str, str], cwd: str | None = None) -> tuple[str, str]:
     """The tracking URI MLflow would use, and where it came from.
 
     ``MLFLOW_TRACKING_URI``, else MLflow's default: ``./mlruns`` when it already holds
-    FileStore data, else ``sqlite:///mlflow.db`` (``mlflow.tracking._tracking_service.utils.
-    get_tracking_uri``; re-stated because importing MLflow takes seconds — a unit test
-    compares the two).
+    FileStore data, else ``sqlite:///mlflow.db`` (what ``mlflow.get_tracking_uri()`` answers;
+    re-stated because importing MLflow takes seconds — a unit test compares the two).
     """
     uri = environ.get("MLFLOW_TRACKING_URI")
     if uri:
@@ -153,21 +152,20 @@ def diagnose_store(p: Probe, config: StoreConfig, origin: str = "") -> None:
         f"container {config.container!r}, prefix {config.prefix or '(none)'!r}"
     p.ok("config.uri", "config", f"{config.backend} store {config.display_uri}"
          + (f" (from {origin})" if origin else "") + f": {where}")
-    if config.backend not in REGISTRY:
-        p.fail("config.backend", "config", "config-invalid",
-               f"no blob backend is registered for {config.backend!r}; registered: "
-               f"{', '.join(REGISTRY)}", "use one of the registered backends")
+    try:
+        spec = backend(config.backend)
+    except ConfigError as e:
+        p.fail("config.backend", "config", "config-invalid", str(e),
+               "use one of the known backends")
     try:
         blobs_class(config.backend)
     except MissingDependencyError as e:
         p.fail("config.extra", "config", "dependency-missing", str(e),
-               f"run: {install_hint(config.backend)}")
-    extra = REGISTRY[config.backend].extra
+               f"run: {spec.install_hint()}")
     p.ok("config.extra", "config", f"the {config.backend} backend is installed"
-         + (f" (extra [{extra}])" if extra else ""))
+         + (f" (extra [{spec.extra}])" if spec.extra else ""))
     p.ok("config.settings", "config", describe_settings(config))
-    module = importlib.import_module(f"cloudtrack.doctor.{_MODULES[config.backend]}")
-    module.diagnose(p, config)
+    importlib.import_module(spec.doctor).diagnose(p, config)
 
 
 def _config_fix(message: str) -> str:

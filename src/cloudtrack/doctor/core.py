@@ -12,8 +12,10 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Literal, NoReturn, TypeVar
 
+from cloudtrack.config import BACKENDS as BACKEND_TABLE
 from cloudtrack.config import StoreConfig, parse_connection_string, redact, redact_uri
-from cloudtrack.errors import ConfigError
+from cloudtrack.credentials import Credential, mask_key_id
+from cloudtrack.errors import ConfigError, CredentialsUnavailable
 
 T = TypeVar("T")
 
@@ -22,7 +24,7 @@ Status = Literal["ok", "warn", "fail"]
 #: The layers bottom up; the report's cause is that of the lowest failing one.
 LAYERS: tuple[str, ...] = ("config", "dns", "tcp", "tls", "http", "auth", "authz", "consistency")
 
-#: The ``cause`` vocabulary of docs/failure-catalogue (shared/failure-catalogue.md).
+#: The ``cause`` vocabulary (docs/doctor.md, "Layers").
 CAUSES: tuple[str, ...] = (
     "ok", "config-invalid", "dependency-missing", "dns-failure", "connection-refused",
     "network-timeout", "tls-untrusted", "tls-mismatch", "credentials-missing",
@@ -30,7 +32,8 @@ CAUSES: tuple[str, ...] = (
     "endpoint-mismatch", "not-mlflow-server", "clock-skew", "server-error",
 )
 
-BACKENDS: tuple[str, ...] = ("file", "s3", "gcs", "azure", "http")
+#: What the doctor diagnoses: every backend of the table, and MLflow servers.
+BACKENDS: tuple[str, ...] = (*(b.name for b in BACKEND_TABLE), "http")
 
 #: A credential that cannot renew itself and ends sooner than this is a warning.
 EXPIRY_WARNING = 3600.0
@@ -302,10 +305,6 @@ class Probe:
     def failed(self) -> bool:
         return any(c.status == "fail" for c in self.checks)
 
-    def stop_if_failed(self) -> None:
-        if self.failed():
-            raise Stop("earlier failure")
-
     def unexpected(self, layer: str, error: BaseException) -> None:
         """A step raised something no classification expected: report it, do not crash."""
         self.add(f"{layer}.error", layer, "fail", _LAYER_FALLBACK[layer],
@@ -355,11 +354,6 @@ def describe_settings(config: StoreConfig, skip: Iterable[str] = ()) -> str:
     return "; ".join(parts)
 
 
-def mask_key_id(key_id: str) -> str:
-    """An access key id shortened so it can be recognised but not reused."""
-    return key_id if len(key_id) <= 8 else f"{key_id[:4]}…{key_id[-4:]}"
-
-
 def duration(seconds: float) -> str:
     seconds = abs(seconds)
     if seconds < 120:
@@ -369,3 +363,36 @@ def duration(seconds: float) -> str:
     if seconds < 2 * 86400:
         return f"{seconds / 3600:.1f} h"
     return f"{seconds / 86400:.1f} days"
+
+
+#: The catalogue cause of each reason a credential could not be had.
+_UNAVAILABLE = {"missing": "credentials-missing", "expired": "token-expired",
+                "invalid": "credentials-invalid"}
+
+
+def unavailable_cause(e: CredentialsUnavailable) -> str:
+    return _UNAVAILABLE.get(e.reason, "credentials-invalid")
+
+
+def check_expiry(p: Probe, id: str, credential: Credential, *, what: str, fix: str,
+                 skew: float = 0.0, renewer: str | None = None) -> None:
+    """Record how long ``credential`` has left (by the server's clock, ``skew`` seconds ahead
+    of ours): expired is a failure; a credential that cannot renew itself and ends within
+    :data:`EXPIRY_WARNING` a warning, since a longer job fails mid-run; nothing without an
+    expiry.  ``renewer`` names what renews it (default: where it came from)."""
+    left = credential.seconds_left()
+    if left is None or credential.expires is None:
+        return
+    left -= skew
+    when = f"{credential.expires:%Y-%m-%d %H:%M:%S} UTC"
+    if left <= 0:
+        p.fail(id, "auth", "token-expired", f"{what} expired {duration(left)} ago ({when})", fix)
+    if credential.renews:
+        p.ok(id, "auth", f"{what}: valid for {duration(left)} (until {when}); "
+             f"{renewer or credential.source} renews it")
+    elif left < EXPIRY_WARNING:
+        p.warn(id, "auth", "token-expired",
+               f"{what} expires in {duration(left)} ({when}) and cannot renew itself: a "
+               "longer job will fail mid-run", fix)
+    else:
+        p.ok(id, "auth", f"{what}: valid for {duration(left)} (until {when})")

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import base64
 import configparser
-import json
 import os
 import re
 import time
@@ -24,17 +23,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from cloudtrack.config import SCHEMES, redact_uri, resolve, split_scheme
+from cloudtrack.config import tls as trust
+from cloudtrack.credentials import Credential, decode_jwt, jwt_expiry
 from cloudtrack.doctor import net
-from cloudtrack.doctor.core import (
-    EXPIRY_WARNING,
-    Probe,
-    ProbeTimeout,
-    Stop,
-    duration,
-)
+from cloudtrack.doctor.answer import Answer, call_endpoint
+from cloudtrack.doctor.core import Probe, Stop, check_expiry
 from cloudtrack.errors import ConfigError
 
-TLS = net.TlsHints("MLFLOW_TRACKING_SERVER_CERT_PATH", "MLFLOW_TRACKING_INSECURE_TLS=true")
+TLS = net.TlsHints.of(trust.MLFLOW_SERVER)
 SEARCH = "/api/2.0/mlflow/experiments/search?max_results=1"
 SERVER_INFO = "/api/3.0/mlflow/server-info"
 _VERSION = re.compile(r"^\d+\.\d+(\.\d+)?\S*$")
@@ -44,10 +40,6 @@ _LOGIN_URL = re.compile(r"(login|signin|sso|oauth|saml|auth)", re.IGNORECASE)
 
 
 # -- what MLflow's client would send -----------------------------------------------------------
-
-
-def _truthy(value: str | None) -> bool:
-    return (value or "").strip().lower() in ("1", "true", "yes", "on")
 
 
 @dataclass(frozen=True)
@@ -120,50 +112,12 @@ def server_credentials(uri: str, environ: Mapping[str, str]) -> ServerCredential
         username, password = urllib.parse.unquote(parts.username), urllib.parse.unquote(
             parts.password)
         sources["username"] = sources["password"] = "the URI"
-    verify: bool | str = True
-    if environ.get("MLFLOW_TRACKING_SERVER_CERT_PATH"):
-        verify = environ["MLFLOW_TRACKING_SERVER_CERT_PATH"]
-    elif _truthy(environ.get("MLFLOW_TRACKING_INSECURE_TLS")):
-        verify = False
-    else:
-        verify = net.requests_verify(environ)
-    return ServerCredentials(username, password, token, sources, verify,
+    return ServerCredentials(username, password, token, sources,
+                             trust.MLFLOW_SERVER.verify(environ),
                              environ.get("MLFLOW_TRACKING_CLIENT_CERT_PATH") or None)
 
 
 # -- what answered -----------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Answer:
-    status: int
-    headers: Mapping[str, str]
-    body: bytes
-    url: str = ""
-    redirects: tuple[str, ...] = ()
-
-    @classmethod
-    def of(cls, response: Any) -> Answer:
-        return cls(int(response.status_code),
-                   {k.lower(): v for k, v in response.headers.items()},
-                   bytes(response.content[:65536]), str(response.url),
-                   tuple(str(r.headers.get("Location") or r.url) for r in response.history))
-
-    def json(self) -> Any:
-        try:
-            return json.loads(self.body)
-        except ValueError:
-            return None
-
-    @property
-    def html(self) -> bool:
-        head = self.body[:512].lstrip().lower()
-        return "html" in self.headers.get("content-type", "") or head.startswith(
-            (b"<!doctype html", b"<html"))
-
-    @property
-    def text(self) -> str:
-        return " ".join(self.body[:300].decode("utf-8", "replace").split())
 
 
 def identify(api: Answer, info: Answer | None) -> tuple[str, str]:
@@ -222,25 +176,15 @@ class _Client:
         # MLflow joins host and endpoint with plain string concatenation; so do we.
         url = self.base + endpoint
         headers = self.creds.headers() if auth else {}
-        try:
-            response = self.p.call(lambda: net.http_request(
+        return call_endpoint(
+            self.p, lambda: Answer.of(net.http_request(
                 method, url, environ=self.p.environ, verify=self.creds.verify,
                 timeout=self.p.step_timeout(), headers=headers, json=json,
-                cert=self.creds.client_cert), what=what or f"{method} {endpoint}")
-        except ProbeTimeout as e:
-            self.p.fail("http.answer", "http", "network-timeout",
-                        f"{e}: {self.display} accepted the connection but did not answer",
-                        "check that the server is healthy (its logs) and not overloaded; a "
-                        "proxy in between may hold the request")
-        except Exception as e:
-            failure = net.transport_failure(e, self.display)
-            if failure is None:
-                raise
-            self.p.fail("http.answer" if failure.layer == "http" else failure.layer,
-                        failure.layer, failure.cause, failure.summary,
-                        TLS.untrusted_fix() if failure.cause == "tls-untrusted"
-                        else failure.fix or "check the URL, the server and the network")
-        return Answer.of(response)
+                cert=self.creds.client_cert)),
+            what=what or f"{method} {endpoint}", shown=self.display, hints=TLS,
+            timeout_fix="check that the server is healthy (its logs) and not overloaded; a "
+                        "proxy in between may hold the request",
+            network_fix="check the URL, the server and the network")
 
 
 def diagnose(p: Probe, uri: str, origin: str) -> None:
@@ -355,8 +299,6 @@ def _authentication(p: Probe, client: _Client, api: Answer, kind: str) -> None:
 
 
 def _jwt_claims(token: str | None) -> dict[str, Any]:
-    from cloudtrack.doctor.azure import decode_jwt
-
     return decode_jwt(token) if token and token.count(".") == 2 else {}
 
 
@@ -366,17 +308,12 @@ def _jwt_expired(token: str | None) -> bool:
 
 
 def _token_expiry(p: Probe, token: str) -> None:
-    exp = _jwt_claims(token).get("exp")
-    if not isinstance(exp, int | float):
-        return
-    left = exp - time.time()
-    if left < EXPIRY_WARNING:
-        p.warn("auth.expiry", "auth", "token-expired",
-               f"MLFLOW_TRACKING_TOKEN expires in {duration(left)}; MLflow reads it once per "
-               "process, so a longer job will fail mid-run with 401",
-               "use a token that outlives the job, or a request-auth plugin that refreshes it")
-    else:
-        p.ok("auth.expiry", "auth", f"MLFLOW_TRACKING_TOKEN is valid for {duration(left)}")
+    credential = Credential("token", "MLFLOW_TRACKING_TOKEN", "env:MLFLOW_TRACKING_TOKEN",
+                            expires=jwt_expiry(_jwt_claims(token)))
+    check_expiry(p, "auth.expiry", credential, what="MLFLOW_TRACKING_TOKEN (MLflow reads it "
+                 "once per process)",
+                 fix="use a token that outlives the job, or a request-auth plugin that "
+                     "refreshes it")
 
 
 def _experiment(p: Probe, client: _Client) -> dict[str, Any] | None:
@@ -472,7 +409,7 @@ def _artifacts(p: Probe, client: _Client, experiment: Mapping[str, Any],
             "GET", "/api/2.0/mlflow-artifacts/artifacts?path="
             + urllib.parse.quote(str(experiment.get("experiment_id"))),
             what="listing artifacts through the server")
-        if listing.status >= 500:
+        if listing.status >= 500 or _artifact_store_refused(listing):
             p.warn("consistency.artifacts", "consistency", "server-error",
                    f"artifacts go through the server ({location}), and the server cannot reach "
                    f"its own artifact store (HTTP {listing.status}: {listing.text})",
@@ -503,6 +440,18 @@ def _artifacts(p: Probe, client: _Client, experiment: Mapping[str, Any],
         return
     p.ok("consistency.artifacts", "consistency", f"artifacts go to {redact_uri(location)} "
          "(not a store the doctor checks)")
+
+
+#: MLflow's error codes for a store the server could not use (the server's own auth app
+#: answers its refusals in plain text, not with an error code).
+_STORE_REFUSED = ("UNAUTHENTICATED", "PERMISSION_DENIED")
+
+
+def _artifact_store_refused(listing: Answer) -> bool:
+    """Did the artifact handler itself fail on the server's credentials for its store?"""
+    body = listing.json()
+    return listing.status in (401, 403) and isinstance(body, dict) and \
+        body.get("error_code") in _STORE_REFUSED
 
 
 def _probe_artifact_store(p: Probe, location: str) -> None:

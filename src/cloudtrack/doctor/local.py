@@ -13,7 +13,7 @@ from cloudtrack.config import StoreConfig
 from cloudtrack.doctor.core import Probe, with_timeouts
 from cloudtrack.doctor.store import AccessFix, Finding, check_marker, probe_access
 from cloudtrack.errors import ContainerNotFound, PermissionDenied
-from cloudtrack.plugin import is_mlflow_file_store
+from cloudtrack.mlflow_plugin import is_mlflow_file_store
 
 #: Free space below this is a warning: artifacts and models fill a disk quickly.
 LOW_SPACE = 1 << 30

@@ -15,11 +15,13 @@ import socket
 import ssl
 import time
 import urllib.parse
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from cloudtrack.blobs.sdk_errors import exception_chain
 from cloudtrack.config import redact_uri
+from cloudtrack.config.tls import Trust
 from cloudtrack.doctor.core import (
     SKEW_FAIL,
     SKEW_WARN,
@@ -63,6 +65,11 @@ class TlsHints:
     ca_variable: str
     insecure: str | None = None
 
+    @classmethod
+    def of(cls, trust: Trust) -> TlsHints:
+        """The hints of an endpoint's :class:`~cloudtrack.config.tls.Trust`."""
+        return cls(trust.ca_variable or "REQUESTS_CA_BUNDLE", trust.insecure_switch)
+
     def untrusted_fix(self) -> str:
         fix = (f"set {self.ca_variable} to the CA bundle (PEM) that signed the server's "
                "certificate (your company's or proxy's root CA)")
@@ -83,14 +90,6 @@ class NetFailure(Exception):
 
 
 # -- trust -----------------------------------------------------------------------------------
-
-
-def requests_verify(environ: Mapping[str, str], explicit: bool | str | None = None) -> bool | str:
-    """What ``requests`` verifies with: an explicit setting, else the CA variables requests
-    itself reads, else its default bundle."""
-    if explicit is False or isinstance(explicit, str):
-        return explicit
-    return environ.get("REQUESTS_CA_BUNDLE") or environ.get("CURL_CA_BUNDLE") or True
 
 
 def ssl_context(verify: bool | str) -> ssl.SSLContext:
@@ -378,27 +377,6 @@ def probe_endpoint(p: Probe, url: str, *, verify: bool | str, hints: TlsHints,
 # -- errors raised by SDKs ---------------------------------------------------------------------
 
 
-def _chain(e: BaseException) -> Iterator[BaseException]:
-    seen: set[int] = set()
-    todo: list[BaseException] = [e]
-    while todo:
-        cur = todo.pop(0)
-        if id(cur) in seen:
-            continue
-        seen.add(id(cur))
-        yield cur
-        for nxt in (cur.__cause__, cur.__context__, getattr(cur, "inner_exception", None),
-                    getattr(cur, "reason", None), getattr(cur, "last_exception", None)):
-            if isinstance(nxt, BaseException):
-                todo.append(nxt)
-        kwargs = getattr(cur, "kwargs", None)
-        if isinstance(kwargs, dict) and isinstance(kwargs.get("error"), BaseException):
-            todo.append(kwargs["error"])
-        for arg in getattr(cur, "args", ()):
-            if isinstance(arg, BaseException):
-                todo.append(arg)
-
-
 _TIMEOUT_NAMES = {"ReadTimeout", "ConnectTimeout", "ReadTimeoutError", "ConnectTimeoutError",
                   "Timeout", "TimeoutError", "timeout", "ProbeTimeout"}
 
@@ -406,7 +384,7 @@ _TIMEOUT_NAMES = {"ReadTimeout", "ConnectTimeout", "ReadTimeoutError", "ConnectT
 def transport_failure(e: BaseException, where: str) -> NetFailure | None:
     """A :class:`NetFailure` when ``e`` (any SDK's wrapping of it) is a network failure."""
     texts = []
-    for x in _chain(e):
+    for x in exception_chain(e):
         if isinstance(x, ssl.SSLCertVerificationError) or "CERTIFICATE_VERIFY_FAILED" in str(x):
             return NetFailure("tls", "tls-untrusted",
                               f"the TLS certificate of {where} is not trusted ({_short(x)})")

@@ -1,5 +1,5 @@
-"""The doctor of ``s3://`` stores, on AWS or any S3-compatible endpoint, through the client
-:func:`cloudtrack.blobs.s3.make_client` builds (inside :class:`S3Blobs`): which endpoint and
+"""The doctor of ``s3://`` stores, on AWS or any S3-compatible endpoint, through
+:class:`S3Blobs` and its :class:`~cloudtrack.credentials.s3.S3Credentials`: which endpoint and
 where it came from, the network path to it, whether it answers like S3, which credential of
 the AWS chain signs and whose identity it is (STS GetCallerIdentity), its expiry, the clock,
 the bucket's region, and the access probes — with the IAM actions, the minimal policy for the
@@ -8,37 +8,42 @@ prefix and the command that attaches it when something is denied."""
 from __future__ import annotations
 
 import json
-import os
 import re
 from collections.abc import Mapping, Sequence
-from datetime import datetime, timezone
 from typing import Any
 
-import botocore.exceptions as bex
-
 from cloudtrack.blobs.s3 import S3Blobs
+from cloudtrack.blobs.s3.client import sdk_verify
 from cloudtrack.config import StoreConfig, redact_uri
+from cloudtrack.config import tls as trust
+from cloudtrack.credentials import Credential
+from cloudtrack.credentials.s3 import S3Credentials
 from cloudtrack.doctor import net
+from cloudtrack.doctor.answer import Answer, Service, probe_answer
 from cloudtrack.doctor.core import (
-    EXPIRY_WARNING,
     Probe,
     ProbeTimeout,
-    duration,
-    mask_key_id,
+    check_expiry,
+    unavailable_cause,
     with_timeouts,
 )
-from cloudtrack.doctor.store import AccessFix, Finding, check_marker, probe_access
+from cloudtrack.doctor.store import (
+    AccessFix,
+    Finding,
+    check_marker,
+    fallback_finding,
+    probe_access,
+)
 from cloudtrack.errors import (
-    BlobError,
-    CloudtrackError,
     ConfigError,
     ContainerNotFound,
+    CredentialsUnavailable,
     MissingDependencyError,
     PermissionDenied,
     Unauthenticated,
 )
 
-TLS = net.TlsHints("AWS_CA_BUNDLE", "MLFLOW_S3_IGNORE_TLS=true")
+TLS = net.TlsHints.of(trust.S3)
 
 #: The IAM action each probe needs.
 ACTIONS = {"list": "s3:ListBucket", "read": "s3:GetObject", "write": "s3:PutObject",
@@ -49,21 +54,23 @@ _S3_HEADERS = ("x-amz-request-id", "x-amzn-requestid", "x-amz-id-2", "x-amz-buck
 _EMULATOR_HINTS = ("localhost", "127.", "minio", "moto", "localstack", "ceph", "seaweed",
                    "garage", "::1", "host.docker.internal")
 
-_METHODS = {
-    "env": "AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY in the environment",
-    "explicit": "the keys of the resolved environment",
-    "shared-credentials-file": "a profile of the shared credentials file",
-    "config-file": "a profile of the AWS config file",
-    "assume-role": "a role assumed through the profile",
-    "assume-role-with-web-identity": "web identity (AWS_WEB_IDENTITY_TOKEN_FILE: EKS IRSA, CI)",
-    "sso": "IAM Identity Center (SSO) login of the profile",
-    "custom-process": "the profile's credential_process",
-    "container-role": "the container's role (ECS/EKS credentials endpoint)",
-    "iam-role": "the instance's role (EC2 instance metadata)",
-}
-#: Credentials that renew themselves: a short remaining life is no cause for alarm.
-_RENEWING = {"assume-role", "assume-role-with-web-identity", "container-role", "iam-role",
-             "sso", "custom-process"}
+
+def _s3ish(answer: Answer) -> bool:
+    """S3 and its imitations send x-amz-* headers; an HTML page or a bare 404/405 is not S3."""
+    if any(h in answer.headers for h in _S3_HEADERS) or re.search(
+            r"AmazonS3|MinIO|Ceph|SeaweedFS|Garage|moto", answer.server, re.I):
+        return True
+    return not ("html" in answer.headers.get("content-type", "")
+                or (answer.status in (404, 405) and not answer.code))
+
+
+SERVICE = Service(
+    "S3", _s3ish, "no x-amz-* headers", "HEAD bucket",
+    server_error_fix="the service is failing or overloaded: retry later, check its status page "
+                     "or logs; if it persists, check the endpoint is the S3 API and not a web "
+                     "page",
+    mismatch_fix="point MLFLOW_S3_ENDPOINT_URL at the S3 API port of the server (MinIO: 9000, "
+                 "not the console port)")
 
 
 def diagnose(p: Probe, config: StoreConfig) -> None:
@@ -89,9 +96,8 @@ def diagnose(p: Probe, config: StoreConfig) -> None:
 
 
 def _diagnose(p: Probe, config: StoreConfig, blobs: S3Blobs, custom: bool) -> None:
-    client = blobs._client
-    endpoint = str(client.meta.endpoint_url)
-    region = client.meta.region_name
+    endpoint = blobs.endpoint_url
+    region = blobs.region
     source = config.setting("endpoint_url")
     where = (f"{redact_uri(endpoint)} (from {source.source})" if custom and source
              else f"{endpoint} (AWS's endpoint for region {region}: no MLFLOW_S3_ENDPOINT_URL, "
@@ -99,25 +105,24 @@ def _diagnose(p: Probe, config: StoreConfig, blobs: S3Blobs, custom: bool) -> No
     p.ok("config.client", "config", f"S3 client: endpoint {where}, region {region} "
          f"({_source(config, 'region')})")
     _static_consistency(p, config)
-    verify: bool | str = False if config.get("verify_tls") is False else (
-        str(config.get("ca_bundle")) if config.get("ca_bundle") else True)
-    net.probe_endpoint(p, endpoint, verify=verify, hints=TLS, what="the S3 endpoint")
+    net.probe_endpoint(p, endpoint, verify=config.tls_verify, hints=TLS, what="the S3 endpoint")
 
-    creds = _credentials(p, config, client)
-    head = _head_bucket(p, blobs, endpoint)
-    net.check_clock(p, _header(head, "date"), server=f"the S3 endpoint {net.Target.from_url(endpoint).netloc}")
-    _expiry(p, config, creds)
-    identity = _identity(p, config, client, creds, custom)
+    credential = _credentials(p, blobs.credentials)
+    head = probe_answer(p, endpoint, lambda: _answer(blobs), SERVICE, TLS)
+    net.check_clock(p, head.headers.get("date"),
+                    server=f"the S3 endpoint {net.Target.from_url(endpoint).netloc}")
+    _expiry(p, credential)
+    identity = _identity(p, config, blobs, custom)
 
-    bucket_region = _header(head, "x-amz-bucket-region")
-    status = int(head.get("status") or 0)
-    if status in (301, 307) or _code(head) in ("PermanentRedirect", "AuthorizationHeaderMalformed"):
+    bucket_region = head.headers.get("x-amz-bucket-region")
+    redirect = head.code in ("PermanentRedirect", "AuthorizationHeaderMalformed")
+    if head.status in (301, 307) or redirect:
         p.fail("consistency.region", "consistency", "endpoint-mismatch",
                f"bucket {blobs.bucket!r} is in region {bucket_region or '(not said)'}, but the "
-               f"client signs for {region} and sends to {endpoint} (HTTP {status} "
-               f"{_code(head) or 'PermanentRedirect'})",
+               f"client signs for {region} and sends to {endpoint} (HTTP {head.status} "
+               f"{head.code if redirect else 'PermanentRedirect'})",
                f"set AWS_REGION={bucket_region or '<the bucket region>'} (or AWS_DEFAULT_REGION)")
-    if status == 404:
+    if head.status == 404:
         p.fail("authz.container", "authz", "container-not-found",
                f"bucket {blobs.bucket!r} does not exist at {endpoint} (HEAD answered 404)",
                _missing_bucket_fix(config, blobs.bucket, custom))
@@ -132,6 +137,11 @@ def _diagnose(p: Probe, config: StoreConfig, blobs: S3Blobs, custom: bool) -> No
         p.ok("consistency.region", "consistency", f"bucket region {bucket_region} matches "
              "the client's")
     check_marker(p, blobs)
+
+
+def _answer(blobs: S3Blobs) -> Answer:
+    facts = blobs.head_bucket()
+    return Answer(facts.status, facts.headers, code=facts.code)
 
 
 # -- config ----------------------------------------------------------------------------------
@@ -171,66 +181,24 @@ def _static_consistency(p: Probe, config: StoreConfig) -> None:
 # -- credentials -----------------------------------------------------------------------------
 
 
-def _chain_report(environ: Mapping[str, str]) -> str:
-    """What the AWS chain looks at, and what each place holds, without touching the network."""
-    home = environ.get("HOME") or os.path.expanduser("~")
-    profile = environ.get("AWS_PROFILE") or environ.get("AWS_DEFAULT_PROFILE") or "default"
-    shared = environ.get("AWS_SHARED_CREDENTIALS_FILE") or os.path.join(home, ".aws", "credentials")
-    conf = environ.get("AWS_CONFIG_FILE") or os.path.join(home, ".aws", "config")
-    items = [
-        "AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY: "
-        + ("only one is set" if bool(environ.get("AWS_ACCESS_KEY_ID"))
-           != bool(environ.get("AWS_SECRET_ACCESS_KEY")) else "unset"),
-        f"profile {profile!r}: " + ", ".join(
-            f"{path} {'exists' if os.path.exists(path) else 'missing'}" for path in (shared, conf)),
-        "AWS_WEB_IDENTITY_TOKEN_FILE: " + ("set" if environ.get("AWS_WEB_IDENTITY_TOKEN_FILE")
-                                           else "unset"),
-        "container credentials (AWS_CONTAINER_CREDENTIALS_*): "
-        + ("set" if environ.get("AWS_CONTAINER_CREDENTIALS_RELATIVE_URI")
-           or environ.get("AWS_CONTAINER_CREDENTIALS_FULL_URI") else "unset"),
-        "instance metadata: " + ("disabled (AWS_EC2_METADATA_DISABLED)"
-                                 if (environ.get("AWS_EC2_METADATA_DISABLED") or "").lower() == "true"
-                                 else "no answer (not on EC2, or blocked)"),
-    ]
-    return "; ".join(items)
-
-
-def _credentials(p: Probe, config: StoreConfig, client: Any) -> Any:
-    creds = client._request_signer._credentials
-    if creds is None:
-        p.fail("auth.credential", "auth", "credentials-missing",
-               "no AWS credentials found; the chain looked at: " + _chain_report(p.environ),
-               "set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (plus AWS_SESSION_TOKEN for "
-               "temporary keys), or AWS_PROFILE naming a profile of ~/.aws/credentials, or run "
-               "`aws sso login --profile <name>`; on a server, attach a role")
+def _credentials(p: Probe, provider: S3Credentials) -> Credential:
     try:
-        frozen = p.call(creds.get_frozen_credentials, what="refreshing the AWS credentials")
+        credential = p.call(provider.current, what="refreshing the AWS credentials")
     except ProbeTimeout as e:
         p.fail("auth.credential", "auth", "network-timeout",
-               f"{e}: the credential provider ({creds.method}) did not answer",
+               f"{e}: the credential provider ({provider.describe().signer}) did not answer",
                "check the provider's endpoint (SSO, STS, metadata), or use static keys")
-    except RuntimeError as e:
-        expiry = getattr(creds, "_expiry_time", None)
-        p.fail("auth.credential", "auth", "token-expired",
-               f"the {creds.method} credentials expired"
-               + (f" at {expiry:%Y-%m-%d %H:%M:%S %Z}" if expiry else "") + f" ({e})",
-               _renew_fix(creds.method))
-    except (bex.BotoCoreError, bex.ClientError) as e:
-        text = str(e)
-        cause = "token-expired" if "expired" in text.lower() else "credentials-invalid"
-        p.fail("auth.credential", "auth", cause,
-               f"the {creds.method} credential provider failed: {text}",
-               _renew_fix(creds.method))
-    p.secret(frozen.secret_key, frozen.token)
-    what = _METHODS.get(creds.method, creds.method)
-    if creds.method in ("shared-credentials-file", "config-file", "sso", "assume-role",
-                        "custom-process"):
-        profile = p.environ.get("AWS_PROFILE") or "default"
-        what += f" (profile {profile!r})"
-    session = " with a session token" if frozen.token else ""
-    p.ok("auth.credential", "auth",
-         f"signing with access key {mask_key_id(frozen.access_key)}{session} from {what}")
-    return creds
+    except CredentialsUnavailable as e:
+        if e.reason == "missing":
+            p.fail("auth.credential", "auth", "credentials-missing", str(e),
+                   "set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (plus AWS_SESSION_TOKEN for "
+                   "temporary keys), or AWS_PROFILE naming a profile of ~/.aws/credentials, or "
+                   "run `aws sso login --profile <name>`; on a server, attach a role")
+        p.fail("auth.credential", "auth", unavailable_cause(e), str(e),
+               _renew_fix(str(getattr(provider.signing(), "method", ""))))
+    p.secret(*credential.secrets)
+    p.ok("auth.credential", "auth", f"signing with {credential.signer}")
+    return credential
 
 
 def _renew_fix(method: str) -> str:
@@ -244,125 +212,44 @@ def _renew_fix(method: str) -> str:
     return "renew the credentials of the profile, or use a role that renews itself"
 
 
-def _expiry(p: Probe, config: StoreConfig, creds: Any) -> None:
-    expiry = getattr(creds, "_expiry_time", None)
-    if not isinstance(expiry, datetime):
-        if p.environ.get("AWS_SESSION_TOKEN") and creds.method == "env":
+def _expiry(p: Probe, credential: Credential) -> None:
+    if credential.expires is None:
+        if credential.source == "env" and p.environ.get("AWS_SESSION_TOKEN"):
             p.ok("auth.expiry", "auth",
                  "temporary credentials of unknown expiry (AWS_CREDENTIAL_EXPIRATION is unset)")
         return
-    left = (expiry - datetime.now(timezone.utc)).total_seconds()
-    when = expiry.strftime("%Y-%m-%d %H:%M:%S UTC")
-    if left <= 0:
-        p.fail("auth.expiry", "auth", "token-expired",
-               f"the credentials expired {duration(left)} ago ({when})", _renew_fix(creds.method))
-    if creds.method in _RENEWING:
-        p.ok("auth.expiry", "auth",
-             f"credentials valid for {duration(left)} (until {when}); {creds.method} renews them")
-    elif left < EXPIRY_WARNING:
-        p.warn("auth.expiry", "auth", "token-expired",
-               f"the credentials expire in {duration(left)} ({when}) and cannot renew "
-               "themselves: a longer job will fail mid-run with ExpiredToken",
-               _renew_fix(creds.method))
-    else:
-        p.ok("auth.expiry", "auth", f"credentials valid for {duration(left)} (until {when})")
-
-
-# -- the bucket ------------------------------------------------------------------------------
-
-
-def _head_bucket(p: Probe, blobs: S3Blobs, endpoint: str) -> dict[str, Any]:
-    """HEAD the bucket with the store's own client; record what answered (the http layer)."""
-    client = blobs._client
-    try:
-        resp = p.call(lambda: client.head_bucket(Bucket=blobs.bucket), what="HEAD of the bucket")
-        meta = resp.get("ResponseMetadata", {})
-        head: dict[str, Any] = {"status": meta.get("HTTPStatusCode", 200),
-                                "headers": meta.get("HTTPHeaders", {}), "code": ""}
-    except bex.ClientError as e:
-        meta = e.response.get("ResponseMetadata", {}) or {}
-        head = {"status": meta.get("HTTPStatusCode", 0), "headers": meta.get("HTTPHeaders", {}),
-                "code": (e.response.get("Error") or {}).get("Code", "")}
-    except ProbeTimeout as e:
-        p.fail("http.answer", "http", "network-timeout",
-               f"{e}: the S3 endpoint {endpoint} accepted the connection but did not answer",
-               "check the endpoint's health and any proxy in between")
-    except (bex.BotoCoreError, CloudtrackError) as e:
-        failure = net.transport_failure(e, endpoint)
-        if failure is not None:
-            fix = failure.fix or (TLS.untrusted_fix() if failure.cause == "tls-untrusted"
-                                  else "check the endpoint and the network")
-            p.fail(f"{failure.layer}.answer" if failure.layer == "http" else failure.layer,
-                   failure.layer, failure.cause, failure.summary, fix)
-        if isinstance(e, bex.NoCredentialsError | bex.PartialCredentialsError):
-            p.fail("auth.credential", "auth", "credentials-missing", str(e),
-                   "set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or AWS_PROFILE")
-        p.fail("http.answer", "http", "server-error", f"HEAD of the bucket failed: {e}",
-               "check the endpoint")
-    headers = {k.lower(): v for k, v in head["headers"].items()}
-    head["headers"] = headers
-    status = int(head["status"] or 0)
-    server = headers.get("server", "")
-    s3ish = any(h in headers for h in _S3_HEADERS) or bool(
-        re.search(r"AmazonS3|MinIO|Ceph|SeaweedFS|Garage|moto", server, re.I))
-    ctype = headers.get("content-type", "")
-    if status >= 500:
-        p.fail("http.answer", "http", "server-error",
-               f"the S3 endpoint {endpoint} answered HTTP {status}"
-               + (f" ({head['code']})" if head["code"] and not head["code"].isdigit() else "")
-               + (f", server {server}" if server else ""),
-               "the service is failing or overloaded: retry later, check its status page or "
-               "logs; if it persists, check the endpoint is the S3 API and not a web page")
-    if not s3ish and ("html" in ctype or (status in (404, 405) and not head["code"])):
-        p.fail("http.answer", "http", "endpoint-mismatch",
-               f"{endpoint} does not answer like S3 (HTTP {status}, {ctype or 'no content type'}"
-               + (f", server {server}" if server else "") + ", no x-amz-* headers)",
-               "point MLFLOW_S3_ENDPOINT_URL at the S3 API port of the server (MinIO: 9000, "
-               "not the console port)")
-    who = f"server {server}" if server else "an S3 API"
-    p.ok("http.answer", "http", f"{endpoint} answers like S3 ({who}; HEAD bucket: HTTP {status})")
-    return head
-
-
-def _header(head: Mapping[str, Any], name: str) -> str | None:
-    value = head.get("headers", {}).get(name)
-    return str(value) if value else None
-
-
-def _code(head: Mapping[str, Any]) -> str:
-    return str(head.get("code") or "")
+    check_expiry(p, "auth.expiry", credential, what="the credentials",
+                 fix=_renew_fix(credential.source))
 
 
 # -- identity --------------------------------------------------------------------------------
 
 
-def _identity(p: Probe, config: StoreConfig, client: Any, creds: Any, custom: bool) -> str | None:
+def _identity(p: Probe, config: StoreConfig, blobs: S3Blobs, custom: bool) -> str | None:
     """The caller's ARN from STS GetCallerIdentity at the STS endpoint the environment names
     (or the S3 endpoint when it is custom); None when no STS answers."""
+    from botocore.config import Config
+    from botocore.exceptions import BotoCoreError, ClientError
+
     env = p.environ
     sts_endpoint = env.get("AWS_ENDPOINT_URL_STS") or env.get("AWS_ENDPOINT_URL") or (
-        str(client.meta.endpoint_url) if custom else None)
-    frozen = creds.get_frozen_credentials()
-    from botocore.config import Config
-
-    session = _session()
-    verify = False if config.get("verify_tls") is False else (
-        str(config.get("ca_bundle")) if config.get("ca_bundle") else None)
+        blobs.endpoint_url if custom else None)
+    frozen = blobs.credentials.signing().get_frozen_credentials()
     try:
-        sts = session.create_client(
-            "sts", region_name=client.meta.region_name, endpoint_url=sts_endpoint, verify=verify,
-            aws_access_key_id=frozen.access_key, aws_secret_access_key=frozen.secret_key,
-            aws_session_token=frozen.token,
+        sts = blobs.credentials.session.create_client(
+            "sts", region_name=blobs.region, endpoint_url=sts_endpoint,
+            verify=sdk_verify(config), aws_access_key_id=frozen.access_key,
+            aws_secret_access_key=frozen.secret_key, aws_session_token=frozen.token,
             config=Config(connect_timeout=p.step_timeout(), read_timeout=p.step_timeout(),
                           retries={"total_max_attempts": 1}))
         answer = p.call(sts.get_caller_identity, what="STS GetCallerIdentity")
-    except bex.ClientError as e:
+    except ClientError as e:
         code = (e.response.get("Error") or {}).get("Code", "")
         p.ok("auth.identity", "auth",
              f"STS at {sts_endpoint or 'AWS'} did not say who this is ({code or e}); the "
              "S3 requests below decide whether the credentials are accepted")
         return None
-    except (bex.BotoCoreError, ProbeTimeout) as e:
+    except (BotoCoreError, ProbeTimeout) as e:
         p.ok("auth.identity", "auth", f"no STS answered at {sts_endpoint or 'AWS'} "
              f"({type(e).__name__}); identity unknown")
         return None
@@ -370,12 +257,6 @@ def _identity(p: Probe, config: StoreConfig, client: Any, creds: Any, custom: bo
     p.ok("auth.identity", "auth", f"identity {arn} (account {answer.get('Account')}, from STS "
          f"GetCallerIdentity at {sts_endpoint or 'AWS'})")
     return arn or None
-
-
-def _session() -> Any:
-    from cloudtrack.blobs.s3 import _new_botocore_session
-
-    return _new_botocore_session()
 
 
 # -- errors and fixes ------------------------------------------------------------------------
@@ -390,16 +271,13 @@ def _classifier(config: StoreConfig, endpoint: str, custom: bool,
                 "server, set MLFLOW_S3_ENDPOINT_URL to its URL — they were sent to AWS")
 
     def classify(e: BaseException, op: str) -> Finding:
-        cause_error = e.__cause__
-        code = message = ""
-        status = 0
-        headers: Mapping[str, str] = {}
-        if isinstance(cause_error, bex.ClientError):
-            err = cause_error.response.get("Error") or {}
-            code, message = str(err.get("Code") or ""), str(err.get("Message") or "")
-            meta = cause_error.response.get("ResponseMetadata") or {}
-            status = int(meta.get("HTTPStatusCode") or 0)
-            headers = meta.get("HTTPHeaders") or {}
+        facts = S3Blobs.error_facts(e)
+        answered = facts is not None and facts.kind == "response"
+        code = facts.code if facts is not None and answered else ""
+        message = facts.message if facts is not None and answered else ""
+        status = facts.status if facts is not None else 0
+        headers: Mapping[str, str] = facts.headers if facts is not None else {}
+        details: Mapping[str, str] = facts.details if facts is not None else {}
         said = f"{code}: {message}" if message else (code or str(e))
         if code == "InvalidAccessKeyId":
             return Finding("auth", "credentials-invalid",
@@ -430,7 +308,8 @@ def _classifier(config: StoreConfig, endpoint: str, custom: bool,
                            id="auth.clock")
         if code in ("PermanentRedirect", "AuthorizationHeaderMalformed",
                     "IllegalLocationConstraintException") or status in (301, 307):
-            region = headers.get("x-amz-bucket-region") or _region_in(message) or "?"
+            region = (headers.get("x-amz-bucket-region") or details.get("BucketRegion")
+                      or details.get("Region") or _region_in(message) or "?")
             return Finding("consistency", "endpoint-mismatch",
                            f"the bucket is in region {region}, not the client's ({said})",
                            f"set AWS_REGION={region}", id="consistency.region")
@@ -450,13 +329,7 @@ def _classifier(config: StoreConfig, endpoint: str, custom: bool,
         if status >= 500:
             return Finding("http", "server-error", f"{where} answered HTTP {status} ({said})",
                            "the service is failing: retry later or check its logs")
-        failure = net.transport_failure(e, endpoint)
-        if failure is not None:
-            return Finding(failure.layer, failure.cause, failure.summary,
-                           failure.fix or "check the endpoint and the network")
-        if isinstance(e, BlobError):
-            return Finding("authz", "permission-denied", f"{op} failed: {e}")
-        return Finding("http", "server-error", f"{op} failed: {e}")
+        return fallback_finding(e, op, endpoint)
 
     return classify
 

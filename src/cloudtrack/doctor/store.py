@@ -6,17 +6,23 @@ store and is removed afterwards, also when a step fails."""
 
 from __future__ import annotations
 
-import json
 import os
 import socket
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from cloudtrack import layout
 from cloudtrack.blobs import Blobs
+from cloudtrack.doctor import net
 from cloudtrack.doctor.core import Probe, ProbeTimeout
-from cloudtrack.errors import AlreadyExists, BlobError, BlobNotFound, CloudtrackError
+from cloudtrack.errors import (
+    AlreadyExists,
+    BlobError,
+    BlobNotFound,
+    CloudtrackError,
+    CorruptObject,
+)
+from cloudtrack.store import layout, marker
 
 PROBE_DIR = ".cloudtrack-doctor"
 PROBE_DATA = b"cloudtrack doctor probe object; safe to delete\n"
@@ -44,6 +50,18 @@ class Finding:
 Classifier = Callable[[BaseException, str], Finding]
 #: The operations that were denied -> one fix that grants all of them.
 AccessFix = Callable[[Sequence[str]], str]
+
+
+def fallback_finding(e: BaseException, op: str, where: str) -> Finding:
+    """What a probe's error means when no reading of its backend applies: a network failure
+    its layer and cause, any other blob error a refusal, anything else a failing service."""
+    failure = net.transport_failure(e, where)
+    if failure is not None:
+        return Finding(failure.layer, failure.cause, failure.summary,
+                       failure.fix or "check the endpoint and the network")
+    if isinstance(e, BlobError):
+        return Finding("authz", "permission-denied", f"{op} failed: {e}")
+    return Finding("http", "server-error", f"{op} failed: {e}")
 
 
 def _timeout_finding(e: ProbeTimeout) -> Finding:
@@ -214,22 +232,20 @@ def check_marker(p: Probe, blobs: Blobs) -> None:
     except (BlobError, ProbeTimeout):
         return  # the access probes report it
     try:
-        marker = json.loads(raw)
-        fmt, version = marker.get("format"), int(marker.get("version", 0))
-    except (ValueError, TypeError, AttributeError):
+        found = marker.parse(raw, blobs.object_uri(layout.MARKER))
+    except marker.NewerFormatVersion as e:
+        p.note_fail("consistency.format", "consistency", "dependency-missing",
+                    f"the store uses cloudtrack format version {e.version}, newer than this "
+                    f"cloudtrack understands ({layout.FORMAT_VERSION})",
+                    "pip install -U cloudtrack")
+    except marker.ForeignFormat as e:
+        p.note_fail("consistency.format", "consistency", "config-invalid",
+                    f"{layout.MARKER} names format {e.found!r}, not {layout.FORMAT!r}",
+                    "point the URI at a cloudtrack store, or at an empty prefix")
+    except CorruptObject:
         p.note_fail("consistency.format", "consistency", "config-invalid",
                     f"{layout.MARKER} is not a cloudtrack format marker (not JSON)",
                     "point the URI at a cloudtrack store, or at an empty prefix")
-        return
-    if fmt != layout.FORMAT:
-        p.note_fail("consistency.format", "consistency", "config-invalid",
-                    f"{layout.MARKER} names format {fmt!r}, not {layout.FORMAT!r}",
-                    "point the URI at a cloudtrack store, or at an empty prefix")
-    elif version > layout.FORMAT_VERSION:
-        p.note_fail("consistency.format", "consistency", "dependency-missing",
-                    f"the store uses cloudtrack format version {version}, newer than this "
-                    f"cloudtrack understands ({layout.FORMAT_VERSION})",
-                    "pip install -U cloudtrack")
     else:
         p.ok("consistency.format", "consistency",
-             f"cloudtrack store, format version {version}")
+             f"cloudtrack store, format version {found.version}")

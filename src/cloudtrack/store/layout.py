@@ -1,4 +1,4 @@
-"""Where every record lives inside a store: the storage format, in one place.
+"""Where every record lives inside a store: the key names of the storage format, in one place.
 
 Documented in docs/format.md.  All keys are relative to the store's root (bucket + prefix).
 Identifiers reaching this module were already validated by MLflow's validators, which refuse

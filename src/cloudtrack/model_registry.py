@@ -11,7 +11,8 @@ Layout (docs/format.md):
 
 Deleting a model removes its registry records only, never the runs' artifacts.  Prompts,
 ``copy_model_version`` and webhooks come from MLflow's base class, which builds them on the
-methods implemented here (webhooks are refused there with a clear error).
+methods implemented here (webhooks are refused there with a clear error).  Every public method
+answers MLflow's errors (:mod:`cloudtrack.mlflow_errors`).
 """
 
 from __future__ import annotations
@@ -20,8 +21,7 @@ import concurrent.futures
 import logging
 import urllib.parse
 import uuid
-from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 from mlflow.entities.model_registry import (
     ModelVersion,
@@ -70,11 +70,14 @@ from mlflow.utils.validation import (
     _validate_tag_name,
 )
 
-from cloudtrack import layout
 from cloudtrack.blobs import open_blobs
 from cloudtrack.config import StoreConfig, resolve
-from cloudtrack.errors import AlreadyExists, BlobNotFound
-from cloudtrack.tracking import CorruptObject, _dumps, _parse, _versioned_update
+from cloudtrack.errors import AlreadyExists, BlobNotFound, CorruptObject
+from cloudtrack.mlflow_errors import boundary
+from cloudtrack.store import layout, records
+from cloudtrack.store.cache import VersionedCache
+from cloudtrack.store.cas import Change, versioned_update
+from cloudtrack.store.records import Record
 
 log = logging.getLogger("cloudtrack.registry")
 
@@ -90,6 +93,30 @@ def _version_not_found(name: str, version: Any) -> MlflowException:
                            RESOURCE_DOES_NOT_EXIST)
 
 
+def _checked_max_results(max_results: Any, threshold: int) -> int:
+    """A search's ``max_results``, refused with MLflow's messages unless 1 <= it <= threshold."""
+    if not isinstance(max_results, int) or max_results < 1:
+        raise MlflowException(
+            "Invalid value for max_results. It must be a positive integer,"
+            f" but got {max_results}", INVALID_PARAMETER_VALUE)
+    if max_results > threshold:
+        raise MlflowException(
+            "Invalid value for request parameter max_results. It must be at most "
+            f"{threshold}, but got value {max_results}", INVALID_PARAMETER_VALUE)
+    return max_results
+
+
+T = TypeVar("T")
+
+
+def _page(ordered: list[T], page_token: str | None, max_results: int) -> PagedList[T]:
+    start = SearchUtils.parse_start_offset_from_page_token(page_token)
+    end = start + max_results
+    token = SearchUtils.create_page_token(end) if end < len(ordered) else None
+    return PagedList(ordered[start:end], token)
+
+
+@boundary("__init__")
 class BlobRegistryStore(AbstractStore):
     """MLflow model registry on a cloudtrack store (the same URI as the tracking store)."""
 
@@ -103,77 +130,77 @@ class BlobRegistryStore(AbstractStore):
         if self.config.backend == "file":
             self.blobs.create_container()
         self._pool = concurrent.futures.ThreadPoolExecutor(16, thread_name_prefix="cloudtrack-reg")
-        self._cache: dict[str, tuple[str, dict[str, Any]]] = {}
+        #: Registry records read by searches, by the version a listing reported.
+        self._cache = VersionedCache()
 
     # -- records ----------------------------------------------------------------------------
 
-    def _read(self, key: str) -> tuple[dict[str, Any], str] | None:
+    def _read(self, key: str) -> tuple[Record, str] | None:
         try:
-            data, version = self.blobs.get_versioned(key)
+            return records.read_versioned(self.blobs, key)
         except BlobNotFound:
             return None
-        return _parse(self.blobs, key, data), version
 
-    def _model_record(self, name: str) -> dict[str, Any]:
+    def _listed(self, prefix: str, *, skip_corrupt: bool) -> list[Record]:
+        """The records under ``prefix`` that the listing vouches for: cached at their listed
+        version, else read (in parallel).  A record deleted since the listing is left out; a
+        corrupt one is logged and left out with ``skip_corrupt``, else raised."""
+        listing = [(i.key, i.version) for i in self.blobs.list(prefix)]
+        for got in self._cache.read_many(self.blobs, listing, self._pool.map).values():
+            if isinstance(got, CorruptObject) and skip_corrupt:
+                log.warning("skipping registry record: %s", got)
+            elif isinstance(got, Exception) and not isinstance(got, BlobNotFound):
+                raise got
+        return list(self._cache.vouched(listing).values())
+
+    def _model_record(self, name: str) -> Record:
         _validate_model_name(name)
         got = self._read(layout.registered_model(name))
         if got is None:
             raise _model_not_found(name)
         return got[0]
 
-    def _update_model(self, name: str,
-                      change: Callable[[dict[str, Any]], dict[str, Any] | None]) -> dict[str, Any]:
+    def _update_model(self, name: str, change: Change) -> Record:
         _validate_model_name(name)
-        rec, _ = _versioned_update(self.blobs, layout.registered_model(name), change,
-                                   missing=lambda: _model_not_found(name))
+        rec, _ = versioned_update(self.blobs, layout.registered_model(name), change,
+                                  missing=lambda: _model_not_found(name))
         return rec
 
-    def _touch(self, name: str, now: int | None = None) -> dict[str, Any]:
+    def _touch(self, name: str, now: int | None = None) -> Record:
         stamp = now or get_current_time_millis()
 
-        def change(rec: dict[str, Any]) -> dict[str, Any]:
+        def change(rec: Record) -> Record:
             rec["last_updated_timestamp"] = stamp
             return rec
 
         return self._update_model(name, change)
 
-    def _version_records(self, model: dict[str, Any]) -> list[dict[str, Any]]:
-        prefix = layout.model_versions(model["id"])
-        infos = [(i.key, i.version) for i in self.blobs.list(prefix)]
-        todo = [k for k, v in infos if self._cache.get(k, ("",))[0] != v]
+    def _version_records(self, model: Record) -> list[Record]:
+        found = self._listed(layout.model_versions(model["id"]), skip_corrupt=False)
+        return sorted(found, key=lambda r: int(r["version"]))
 
-        def fetch(key: str) -> tuple[str, tuple[dict[str, Any], str] | None]:
-            return key, self._read(key)
-
-        for key, got in self._pool.map(fetch, todo):
-            if got is not None:
-                self._cache[key] = (got[1], got[0])
-        out = [hit[1] for k, v in infos if (hit := self._cache.get(k)) is not None and hit[0] == v]
-        return sorted(out, key=lambda r: int(r["version"]))
-
-    def _version_record(self, model: dict[str, Any], version: Any) -> tuple[dict[str, Any], str]:
+    def _version_record(self, model: Record, version: Any) -> tuple[Record, str]:
         got = self._read(layout.model_version(model["id"], int(version)))
         if got is None or got[0].get("current_stage") == STAGE_DELETED_INTERNAL:
             raise _version_not_found(model["name"], version)
         return got
 
-    def _update_version(self, name: str, version: Any,
-                        change: Callable[[dict[str, Any]], dict[str, Any] | None]) -> dict[str, Any]:
+    def _update_version(self, name: str, version: Any, change: Change) -> Record:
         version = _validate_model_version(version)
         model = self._model_record(name)
 
-        def guarded(rec: dict[str, Any]) -> dict[str, Any] | None:
+        def guarded(rec: Record) -> Record | None:
             if rec.get("current_stage") == STAGE_DELETED_INTERNAL:
                 raise _version_not_found(name, version)
             return change(rec)
 
-        rec, _ = _versioned_update(self.blobs, layout.model_version(model["id"], int(version)),
-                                   guarded, missing=lambda: _version_not_found(name, version))
+        rec, _ = versioned_update(self.blobs, layout.model_version(model["id"], int(version)),
+                                  guarded, missing=lambda: _version_not_found(name, version))
         return rec
 
     # -- entities ---------------------------------------------------------------------------
 
-    def _version_entity(self, model: dict[str, Any], rec: dict[str, Any], *,
+    def _version_entity(self, model: Record, rec: Record, *,
                         with_aliases: bool = True) -> ModelVersion:
         # Versions (and alias targets) are ints as MLflow's SQL store returns them; the REST
         # layer turns them into strings for clients.
@@ -198,10 +225,10 @@ class BlobRegistryStore(AbstractStore):
             model_id=rec.get("model_id"),
         )
 
-    def _latest(self, model: dict[str, Any], versions: list[dict[str, Any]],
+    def _latest(self, model: Record, versions: list[Record],
                 stages: list[str] | None = None) -> list[ModelVersion]:
         wanted = [get_canonical_stage(s) for s in (stages or ALL_STAGES)]
-        latest: dict[str, dict[str, Any]] = {}
+        latest: dict[str, Record] = {}
         for rec in versions:
             stage = rec.get("current_stage", STAGE_NONE)
             if stage in wanted and (stage not in latest
@@ -212,8 +239,8 @@ class BlobRegistryStore(AbstractStore):
                        key=lambda r: int(r["version"]))
         return [self._version_entity(model, r, with_aliases=False) for r in found]
 
-    def _model_entity(self, model: dict[str, Any],
-                      versions: list[dict[str, Any]] | None = None) -> RegisteredModel:
+    def _model_entity(self, model: Record,
+                      versions: list[Record] | None = None) -> RegisteredModel:
         if versions is None:
             versions = self._version_records(model)
         return RegisteredModel(
@@ -248,7 +275,7 @@ class BlobRegistryStore(AbstractStore):
             "deployment_job_id": deployment_job_id,
         }
         try:
-            self.blobs.put_if_absent(layout.registered_model(name), _dumps(rec))
+            self.blobs.put_if_absent(layout.registered_model(name), records.dumps(rec))
         except AlreadyExists:
             existing = self._model_record(name)
             handle_resource_already_exist_error(
@@ -263,7 +290,7 @@ class BlobRegistryStore(AbstractStore):
 
     def update_registered_model(self, name: str, description: str | None,
                                 deployment_job_id: str | None = None) -> RegisteredModel:
-        def change(rec: dict[str, Any]) -> dict[str, Any]:
+        def change(rec: Record) -> Record:
             rec["description"] = description
             if deployment_job_id is not None:
                 rec["deployment_job_id"] = deployment_job_id
@@ -280,7 +307,7 @@ class BlobRegistryStore(AbstractStore):
             return self._model_entity(rec)
         renamed = {**rec, "name": new_name, "last_updated_timestamp": get_current_time_millis()}
         try:
-            self.blobs.put_if_absent(layout.registered_model(new_name), _dumps(renamed))
+            self.blobs.put_if_absent(layout.registered_model(new_name), records.dumps(renamed))
         except AlreadyExists:
             raise MlflowException(f"Registered Model (name={new_name}) already exists.",
                                   RESOURCE_ALREADY_EXISTS) from None
@@ -295,71 +322,49 @@ class BlobRegistryStore(AbstractStore):
         keys = [i.key for i in self.blobs.list(layout.model_versions(rec["id"]))]
         list(self._pool.map(self.blobs.delete, keys))
 
-    def _all_models(self) -> list[dict[str, Any]]:
-        infos = [(i.key, i.version) for i in self.blobs.list(layout.REGISTERED_MODELS)]
-        todo = [k for k, v in infos if self._cache.get(k, ("",))[0] != v]
-
-        def fetch(key: str) -> tuple[str, tuple[dict[str, Any], str] | Exception | None]:
-            try:
-                return key, self._read(key)
-            except CorruptObject as e:
-                return key, e
-
-        for key, got in self._pool.map(fetch, todo):
-            if isinstance(got, Exception):
-                log.warning("skipping registry record: %s", got)
-            elif got is not None:
-                self._cache[key] = (got[1], got[0])
-        return [hit[1] for k, v in infos if (hit := self._cache.get(k)) is not None and hit[0] == v]
+    def _all_models(self) -> list[Record]:
+        return self._listed(layout.REGISTERED_MODELS, skip_corrupt=True)
 
     def search_registered_models(self, filter_string: str | None = None,
                                  max_results: int | None = SEARCH_REGISTERED_MODEL_MAX_RESULTS_DEFAULT,
                                  order_by: list[str] | None = None,
                                  page_token: str | None = None) -> PagedList[RegisteredModel]:
-        if not isinstance(max_results, int) or max_results < 1:
-            raise MlflowException(
-                "Invalid value for max_results. It must be a positive integer,"
-                f" but got {max_results}", INVALID_PARAMETER_VALUE)
-        if max_results > SEARCH_REGISTERED_MODEL_MAX_RESULTS_THRESHOLD:
-            raise MlflowException(
-                "Invalid value for request parameter max_results. It must be at most "
-                f"{SEARCH_REGISTERED_MODEL_MAX_RESULTS_THRESHOLD}, but got value {max_results}",
-                INVALID_PARAMETER_VALUE)
+        max_results = _checked_max_results(max_results,
+                                           SEARCH_REGISTERED_MODEL_MAX_RESULTS_THRESHOLD)
         filter_string = add_prompt_filter_string(filter_string, is_prompt=False)
         models = self._all_models()
         entities = list(self._pool.map(self._model_entity, models))
         filtered = SearchModelUtils.filter(entities, filter_string)
         ordered = SearchModelUtils.sort(filtered, order_by)
-        start = SearchUtils.parse_start_offset_from_page_token(page_token)
-        end = start + max_results
-        token = SearchUtils.create_page_token(end) if end < len(ordered) else None
-        return PagedList(ordered[start:end], token)
+        return _page(ordered, page_token, max_results)
 
     def get_latest_versions(self, name: str, stages: list[str] | None = None) -> list[ModelVersion]:
         model = self._model_record(name)
         return self._latest(model, self._version_records(model), stages or None)
 
-    def set_registered_model_tag(self, name: str, tag: RegisteredModelTag) -> None:
-        _validate_registered_model_tag(tag.key, tag.value)
-
-        def change(rec: dict[str, Any]) -> dict[str, Any]:
-            rec.setdefault("tags", {})[tag.key] = "" if tag.value is None else str(tag.value)
+    def _change_model_entry(self, name: str, field: str, key: str,
+                            value: str | int | None) -> None:
+        """Set one entry of the model's ``field`` (tags, aliases) to ``value``, or remove it
+        for None (a missing entry is no change), and stamp the model."""
+        def change(rec: Record) -> Record | None:
+            if value is None:
+                if not records.remove_entry(rec, field, key):
+                    return None
+            else:
+                records.set_entry(rec, field, key, value)
             rec["last_updated_timestamp"] = get_current_time_millis()
             return rec
 
         self._update_model(name, change)
+
+    def set_registered_model_tag(self, name: str, tag: RegisteredModelTag) -> None:
+        _validate_registered_model_tag(tag.key, tag.value)
+        self._change_model_entry(name, "tags", tag.key,
+                                 "" if tag.value is None else str(tag.value))
 
     def delete_registered_model_tag(self, name: str, key: str) -> None:
         _validate_tag_name(key)
-
-        def change(rec: dict[str, Any]) -> dict[str, Any] | None:
-            if key not in rec.get("tags", {}):
-                return None
-            del rec["tags"][key]
-            rec["last_updated_timestamp"] = get_current_time_millis()
-            return rec
-
-        self._update_model(name, change)
+        self._change_model_entry(name, "tags", key, None)
 
     # -- model versions ---------------------------------------------------------------------
 
@@ -418,7 +423,8 @@ class BlobRegistryStore(AbstractStore):
                 "model_id": model_id,
             }
             try:
-                self.blobs.put_if_absent(layout.model_version(model["id"], number), _dumps(rec))
+                self.blobs.put_if_absent(layout.model_version(model["id"], number),
+                                         records.dumps(rec))
                 break
             except AlreadyExists:
                 number += 1  # another registration took this number: the next one is ours
@@ -432,7 +438,7 @@ class BlobRegistryStore(AbstractStore):
 
     def update_model_version(self, name: str, version: Any,
                              description: str | None) -> ModelVersion:
-        def change(rec: dict[str, Any]) -> dict[str, Any]:
+        def change(rec: Record) -> Record:
             rec["description"] = description
             rec["last_updated_timestamp"] = get_current_time_millis()
             return rec
@@ -452,7 +458,7 @@ class BlobRegistryStore(AbstractStore):
                 f"{DEFAULT_STAGES_FOR_GET_LATEST_VERSIONS}")
         now = get_current_time_millis()
 
-        def change(rec: dict[str, Any]) -> dict[str, Any]:
+        def change(rec: Record) -> Record:
             rec["current_stage"] = canonical
             rec["last_updated_timestamp"] = now
             return rec
@@ -462,7 +468,7 @@ class BlobRegistryStore(AbstractStore):
         if archive_existing_versions:
             for other in self._version_records(model):
                 if int(other["version"]) != int(version) and other.get("current_stage") == canonical:
-                    def archive(r: dict[str, Any]) -> dict[str, Any] | None:
+                    def archive(r: Record) -> Record | None:
                         if r.get("current_stage") != canonical:
                             return None
                         r["current_stage"] = STAGE_ARCHIVED
@@ -476,7 +482,7 @@ class BlobRegistryStore(AbstractStore):
         version = _validate_model_version(version)
         now = get_current_time_millis()
 
-        def change(rec: dict[str, Any]) -> dict[str, Any]:
+        def change(rec: Record) -> Record:
             # A tombstone keeps the number taken, as MLflow's stores do.
             rec.update(current_stage=STAGE_DELETED_INTERNAL, last_updated_timestamp=now,
                        description=None, user_id=None, source="REDACTED-SOURCE-PATH",
@@ -486,7 +492,7 @@ class BlobRegistryStore(AbstractStore):
 
         self._update_version(name, version, change)
 
-        def drop_aliases(rec: dict[str, Any]) -> dict[str, Any]:
+        def drop_aliases(rec: Record) -> Record:
             rec["aliases"] = {a: v for a, v in rec.get("aliases", {}).items()
                               if str(v) != str(version)}
             rec["last_updated_timestamp"] = now
@@ -503,15 +509,8 @@ class BlobRegistryStore(AbstractStore):
     def search_model_versions(self, filter_string: str | None = None,
                               max_results: int | None = None, order_by: list[str] | None = None,
                               page_token: str | None = None) -> PagedList[ModelVersion]:
-        if not isinstance(max_results, int) or max_results < 1:
-            raise MlflowException(
-                "Invalid value for max_results. It must be a positive integer,"
-                f" but got {max_results}", INVALID_PARAMETER_VALUE)
-        if max_results > SEARCH_MODEL_VERSION_MAX_RESULTS_THRESHOLD:
-            raise MlflowException(
-                "Invalid value for request parameter max_results. It must be at most "
-                f"{SEARCH_MODEL_VERSION_MAX_RESULTS_THRESHOLD}, but got value {max_results}",
-                INVALID_PARAMETER_VALUE)
+        max_results = _checked_max_results(max_results,
+                                           SEARCH_MODEL_VERSION_MAX_RESULTS_THRESHOLD)
         versions: list[ModelVersion] = []
         for model in self._all_models():
             # MLflow's SQL store leaves aliases out of version search results; so do we.
@@ -522,31 +521,19 @@ class BlobRegistryStore(AbstractStore):
         filtered = SearchModelVersionUtils.filter(versions, filter_string)
         ordered = SearchModelVersionUtils.sort(
             filtered, order_by or ["last_updated_timestamp DESC", "name ASC", "version_number DESC"])
-        start = SearchUtils.parse_start_offset_from_page_token(page_token)
-        end = start + max_results
-        token = SearchUtils.create_page_token(end) if end < len(ordered) else None
-        return PagedList(ordered[start:end], token)
+        return _page(ordered, page_token, max_results)
 
     def set_model_version_tag(self, name: str, version: Any, tag: ModelVersionTag) -> None:
         _validate_model_version_tag(tag.key, tag.value)
-
-        def change(rec: dict[str, Any]) -> dict[str, Any]:
-            rec.setdefault("tags", {})[tag.key] = "" if tag.value is None else str(tag.value)
-            return rec
-
-        self._update_version(name, version, change)
+        value = "" if tag.value is None else str(tag.value)
+        self._update_version(name, version,
+                             lambda rec: records.set_entry(rec, "tags", tag.key, value))
         self._touch(name)
 
     def delete_model_version_tag(self, name: str, version: Any, key: str) -> None:
         _validate_tag_name(key)
-
-        def change(rec: dict[str, Any]) -> dict[str, Any] | None:
-            if key not in rec.get("tags", {}):
-                return None
-            del rec["tags"][key]
-            return rec
-
-        self._update_version(name, version, change)
+        self._update_version(name, version,
+                             lambda rec: rec if records.remove_entry(rec, "tags", key) else None)
         self._touch(name)
 
     # -- webhooks: creating one is refused (MLflow's base class), so none ever exist --------
@@ -571,26 +558,12 @@ class BlobRegistryStore(AbstractStore):
         version = _validate_model_version(version)
         model = self._model_record(name)
         self._version_record(model, version)
-
-        def change(rec: dict[str, Any]) -> dict[str, Any]:
-            rec.setdefault("aliases", {})[alias] = int(version)
-            rec["last_updated_timestamp"] = get_current_time_millis()
-            return rec
-
-        self._update_model(name, change)
+        self._change_model_entry(name, "aliases", alias, int(version))
 
     def delete_registered_model_alias(self, name: str, alias: str) -> None:
         _validate_model_name(name)
         _validate_model_alias_name(alias)
-
-        def change(rec: dict[str, Any]) -> dict[str, Any] | None:
-            if alias not in rec.get("aliases", {}):
-                return None
-            del rec["aliases"][alias]
-            rec["last_updated_timestamp"] = get_current_time_millis()
-            return rec
-
-        self._update_model(name, change)
+        self._change_model_entry(name, "aliases", alias, None)
 
     def get_model_version_by_alias(self, name: str, alias: str) -> ModelVersion:
         _validate_model_name(name)

@@ -2,7 +2,9 @@
 
 ``file:`` URIs and plain paths come here too: a directory that already holds an MLflow
 FileStore (``<id>/meta.yaml``) keeps being served by MLflow's own FileStore, unchanged; every
-other directory becomes a cloudtrack local store.
+other directory becomes a cloudtrack local store.  The builders answer MLflow's errors
+(:mod:`cloudtrack.mlflow_errors`).  MLflow itself is imported only once a store is built: the
+doctor imports this module for :func:`is_mlflow_file_store`.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import os
 from typing import Any
 
 from cloudtrack.config import local_path
+from cloudtrack.mlflow_errors import translate_errors
 
 
 def is_mlflow_file_store(path: str) -> bool:
@@ -30,6 +33,7 @@ def is_mlflow_file_store(path: str) -> bool:
     return any(e.isdigit() and os.path.exists(os.path.join(path, e, "meta.yaml")) for e in entries)
 
 
+@translate_errors
 def tracking_store(store_uri: str, artifact_uri: str | None = None) -> Any:
     if store_uri.startswith("file:") or "://" not in store_uri:
         path = local_path(store_uri)
@@ -48,6 +52,7 @@ def tracking_store(store_uri: str, artifact_uri: str | None = None) -> Any:
     return BlobTrackingStore(store_uri, artifact_uri, config=config)  # type: ignore[abstract]
 
 
+@translate_errors
 def registry_store(store_uri: str, tracking_uri: str | None = None) -> Any:
     if store_uri.startswith("file:") or "://" not in store_uri:
         path = local_path(store_uri)
@@ -55,11 +60,12 @@ def registry_store(store_uri: str, tracking_uri: str | None = None) -> Any:
             from mlflow.store.model_registry.file_store import FileStore
 
             return FileStore(path)
-    from cloudtrack.registry import BlobRegistryStore
+    from cloudtrack.model_registry import BlobRegistryStore
 
     return BlobRegistryStore(store_uri, tracking_uri)  # type: ignore[abstract]
 
 
+@translate_errors
 def artifact_repository(artifact_uri: str, tracking_uri: str | None = None,
                         registry_uri: str | None = None) -> Any:
     from cloudtrack.artifacts import BlobArtifactRepository

@@ -1,0 +1,218 @@
+"""The tracking store's foundation every mixin builds on: opening a store, the caches, reading
+many records at once, and access to run heads (the one record a run's writers share)."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import time
+import uuid
+from collections.abc import Iterable
+from typing import Any
+
+from mlflow.entities import Experiment, LifecycleStage, Run
+from mlflow.exceptions import MlflowException
+from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE, RESOURCE_DOES_NOT_EXIST
+from mlflow.store.tracking.abstract_store import AbstractStore
+from mlflow.utils.time import get_current_time_millis
+from mlflow.utils.uri import append_to_uri_path
+from mlflow.utils.validation import _validate_experiment_id, _validate_run_id
+
+from cloudtrack.blobs import open_blobs
+from cloudtrack.config import StoreConfig, resolve
+from cloudtrack.errors import AlreadyExists, BlobNotFound
+from cloudtrack.store import layout, marker, records
+from cloudtrack.store.cache import VersionedCache
+from cloudtrack.store.cas import Change, versioned_update
+from cloudtrack.store.records import Record
+from cloudtrack.tracking.flusher import FLUSH_INTERVAL, Flusher, Pending, RunLocks
+
+#: Parallel GETs when a search or a history read must fetch many objects.
+READ_CONCURRENCY = 32
+
+
+def not_found(message: str) -> MlflowException:
+    return MlflowException(message, RESOURCE_DOES_NOT_EXIST)
+
+
+def run_not_found(run_id: str) -> MlflowException:
+    return not_found(f"Run with id={run_id} not found")
+
+
+def check_active(head: Record) -> None:
+    """Only an active run may change."""
+    if head["info"]["lifecycle_stage"] != LifecycleStage.ACTIVE:
+        raise MlflowException(
+            f"The run {head['info']['run_id']} must be in 'active' lifecycle_stage.",
+            INVALID_PARAMETER_VALUE,
+        )
+
+
+def check_experiment_active(experiment_id: str, lifecycle_stage: str) -> None:
+    """Only an active experiment takes new runs, models and tags."""
+    if lifecycle_stage != LifecycleStage.ACTIVE:
+        raise MlflowException(
+            f"The experiment {experiment_id} must be in the 'active' state.\n"
+            f"Current state is {lifecycle_stage}.", INVALID_PARAMETER_VALUE)
+
+
+def distinct_experiment_ids(experiment_ids: Iterable[Any]) -> list[str]:
+    """Distinct experiment ids as strings, in order, each validated."""
+    ids = list(dict.fromkeys(str(e) for e in experiment_ids))
+    for exp_id in ids:
+        _validate_experiment_id(exp_id)
+    return ids
+
+
+class StoreCore(AbstractStore):
+    """State and record access shared by the tracking store's mixins."""
+
+    def __init__(self, store_uri: str, artifact_uri: str | None = None, *,
+                 config: StoreConfig | None = None) -> None:
+        super().__init__()
+        self.config = config or resolve(store_uri)
+        self.store_uri = self.config.display_uri.rstrip("/")
+        self.blobs = open_blobs(self.config)
+        root = artifact_uri or append_to_uri_path(self._root_uri(), layout.ARTIFACTS)
+        self.artifact_root_uri = root.rstrip("/")
+        #: Every logging call durable when it returns (CLOUDTRACK_STRICT), else buffered.
+        self.strict = bool(self.config.get("strict", False))
+        self._pool = concurrent.futures.ThreadPoolExecutor(READ_CONCURRENCY,
+                                                           thread_name_prefix="cloudtrack-read")
+        #: Records read by searches (heads, experiments, logged models), by listed version.
+        self._cache = VersionedCache()
+        #: run id -> experiment id: the run index never changes, so this is never stale.
+        self._run_exp: dict[str, str] = {}
+        #: run id -> (head, version) as this process last read or wrote it; a conditional
+        #: write starts from it and re-reads only when another writer got there first.
+        self._heads: dict[str, tuple[Record, str]] = {}
+        #: head key -> (version, Run): the entity built from that version of the head.
+        self._entities: dict[str, tuple[str, Run]] = {}
+        #: Experiments whose head snapshot a background thread is rewriting.
+        self._snapshots_in_flight: set[str] = set()
+        self._run_locks = RunLocks()
+        self._flusher = Flusher(self._write_pending, self._run_locks, FLUSH_INTERVAL)
+        self._initialize()
+
+    def _root_uri(self) -> str:
+        if self.config.backend == "file":
+            return "file://" + self.config.container
+        return self.store_uri
+
+    def _write_pending(self, run_id: str, pending: Pending) -> None:
+        """Write one run's buffered data durably (implemented by the logging mixin)."""
+        raise NotImplementedError
+
+    # -- opening a store -------------------------------------------------------------------
+
+    def _initialize(self) -> None:
+        if self.config.backend == "file":
+            self.blobs.create_container()
+        if marker.read(self.blobs) is None:
+            self._create_default_experiment()
+            marker.create(self.blobs)
+
+    def _create_default_experiment(self) -> None:
+        now = get_current_time_millis()
+        rec = {
+            "experiment_id": layout.DEFAULT_EXPERIMENT_ID,
+            "name": Experiment.DEFAULT_EXPERIMENT_NAME,
+            "artifact_location": append_to_uri_path(self.artifact_root_uri,
+                                                    layout.DEFAULT_EXPERIMENT_ID),
+            "lifecycle_stage": LifecycleStage.ACTIVE,
+            "creation_time": now,
+            "last_update_time": now,
+            "tags": {},
+        }
+        try:
+            self.blobs.put_if_absent(layout.experiment(layout.DEFAULT_EXPERIMENT_ID),
+                                     records.dumps(rec))
+        except AlreadyExists:
+            return
+        try:
+            self.blobs.put_if_absent(
+                layout.experiment_name(Experiment.DEFAULT_EXPERIMENT_NAME),
+                records.dumps({"experiment_id": layout.DEFAULT_EXPERIMENT_ID}))
+        except AlreadyExists:
+            pass
+
+    # -- reads -----------------------------------------------------------------------------
+
+    def _read_many(self, listing: Iterable[tuple[str, str]]) -> dict[str, Record | Exception]:
+        """Every listed (key, version): cached at that version, else a GET (in parallel)."""
+        return self._cache.read_many(self.blobs, listing, self._pool.map)
+
+    # -- run heads -------------------------------------------------------------------------
+
+    def _experiment_of(self, run_id: str) -> str:
+        _validate_run_id(run_id)
+        exp = self._run_exp.get(run_id)
+        if exp is None:
+            try:
+                rec = records.read(self.blobs, layout.run_index(run_id))
+            except BlobNotFound:
+                raise run_not_found(run_id) from None
+            exp = str(rec["experiment_id"])
+            self._run_exp[run_id] = exp
+        return exp
+
+    def _load_head(self, run_id: str) -> tuple[Record, str]:
+        """GET the run's head (always: the caller wants what is stored now)."""
+        exp = self._experiment_of(run_id)
+        try:
+            head, version = records.read_versioned(self.blobs, layout.head(exp, run_id))
+        except BlobNotFound:
+            raise run_not_found(run_id) from None
+        self._heads[run_id] = (head, version)
+        return head, version
+
+    def _cached_head(self, run_id: str) -> tuple[Record, str]:
+        """The head as this process last saw it (a GET only the first time)."""
+        hit = self._heads.get(run_id)
+        return hit if hit is not None else self._load_head(run_id)
+
+    def _update_head_key(self, key: str, change: Change,
+                         known: tuple[Record, str] | None = None) -> Record:
+        run_id = layout.id_from_key(key)
+        head, version = versioned_update(self.blobs, key, change, known=known,
+                                         missing=lambda: run_not_found(run_id))
+        self._heads[run_id] = (head, version)
+        return head
+
+    def _update_head(self, run_id: str, change: Change) -> Record:
+        exp = self._experiment_of(run_id)
+        return self._update_head_key(layout.head(exp, run_id), change,
+                                     known=self._heads.get(run_id))
+
+    def _spill(self, run_id: str, head: Record) -> None:
+        """Move the head's tail of recent points into an immutable history batch.
+
+        Called inside a head update: the batch is written before the head that no longer
+        holds those points, so a reader that reads the head first and lists history second
+        sees every point at least once (duplicates are merged on read).
+        """
+        tail = head.get("tail") or []
+        if tail:
+            batch = f"{time.time_ns():020d}-{uuid.uuid4().hex[:12]}"
+            self.blobs.put(layout.history_batch(run_id, batch), records.dumps({"metrics": tail}))
+            head["tail"] = []
+
+    # -- housekeeping ----------------------------------------------------------------------
+
+    def flush(self) -> None:
+        """Write every buffered value now."""
+        self._flusher.flush()
+
+    def flush_async_logging(self) -> None:
+        super().flush_async_logging()
+        self._flusher.flush()
+
+    def close(self) -> None:
+        self._flusher.close()
+        self._pool.shutdown(wait=False)
+        self.blobs.close()
+
+    # Methods one mixin calls on another; each is defined by the mixin named.
+
+    def _log_model_metrics(self, run_id: str, metrics: list[list[Any]]) -> None:
+        """Copy metric points that name a logged model onto it (logged_models.py)."""
+        raise NotImplementedError

@@ -1,0 +1,236 @@
+"""Experiments: ``experiments/<id>.json`` records with ids claimed in order by put-if-absent,
+and names claimed by put-if-absent on ``experiment-names/<name>`` (docs/format.md)."""
+
+from __future__ import annotations
+
+import logging
+
+from mlflow.entities import Experiment, ExperimentTag, LifecycleStage, ViewType
+from mlflow.exceptions import MlflowException
+from mlflow.protos.databricks_pb2 import (
+    BAD_REQUEST,
+    INVALID_PARAMETER_VALUE,
+    INVALID_STATE,
+    RESOURCE_ALREADY_EXISTS,
+)
+from mlflow.store.entities.paged_list import PagedList
+from mlflow.store.tracking import SEARCH_MAX_RESULTS_DEFAULT, SEARCH_MAX_RESULTS_THRESHOLD
+from mlflow.utils.search_utils import SearchExperimentsUtils, SearchUtils
+from mlflow.utils.time import get_current_time_millis
+from mlflow.utils.uri import append_to_uri_path
+from mlflow.utils.validation import (
+    _validate_experiment_artifact_location_length,
+    _validate_experiment_id,
+    _validate_experiment_name,
+    _validate_experiment_tag,
+)
+
+from cloudtrack.errors import AlreadyExists, BlobNotFound
+from cloudtrack.store import entities, layout, records
+from cloudtrack.store.cas import Change, versioned_update
+from cloudtrack.store.records import Record
+from cloudtrack.tracking.core import StoreCore, check_experiment_active, not_found
+
+log = logging.getLogger("cloudtrack.tracking")
+
+
+def _no_experiment(experiment_id: str) -> MlflowException:
+    return not_found(f"No Experiment with id={experiment_id} exists")
+
+
+def _already_exists(name: str, code: int = RESOURCE_ALREADY_EXISTS) -> MlflowException:
+    return MlflowException(f"Experiment(name={name}) already exists.", code)
+
+
+class ExperimentsMixin(StoreCore):
+
+    def _get_experiment_record(self, experiment_id: str) -> tuple[Record, str]:
+        _validate_experiment_id(experiment_id)
+        try:
+            return records.read_versioned(self.blobs, layout.experiment(experiment_id))
+        except BlobNotFound:
+            raise _no_experiment(experiment_id) from None
+
+    def _next_experiment_id(self) -> int:
+        files, _ = self.blobs.list_dir(layout.EXPERIMENTS)
+        ids = [int(layout.id_from_key(f.key)) for f in files
+               if layout.id_from_key(f.key).isdigit()]
+        return max(ids, default=0) + 1
+
+    def create_experiment(self, name: str, artifact_location: str | None = None,
+                          tags: list[ExperimentTag] | None = None) -> str:
+        _validate_experiment_name(name)
+        if artifact_location:
+            _validate_experiment_artifact_location_length(artifact_location)
+        for tag in tags or []:
+            _validate_experiment_tag(tag.key, tag.value)
+        name_key = layout.experiment_name(name)
+        if self.blobs.exists(name_key):
+            raise _already_exists(name)
+        now = get_current_time_millis()
+        exp_id = self._next_experiment_id()
+        while True:
+            rec = {
+                "experiment_id": str(exp_id),
+                "name": name,
+                "artifact_location": artifact_location
+                or append_to_uri_path(self.artifact_root_uri, str(exp_id)),
+                "lifecycle_stage": LifecycleStage.ACTIVE,
+                "creation_time": now,
+                "last_update_time": now,
+                "tags": {t.key: t.value for t in tags or []},
+            }
+            try:
+                self.blobs.put_if_absent(layout.experiment(str(exp_id)), records.dumps(rec))
+                break
+            except AlreadyExists:
+                exp_id += 1
+        try:
+            self.blobs.put_if_absent(name_key, records.dumps({"experiment_id": str(exp_id)}))
+        except AlreadyExists:
+            # Another process claimed the name between our check and our claim: withdraw.
+            self.blobs.delete(layout.experiment(str(exp_id)))
+            raise _already_exists(name) from None
+        return str(exp_id)
+
+    def get_experiment(self, experiment_id: str) -> Experiment:
+        experiment_id = layout.DEFAULT_EXPERIMENT_ID if experiment_id is None else str(experiment_id)
+        return entities.experiment(self._get_experiment_record(experiment_id)[0])
+
+    def get_experiment_by_name(self, experiment_name: str) -> Experiment | None:
+        try:
+            claim = records.read(self.blobs, layout.experiment_name(experiment_name))
+        except BlobNotFound:
+            return None
+        try:
+            exp = self.get_experiment(str(claim["experiment_id"]))
+        except MlflowException as e:
+            if e.error_code == "RESOURCE_DOES_NOT_EXIST":
+                return None
+            raise
+        return exp if exp.name == experiment_name else None
+
+    def _all_experiments(self) -> list[Experiment]:
+        files, _ = self.blobs.list_dir(layout.EXPERIMENTS)
+        found = self._read_many((f.key, f.version) for f in files if f.key.endswith(".json"))
+        out = []
+        for key, rec in found.items():
+            if isinstance(rec, Exception):
+                if isinstance(rec, BlobNotFound):
+                    continue  # withdrawn while we listed
+                log.warning("skipping experiment record %s: %s", self.blobs.object_uri(key), rec)
+                continue
+            try:
+                out.append(entities.experiment(rec))
+            except (KeyError, TypeError) as e:
+                log.warning("skipping malformed experiment record %s: %r",
+                            self.blobs.object_uri(key), e)
+        return out
+
+    def search_experiments(self, view_type: int = ViewType.ACTIVE_ONLY,
+                           max_results: int = SEARCH_MAX_RESULTS_DEFAULT,
+                           filter_string: str | None = None, order_by: list[str] | None = None,
+                           page_token: str | None = None) -> PagedList[Experiment]:
+        if not isinstance(max_results, int) or max_results < 1:
+            raise MlflowException(
+                f"Invalid value {max_results} for parameter 'max_results' supplied. It must be "
+                "a positive integer", INVALID_PARAMETER_VALUE)
+        if max_results > SEARCH_MAX_RESULTS_THRESHOLD:
+            raise MlflowException(
+                f"Invalid value {max_results} for parameter 'max_results' supplied. It must be at "
+                f"most {SEARCH_MAX_RESULTS_THRESHOLD}", INVALID_PARAMETER_VALUE)
+        experiments = [e for e in self._all_experiments()
+                       if LifecycleStage.matches_view_type(view_type, e.lifecycle_stage)]
+        filtered = SearchExperimentsUtils.filter(experiments, filter_string)
+        ordered = SearchExperimentsUtils.sort(filtered,
+                                              order_by or ["creation_time DESC", "experiment_id ASC"])
+        page, token = SearchUtils.paginate(ordered, page_token, max_results)
+        return PagedList(page, token)
+
+    def _update_experiment(self, experiment_id: str, change: Change) -> Record:
+        _validate_experiment_id(experiment_id)
+        rec, _ = versioned_update(self.blobs, layout.experiment(experiment_id), change,
+                                  missing=lambda: _no_experiment(experiment_id))
+        return rec
+
+    def _set_lifecycle(self, experiment_id: str, old: str, new: str) -> None:
+        """Move the experiment, then its runs, from stage ``old`` to ``new``."""
+        def change(rec: Record) -> Record:
+            if rec["lifecycle_stage"] != old:
+                raise _no_experiment(experiment_id)
+            rec["lifecycle_stage"] = new
+            rec["last_update_time"] = get_current_time_millis()
+            return rec
+
+        self._update_experiment(experiment_id, change)
+        deleted_time = get_current_time_millis() if new == LifecycleStage.DELETED else None
+
+        def one(key: str) -> None:
+            def change_head(head: Record) -> Record | None:
+                if head["info"]["lifecycle_stage"] != old:
+                    return None
+                head["info"]["lifecycle_stage"] = new
+                head["info"]["deleted_time"] = deleted_time
+                return head
+            self._update_head_key(key, change_head)
+
+        keys = [i.key for i in self.blobs.list(layout.heads(experiment_id))]
+        list(self._pool.map(one, keys))
+
+    def delete_experiment(self, experiment_id: str) -> None:
+        experiment_id = str(experiment_id)
+        if experiment_id == layout.DEFAULT_EXPERIMENT_ID:
+            raise MlflowException(
+                "Cannot delete the default experiment "
+                f"'{layout.DEFAULT_EXPERIMENT_ID}'. This is an internally reserved experiment.",
+                INVALID_PARAMETER_VALUE)
+        self._set_lifecycle(experiment_id, LifecycleStage.ACTIVE, LifecycleStage.DELETED)
+
+    def restore_experiment(self, experiment_id: str) -> None:
+        self._set_lifecycle(str(experiment_id), LifecycleStage.DELETED, LifecycleStage.ACTIVE)
+
+    def rename_experiment(self, experiment_id: str, new_name: str) -> None:
+        experiment_id = str(experiment_id)
+        _validate_experiment_name(new_name)
+        rec, _ = self._get_experiment_record(experiment_id)
+        if rec["lifecycle_stage"] != LifecycleStage.ACTIVE:
+            raise MlflowException("Cannot rename a non-active experiment.", INVALID_STATE)
+        old_name = rec["name"]
+        if old_name == new_name:
+            return
+        try:
+            self.blobs.put_if_absent(layout.experiment_name(new_name),
+                                     records.dumps({"experiment_id": experiment_id}))
+        except AlreadyExists:
+            raise _already_exists(new_name, BAD_REQUEST) from None
+
+        def change(r: Record) -> Record:
+            r["name"] = new_name
+            r["last_update_time"] = get_current_time_millis()
+            return r
+
+        try:
+            self._update_experiment(experiment_id, change)
+        except Exception:
+            self.blobs.delete(layout.experiment_name(new_name))
+            raise
+        self.blobs.delete(layout.experiment_name(old_name))
+
+    def set_experiment_tag(self, experiment_id: str, tag: ExperimentTag) -> None:
+        _validate_experiment_tag(tag.key, tag.value)
+
+        def change(rec: Record) -> Record:
+            check_experiment_active(experiment_id, rec["lifecycle_stage"])
+            rec.setdefault("tags", {})[tag.key] = "" if tag.value is None else str(tag.value)
+            return rec
+
+        self._update_experiment(str(experiment_id), change)
+
+    def delete_experiment_tag(self, experiment_id: str, key: str) -> None:
+        def change(rec: Record) -> Record:
+            check_experiment_active(experiment_id, rec["lifecycle_stage"])
+            if not records.remove_entry(rec, "tags", key):
+                raise not_found(f"No tag with name: {key} in experiment with id {experiment_id}")
+            return rec
+
+        self._update_experiment(str(experiment_id), change)

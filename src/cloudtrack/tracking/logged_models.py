@@ -1,0 +1,211 @@
+"""Logged models (MLflow 3): ``logged-models/<exp>/<id>.json`` records, found from their id
+through the immutable ``logged-model-index/<id>.json`` (docs/format.md)."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from typing import Any
+
+from mlflow.entities import (
+    LifecycleStage,
+    LoggedModel,
+    LoggedModelParameter,
+    LoggedModelStatus,
+    LoggedModelTag,
+)
+from mlflow.exceptions import MlflowException
+from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
+from mlflow.store.entities.paged_list import PagedList
+from mlflow.store.tracking import SEARCH_LOGGED_MODEL_MAX_RESULTS_DEFAULT
+from mlflow.utils.name_utils import _generate_random_name
+from mlflow.utils.search_utils import SearchLoggedModelsUtils
+from mlflow.utils.time import get_current_time_millis
+from mlflow.utils.uri import append_to_uri_path
+from mlflow.utils.validation import (
+    _validate_logged_model_name,
+    _validate_param,
+    _validate_tag_name,
+)
+
+from cloudtrack.errors import BlobNotFound
+from cloudtrack.store import entities, layout, records
+from cloudtrack.store.cas import Change, versioned_update
+from cloudtrack.store.records import Record
+from cloudtrack.tracking.core import (
+    StoreCore,
+    check_experiment_active,
+    distinct_experiment_ids,
+    not_found,
+)
+
+log = logging.getLogger("cloudtrack.tracking")
+
+
+def _model_not_found(model_id: str) -> MlflowException:
+    return not_found(f"Logged model with ID '{model_id}' not found.")
+
+
+class LoggedModelsMixin(StoreCore):
+
+    def _model_experiment(self, model_id: str) -> str:
+        if "/" in model_id or model_id in (".", ".."):
+            raise _model_not_found(model_id)
+        try:
+            return str(records.read(self.blobs, layout.logged_model_index(model_id))
+                       ["experiment_id"])
+        except BlobNotFound:
+            raise _model_not_found(model_id) from None
+
+    def create_logged_model(self, experiment_id: str = layout.DEFAULT_EXPERIMENT_ID,
+                            name: str | None = None, source_run_id: str | None = None,
+                            tags: list[LoggedModelTag] | None = None,
+                            params: list[LoggedModelParameter] | None = None,
+                            model_type: str | None = None) -> LoggedModel:
+        _validate_logged_model_name(name)
+        experiment = self.get_experiment(str(experiment_id))
+        check_experiment_active(experiment_id, experiment.lifecycle_stage)
+        for p in params or []:
+            _validate_param(p.key, p.value)
+        for t in tags or []:
+            _validate_tag_name(t.key)
+        model_id = f"m-{uuid.uuid4().hex}"
+        now = get_current_time_millis()
+        rec = {
+            "experiment_id": str(experiment_id),
+            "model_id": model_id,
+            "name": name or _generate_random_name(),
+            "artifact_location": append_to_uri_path(experiment.artifact_location, "models",
+                                                    model_id, "artifacts"),
+            "creation_timestamp": now,
+            "last_updated_timestamp": now,
+            "model_type": model_type,
+            "source_run_id": source_run_id,
+            "status": LoggedModelStatus.PENDING.value,
+            "status_message": None,
+            "lifecycle_stage": LifecycleStage.ACTIVE,
+            "tags": {t.key: str(t.value) for t in tags or []},
+            "params": {p.key: str(p.value) for p in params or []},
+            "metrics": [],
+        }
+        self.blobs.put_if_absent(layout.logged_model_index(model_id),
+                                 records.dumps({"experiment_id": str(experiment_id)}))
+        self.blobs.put_if_absent(layout.logged_model(str(experiment_id), model_id),
+                                 records.dumps(rec))
+        return entities.logged_model(rec)
+
+    def _update_model(self, model_id: str, change: Change) -> Record:
+        exp = self._model_experiment(model_id)
+
+        def guarded(rec: Record) -> Record | None:
+            if rec.get("lifecycle_stage") == LifecycleStage.DELETED:
+                raise _model_not_found(model_id)
+            return change(rec)
+
+        rec, _ = versioned_update(self.blobs, layout.logged_model(exp, model_id), guarded,
+                                  missing=lambda: _model_not_found(model_id))
+        return rec
+
+    def get_logged_model(self, model_id: str, allow_deleted: bool = False) -> LoggedModel:
+        self._flusher.flush()  # buffered metrics may name this model
+        exp = self._model_experiment(model_id)
+        try:
+            rec = records.read(self.blobs, layout.logged_model(exp, model_id))
+        except BlobNotFound:
+            raise _model_not_found(model_id) from None
+        if rec.get("lifecycle_stage") == LifecycleStage.DELETED and not allow_deleted:
+            raise _model_not_found(model_id)
+        return entities.logged_model(rec)
+
+    def finalize_logged_model(self, model_id: str, status: LoggedModelStatus) -> LoggedModel:
+        def change(rec: Record) -> Record:
+            rec["status"] = (LoggedModelStatus.from_int(status) if isinstance(status, int)
+                             else LoggedModelStatus(status)).value
+            rec["last_updated_timestamp"] = get_current_time_millis()
+            return rec
+
+        return entities.logged_model(self._update_model(model_id, change))
+
+    def set_logged_model_tags(self, model_id: str, tags: list[LoggedModelTag]) -> None:
+        for t in tags:
+            _validate_tag_name(t.key)
+
+        def change(rec: Record) -> Record:
+            rec.setdefault("tags", {}).update({t.key: str(t.value) for t in tags})
+            return rec
+
+        self._update_model(model_id, change)
+
+    def delete_logged_model_tag(self, model_id: str, key: str) -> None:
+        _validate_tag_name(key)
+
+        def change(rec: Record) -> Record:
+            if not records.remove_entry(rec, "tags", key):
+                raise not_found(f"No tag with key {key!r} found for model with ID {model_id!r}.")
+            return rec
+
+        self._update_model(model_id, change)
+
+    def log_logged_model_params(self, model_id: str, params: list[LoggedModelParameter]) -> None:
+        for p in params or []:
+            _validate_param(p.key, p.value)
+
+        def change(rec: Record) -> Record:
+            rec.setdefault("params", {}).update({p.key: str(p.value) for p in params})
+            return rec
+
+        self._update_model(model_id, change)
+
+    def delete_logged_model(self, model_id: str) -> None:
+        def change(rec: Record) -> Record:
+            rec["lifecycle_stage"] = LifecycleStage.DELETED
+            rec["last_updated_timestamp"] = get_current_time_millis()
+            return rec
+
+        self._update_model(model_id, change)
+
+    def _log_model_metrics(self, run_id: str, metrics: list[list[Any]]) -> None:
+        """Copy a run's metric points that name a logged model onto that model, keeping the
+        latest point per (key, dataset name, dataset digest)."""
+        by_model: dict[str, list[list[Any]]] = {}
+        for t in metrics:
+            by_model.setdefault(t[4], []).append([*t, run_id])
+        for model_id, points in by_model.items():
+            def change(rec: Record, points: list[list[Any]] = points) -> Record:
+                latest = {(m[0], m[5], m[6]): m for m in rec.get("metrics", [])}
+                records.merge_latest(latest, points, key=lambda p: (p[0], p[5], p[6]))
+                rec["metrics"] = list(latest.values())
+                return rec
+            try:
+                self._update_model(model_id, change)
+            except MlflowException as e:
+                if e.error_code != "RESOURCE_DOES_NOT_EXIST":
+                    raise
+                log.warning("metric for unknown logged model %s of run %s kept on the run only",
+                            model_id, run_id)
+
+    def search_logged_models(self, experiment_ids: list[str], filter_string: str | None = None,
+                             datasets: list[dict[str, Any]] | None = None,
+                             max_results: int | None = None,
+                             order_by: list[dict[str, Any]] | None = None,
+                             page_token: str | None = None) -> PagedList[LoggedModel]:
+        if datasets and not all(d.get("dataset_name") for d in datasets):
+            raise MlflowException("`dataset_name` in the `datasets` clause must be specified.",
+                                  INVALID_PARAMETER_VALUE)
+        max_results = max_results or SEARCH_LOGGED_MODEL_MAX_RESULTS_DEFAULT
+        self._flusher.flush()
+        models: list[LoggedModel] = []
+        for exp_id in distinct_experiment_ids(experiment_ids):
+            listing = [(i.key, i.version) for i in self.blobs.list(layout.logged_models(exp_id))]
+            for key, rec in self._read_many(listing).items():
+                if isinstance(rec, Exception):
+                    if not isinstance(rec, BlobNotFound):
+                        log.warning("skipping logged model %s: %s", self.blobs.object_uri(key), rec)
+                    continue
+                if rec.get("lifecycle_stage") == LifecycleStage.DELETED:
+                    continue
+                models.append(entities.logged_model(rec))
+        filtered = SearchLoggedModelsUtils.filter_logged_models(models, filter_string, datasets)
+        ordered = SearchLoggedModelsUtils.sort(filtered, order_by)
+        page, token = SearchLoggedModelsUtils.paginate(ordered, page_token, max_results)
+        return PagedList(page, token)

@@ -1,0 +1,107 @@
+"""Runs: created with their run index (``runs/<id>.json``, run -> experiment) and their head
+(``heads/<exp>/<id>.json``); read and changed through the head (docs/format.md)."""
+
+from __future__ import annotations
+
+import uuid
+
+from mlflow.entities import LifecycleStage, Run, RunInfo, RunStatus, RunTag
+from mlflow.exceptions import MlflowException
+from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
+from mlflow.utils.mlflow_tags import MLFLOW_RUN_NAME, _get_run_name_from_tags
+from mlflow.utils.name_utils import _generate_random_name
+from mlflow.utils.time import get_current_time_millis
+from mlflow.utils.uri import append_to_uri_path
+from mlflow.utils.validation import _validate_run_id, _validate_tag
+
+from cloudtrack.store import entities, layout, records
+from cloudtrack.store.records import Record
+from cloudtrack.tracking.core import StoreCore, check_active, check_experiment_active
+
+
+class RunsMixin(StoreCore):
+
+    def get_run(self, run_id: str) -> Run:
+        _validate_run_id(run_id)
+        self._flusher.flush(run_id)
+        head, _ = self._load_head(run_id)
+        return entities.run(head)
+
+    def create_run(self, experiment_id: str, user_id: str, start_time: int,
+                   tags: list[RunTag], run_name: str | None) -> Run:
+        experiment_id = layout.DEFAULT_EXPERIMENT_ID if experiment_id is None else str(experiment_id)
+        experiment = self.get_experiment(experiment_id)
+        check_experiment_active(experiment_id, experiment.lifecycle_stage)
+        tags = list(tags or [])
+        for tag in tags:
+            _validate_tag(tag.key, tag.value)
+        run_name_tag = _get_run_name_from_tags(tags)
+        if run_name and run_name_tag and run_name != run_name_tag:
+            raise MlflowException(
+                "Both 'run_name' argument and 'mlflow.runName' tag are specified, but with "
+                f"different values (run_name='{run_name}', mlflow.runName='{run_name_tag}').",
+                INVALID_PARAMETER_VALUE)
+        run_name = run_name or run_name_tag or _generate_random_name()
+        if not run_name_tag:
+            tags.append(RunTag(MLFLOW_RUN_NAME, run_name))
+        run_id = uuid.uuid4().hex
+        head = {
+            "info": {
+                "run_id": run_id,
+                "run_name": run_name,
+                "experiment_id": experiment_id,
+                "user_id": user_id,
+                "status": RunStatus.to_string(RunStatus.RUNNING),
+                "start_time": start_time,
+                "end_time": None,
+                "lifecycle_stage": LifecycleStage.ACTIVE,
+                "deleted_time": None,
+                "artifact_uri": append_to_uri_path(experiment.artifact_location, run_id,
+                                                   "artifacts"),
+            },
+            "params": {},
+            "tags": {t.key: "" if t.value is None else str(t.value) for t in tags},
+            "metrics": {},
+        }
+        self.blobs.put_if_absent(layout.run_index(run_id),
+                                 records.dumps({"experiment_id": experiment_id}))
+        version = self.blobs.put_if_absent(layout.head(experiment_id, run_id), records.dumps(head))
+        self._run_exp[run_id] = experiment_id
+        self._heads[run_id] = (head, version)
+        return entities.run(head)
+
+    def update_run_info(self, run_id: str, run_status: int, end_time: int | None,
+                        run_name: str | None) -> RunInfo:
+        _validate_run_id(run_id)
+        self._flusher.flush(run_id)
+
+        def change(head: Record) -> Record:
+            check_active(head)
+            info = head["info"]
+            info["status"] = RunStatus.to_string(run_status)
+            info["end_time"] = end_time
+            if RunStatus.is_terminated(run_status):
+                self._spill(run_id, head)  # finished runs keep small heads
+            if run_name:
+                info["run_name"] = run_name
+                head["tags"][MLFLOW_RUN_NAME] = run_name
+            return head
+
+        return entities.run(self._update_head(run_id, change)).info
+
+    def _set_run_lifecycle(self, run_id: str, stage: str) -> None:
+        deleted_time = get_current_time_millis() if stage == LifecycleStage.DELETED else None
+
+        def change(head: Record) -> Record:
+            head["info"]["lifecycle_stage"] = stage
+            head["info"]["deleted_time"] = deleted_time
+            return head
+
+        self._update_head(run_id, change)
+
+    def delete_run(self, run_id: str) -> None:
+        self._flusher.flush(run_id)
+        self._set_run_lifecycle(run_id, LifecycleStage.DELETED)
+
+    def restore_run(self, run_id: str) -> None:
+        self._set_run_lifecycle(run_id, LifecycleStage.ACTIVE)

@@ -1,0 +1,148 @@
+"""``search_runs``: one LIST of an experiment's heads (about one request per 1,000 runs), then
+GETs only for heads this process has not seen at the listed version.  A first search that
+misses many seeds its cache from the experiment's head snapshot
+(:mod:`cloudtrack.store.snapshots`), and a search that had to fetch many heads rewrites that
+snapshot in the background, so the next process's first search is cheap too."""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import logging
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+from mlflow.entities import LifecycleStage, Run
+from mlflow.exceptions import MlflowException
+from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
+from mlflow.store.tracking import SEARCH_MAX_RESULTS_THRESHOLD
+from mlflow.utils.search_utils import SearchUtils
+
+from cloudtrack.errors import BlobNotFound
+from cloudtrack.store import entities, layout, snapshots
+from cloudtrack.tracking.core import StoreCore, distinct_experiment_ids
+
+log = logging.getLogger("cloudtrack.tracking")
+
+#: A search missing this many heads in its cache first reads the experiment's snapshot.
+SNAPSHOT_MIN_MISSES = 64
+#: A search that had to fetch this many heads rewrites the snapshot (in the background).
+SNAPSHOT_REFRESH_MISSES = 256
+
+_gc_lock = threading.Lock()
+_gc_pauses = 0
+_gc_was_enabled = False
+
+
+@contextlib.contextmanager
+def _gc_paused() -> Iterator[None]:
+    """Pause Python's cyclic garbage collector while a search builds thousands of objects.
+
+    A 10,000-run search allocates millions of small objects (the decoded snapshot, the Run
+    entities); each allocation burst triggers full collections that scan them all again: a
+    cold 10,000-run search of a local store took 2.9-3.5 s with them, 1.2-1.9 s without.
+    Nothing built here forms cycles worth collecting early.  Re-entrant and thread-safe: the
+    collector resumes when the last pause ends.
+    """
+    global _gc_pauses, _gc_was_enabled
+    with _gc_lock:
+        if _gc_pauses == 0:
+            _gc_was_enabled = gc.isenabled()
+            gc.disable()
+        _gc_pauses += 1
+    try:
+        yield
+    finally:
+        with _gc_lock:
+            _gc_pauses -= 1
+            if _gc_pauses == 0 and _gc_was_enabled:
+                gc.enable()
+
+
+class SearchMixin(StoreCore):
+
+    def _refresh_snapshot_later(self, experiment_id: str, listing: list[tuple[str, str]]) -> None:
+        if experiment_id in self._snapshots_in_flight:
+            return
+        self._snapshots_in_flight.add(experiment_id)
+
+        def work() -> None:
+            try:
+                snapshots.write(self.blobs, experiment_id, self._cache, listing)
+            except Exception:
+                log.warning("could not refresh the head snapshot of experiment %s",
+                            experiment_id, exc_info=True)
+            finally:
+                self._snapshots_in_flight.discard(experiment_id)
+
+        threading.Thread(target=work, name="cloudtrack-snapshot", daemon=True).start()
+
+    def _runs_of(self, experiment_id: str) -> list[Run]:
+        listing = [(i.key, i.version) for i in self.blobs.list(layout.heads(experiment_id))]
+        misses = len(self._cache.missing(listing))
+        if misses >= SNAPSHOT_MIN_MISSES:
+            snapshots.load_into(self._cache, self.blobs, experiment_id)
+            misses = len(self._cache.missing(listing))
+        found = self._read_many(listing)
+        if misses >= SNAPSHOT_REFRESH_MISSES:
+            self._refresh_snapshot_later(experiment_id, listing)
+        runs = []
+        for key, version in listing:
+            rec = found[key]
+            if isinstance(rec, BlobNotFound):
+                continue
+            if isinstance(rec, Exception):
+                log.warning("skipping run head %s: %s", self.blobs.object_uri(key), rec)
+                continue
+            hit = self._entities.get(key)
+            if hit is not None and hit[0] == version:
+                runs.append(hit[1])
+                continue
+            try:
+                run = entities.run(rec)
+            except (KeyError, TypeError, ValueError) as e:
+                log.warning("skipping malformed run head %s: %r", self.blobs.object_uri(key), e)
+                continue
+            self._entities[key] = (version, run)
+            runs.append(run)
+        return runs
+
+    def _search_runs(self, experiment_ids: list[str], filter_string: str | None,
+                     run_view_type: int, max_results: int, order_by: list[str] | None,
+                     page_token: str | None) -> tuple[list[Run], str | None]:
+        if max_results > SEARCH_MAX_RESULTS_THRESHOLD:
+            raise MlflowException(
+                "Invalid value for request parameter max_results. It must be at "
+                f"most {SEARCH_MAX_RESULTS_THRESHOLD}, but got value {max_results}",
+                INVALID_PARAMETER_VALUE)
+        self._flusher.flush()
+        runs: list[Run] = []
+        with _gc_paused():
+            for exp_id in distinct_experiment_ids(experiment_ids):
+                runs.extend(r for r in self._runs_of(exp_id) if LifecycleStage.matches_view_type(
+                    run_view_type, r.info.lifecycle_stage))
+            filtered = SearchUtils.filter(runs, filter_string)
+            ordered = SearchUtils.sort(filtered, order_by)
+            return SearchUtils.paginate(ordered, page_token, max_results)
+
+    def _search_datasets(self, experiment_ids: list[str]) -> list[Any]:
+        """The distinct (experiment, dataset name, digest, context) of the experiments' runs.
+
+        Private in MLflow, yet ``mlflow server`` calls it for the UI's dataset filter
+        (``experiments/search-datasets``); without it that request answers 500.  Like MLflow's
+        SQL store: runs of every lifecycle stage, at most 1000 summaries.
+        """
+        from mlflow.entities.dataset_summary import _DatasetSummary
+        from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
+
+        self._flusher.flush()
+        found: dict[tuple[str, str, str, str | None], None] = {}
+        for exp_id in distinct_experiment_ids(experiment_ids):
+            for run in self._runs_of(exp_id):
+                for d in (run.inputs.dataset_inputs if run.inputs else []):
+                    context = next((t.value for t in d.tags if t.key == MLFLOW_DATASET_CONTEXT),
+                                   None)
+                    found.setdefault((exp_id, d.dataset.name, d.dataset.digest, context), None)
+        return [_DatasetSummary(experiment_id=e, name=n, digest=d, context=c)
+                for e, n, d, c in list(found)[:1000]]
