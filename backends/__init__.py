@@ -1,8 +1,8 @@
 """The real local services cloudtrack's tests, demos and benchmarks run against.
 
 Each sub-package starts one service on a free loopback port and cleans it up:
-``python -m backends up s3 azure gcs mlflow`` for a person, the pytest fixtures in
-``tests/conftest.py`` for tests.  A storage service offers :class:`StorageService`.
+``python -m backends up s3 azure gcs mlflow postgres`` for a person, the pytest fixtures in
+``tests/fixtures/services.py`` for tests.  A storage service offers :class:`StorageService`.
 """
 
 from __future__ import annotations
@@ -22,6 +22,8 @@ SERVICES: Mapping[str, str] = {
     "gcs": "backends.gcs.service:GcsEmulator",
     "mlflow": "backends.mlflow.service:MlflowServer",
     "mlflow-auth": "backends.mlflow.service:MlflowAuthServer",
+    "mlflow-postgres": "backends.mlflow.service:MlflowServerPostgres",
+    "postgres": "backends.postgres.service:PostgresService",
 }
 
 #: The blob backends the conformance suite runs against.

@@ -102,9 +102,14 @@ def _describe(name: str, svc: Any, seconds: float, latency_ms: float | None,
                          f"{len(proxies) - before} latency proxy(-ies)")
     if getattr(svc, "url", None):
         lines.append(f"#   {'direct ' if latency_ms is not None else ''}url: {svc.url}")
+    if getattr(svc, "backend_store_uri", None):
+        lines.append(f"#   backend store: {svc.backend_store_uri}")
     if isinstance(svc, StorageService):
         with contextlib.suppress(Exception):
             lines.append(f"#   a fresh store: {svc.new_store('demo')}")
+    elif callable(getattr(svc, "new_database", None)):
+        with contextlib.suppress(Exception):
+            lines.append(f"#   a fresh database: {svc.new_database('demo')}")
     lines += [f"export {key}={shlex.quote(value)}" for key, value in env.items()]
     return lines
 
@@ -182,7 +187,7 @@ def list_services() -> int:
         except (ImportError, AttributeError, ValueError) as e:
             status = f"not importable: {type(e).__name__}: {e}"
         kind = "storage" if name in backends.STORAGE_SERVICES else "service"
-        print(f"{name:<14} {kind:<8} {target:<45} {status}")
+        print(f"{name:<16} {kind:<8} {target:<50} {status}")
     return 0
 
 

@@ -49,16 +49,22 @@ class ManagedProcess:
     """A child process in its own process group, killed with its children on stop()."""
 
     def __init__(self, argv: Sequence[str], *, env: Mapping[str, str] | None = None,
-                 cwd: str | Path | None = None, name: str = "service") -> None:
+                 cwd: str | Path | None = None, name: str = "service",
+                 user: int | None = None, group: int | None = None) -> None:
+        """``user``/``group``: run the child as that uid/gid (root only; supplementary groups
+        are dropped), for servers that refuse to run as root, like PostgreSQL."""
         self.workdir = Path(tempfile.mkdtemp(prefix=f"cloudtrack-{name}-"))
         self.log = self.workdir / "service.log"
         full_env = dict(os.environ)
         if env:
             full_env.update(env)
         self._logf = open(self.log, "wb")
+        # Popen switches identity in the child itself: no preexec_fn, which is unsafe in threads.
+        switch = user is not None or group is not None
         self.proc = subprocess.Popen(
             list(argv), env=full_env, cwd=str(cwd) if cwd else None, stdout=self._logf,
             stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+            user=user, group=group, extra_groups=[] if switch else None,
         )
 
     def stop(self) -> None:

@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from backends._common import LOOPBACK, ManagedProcess, free_port
+from backends.postgres.service import PostgresService
 
 #: Always set for the server: with job execution on, MLflow runs extra processes and (with 2
 #: workers) stalls ~40 ms on every keep-alive request; telemetry would try the network.
@@ -258,6 +259,11 @@ class MlflowServer:
         return env
 
     @property
+    def backend_store_uri(self) -> str:
+        """Where the server keeps runs (set once launched)."""
+        return self._backend
+
+    @property
     def artifact_root(self) -> str:
         """Where new experiments put artifacts: the direct root, or the proxied scheme."""
         return self._artifact_root or "mlflow-artifacts:/"
@@ -345,6 +351,49 @@ class MlflowAuthServer(MlflowServer):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         kwargs.setdefault("basic_auth", True)
         super().__init__(*args, **kwargs)
+
+
+class MlflowServerPostgres(MlflowServer):
+    """:class:`MlflowServer` whose backend store is a fresh database on PostgreSQL, as most
+    production servers are; artifacts as :class:`MlflowServer` (proxied into its temp dir by
+    default).
+
+    ``postgres``: a running :class:`~backends.postgres.PostgresService` to take the database
+    from (and leave running); by default the server starts a cluster of its own and stops it
+    with itself.  The server migrates its empty database itself on start, as in production.
+    """
+
+    name = "mlflow-postgres"
+
+    def __init__(self, *args: Any, postgres: PostgresService | None = None,
+                 **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if self._backend_store_uri is not None:
+            raise ValueError("MlflowServerPostgres makes its own backend store: "
+                             "use MlflowServer for a given backend_store_uri")
+        self.postgres = postgres
+        self._owns_postgres = postgres is None
+
+    def launch(self) -> None:
+        if self._proc is not None:
+            return
+        try:
+            if self.postgres is None:
+                self.postgres = PostgresService()
+            if self._owns_postgres:
+                self.postgres.start()
+            self._backend_store_uri = self.postgres.new_database()
+        except BaseException:
+            self.stop()
+            raise
+        super().launch()
+
+    def stop(self) -> None:
+        super().stop()
+        self._backend_store_uri = None
+        if self._owns_postgres and self.postgres is not None:
+            self.postgres.stop()
+            self.postgres = None
 
 
 def _children(pid: int) -> list[Any]:
