@@ -27,15 +27,12 @@ from mlflow.entities.model_registry import (
     ModelVersion,
     ModelVersionTag,
     RegisteredModel,
-    RegisteredModelAlias,
     RegisteredModelTag,
 )
 from mlflow.entities.model_registry.model_version_stages import (
-    ALL_STAGES,
     DEFAULT_STAGES_FOR_GET_LATEST_VERSIONS,
     STAGE_ARCHIVED,
     STAGE_DELETED_INTERNAL,
-    STAGE_NONE,
     get_canonical_stage,
 )
 from mlflow.entities.model_registry.model_version_status import ModelVersionStatus
@@ -74,7 +71,7 @@ from cloudtrack.blobs import open_blobs
 from cloudtrack.config import StoreConfig, resolve
 from cloudtrack.errors import AlreadyExists, BlobNotFound, CorruptObject
 from cloudtrack.mlflow_errors import boundary
-from cloudtrack.store import layout, records
+from cloudtrack.store import build, entities, layout, records
 from cloudtrack.store.cache import VersionedCache
 from cloudtrack.store.cas import Change, versioned_update
 from cloudtrack.store.records import Record
@@ -202,58 +199,17 @@ class BlobRegistryStore(AbstractStore):
 
     def _version_entity(self, model: Record, rec: Record, *,
                         with_aliases: bool = True) -> ModelVersion:
-        # Versions (and alias targets) are ints as MLflow's SQL store returns them; the REST
-        # layer turns them into strings for clients.
-        version = int(rec["version"])
-        aliases = ([a for a, v in model.get("aliases", {}).items() if int(v) == version]
-                   if with_aliases else [])
-        return ModelVersion(
-            name=model["name"],
-            version=version,  # type: ignore[arg-type]
-            creation_timestamp=rec["creation_timestamp"],
-            last_updated_timestamp=rec.get("last_updated_timestamp"),
-            description=rec.get("description"),
-            user_id=rec.get("user_id"),
-            current_stage=rec.get("current_stage", STAGE_NONE),
-            source=rec.get("source"),
-            run_id=rec.get("run_id"),
-            status=rec.get("status", ModelVersionStatus.to_string(ModelVersionStatus.READY)),
-            status_message=rec.get("status_message"),
-            tags=[ModelVersionTag(k, v) for k, v in rec.get("tags", {}).items()],
-            run_link=rec.get("run_link"),
-            aliases=sorted(aliases),
-            model_id=rec.get("model_id"),
-        )
+        return entities.model_version(model, rec, with_aliases=with_aliases)
 
     def _latest(self, model: Record, versions: list[Record],
                 stages: list[str] | None = None) -> list[ModelVersion]:
-        wanted = [get_canonical_stage(s) for s in (stages or ALL_STAGES)]
-        latest: dict[str, Record] = {}
-        for rec in versions:
-            stage = rec.get("current_stage", STAGE_NONE)
-            if stage in wanted and (stage not in latest
-                                    or int(latest[stage]["version"]) < int(rec["version"])):
-                latest[stage] = rec
-        # Ordered by version number and without aliases, as MLflow's SQL store answers.
-        found = sorted((latest[s] for s in dict.fromkeys(wanted) if s in latest),
-                       key=lambda r: int(r["version"]))
-        return [self._version_entity(model, r, with_aliases=False) for r in found]
+        return entities.latest_versions(model, versions, stages)
 
     def _model_entity(self, model: Record,
                       versions: list[Record] | None = None) -> RegisteredModel:
         if versions is None:
             versions = self._version_records(model)
-        return RegisteredModel(
-            name=model["name"],
-            creation_timestamp=model["creation_timestamp"],
-            last_updated_timestamp=model.get("last_updated_timestamp"),
-            description=model.get("description"),
-            latest_versions=self._latest(model, versions),
-            tags=[RegisteredModelTag(k, v) for k, v in model.get("tags", {}).items()],
-            aliases=[RegisteredModelAlias(a, int(v))  # type: ignore[arg-type]
-                     for a, v in model.get("aliases", {}).items()],
-            deployment_job_id=model.get("deployment_job_id"),
-        )
+        return entities.registered_model(model, versions)
 
     # -- registered models ------------------------------------------------------------------
 
@@ -264,16 +220,10 @@ class BlobRegistryStore(AbstractStore):
         for tag in tags or []:
             _validate_registered_model_tag(tag.key, tag.value)
         now = get_current_time_millis()
-        rec = {
-            "id": uuid.uuid4().hex,
-            "name": name,
-            "creation_timestamp": now,
-            "last_updated_timestamp": now,
-            "description": description,
-            "tags": {t.key: "" if t.value is None else str(t.value) for t in tags or []},
-            "aliases": {},
-            "deployment_job_id": deployment_job_id,
-        }
+        rec = build.registered_model(
+            model_id=uuid.uuid4().hex, name=name, creation_timestamp=now,
+            last_updated_timestamp=now, description=description,
+            tags={t.key: t.value for t in tags or []}, deployment_job_id=deployment_job_id)
         try:
             self.blobs.put_if_absent(layout.registered_model(name), records.dumps(rec))
         except AlreadyExists:
@@ -373,31 +323,36 @@ class BlobRegistryStore(AbstractStore):
 
         return MlflowClient(tracking_uri=self.tracking_uri)
 
+    def _storage_location(self, source: str, tracking: Any = None) -> tuple[str, Any]:
+        """Where a version registered from ``source`` keeps its files, and the logged model
+        ``source`` names (a ``models:/<model id>`` URI), if any.  ``tracking``: the tracking
+        store or client to find logged models with (default: a client of this store)."""
+        from mlflow.store.artifact.utils.models import _parse_model_uri
+
+        if urllib.parse.urlparse(source).scheme != "models":
+            return source, None
+        parsed = _parse_model_uri(source)
+        try:
+            if parsed.model_id is not None:
+                logged = (tracking or self._tracking_client()).get_logged_model(parsed.model_id)
+                return str(logged.artifact_location), logged
+            return self.get_model_version_download_uri(str(parsed.name), parsed.version), None
+        except Exception as e:
+            raise MlflowException(
+                f"Unable to fetch model from model URI source artifact location '{source}'."
+                f"Error: {e}") from e
+
     def create_model_version(self, name: str, source: str, run_id: str | None = None,
                              tags: list[ModelVersionTag] | None = None,
                              run_link: str | None = None, description: str | None = None,
                              local_model_path: str | None = None,
                              model_id: str | None = None) -> ModelVersion:
-        from mlflow.store.artifact.utils.models import _parse_model_uri
-
         _validate_model_name(name)
         for tag in tags or []:
             _validate_model_version_tag(tag.key, tag.value)
-        storage_location = source
-        if urllib.parse.urlparse(source).scheme == "models":
-            parsed = _parse_model_uri(source)
-            try:
-                if parsed.model_id is not None:
-                    logged = self._tracking_client().get_logged_model(parsed.model_id)
-                    storage_location = logged.artifact_location
-                    run_id = run_id or logged.source_run_id
-                else:
-                    storage_location = self.get_model_version_download_uri(
-                        str(parsed.name), parsed.version)
-            except Exception as e:
-                raise MlflowException(
-                    f"Unable to fetch model from model URI source artifact location '{source}'."
-                    f"Error: {e}") from e
+        storage_location, logged = self._storage_location(source)
+        if logged is not None:
+            run_id = run_id or logged.source_run_id
         if not run_id and model_id:
             run_id = self._tracking_client().get_logged_model(model_id).source_run_id
         model = self._model_record(name)
@@ -406,22 +361,12 @@ class BlobRegistryStore(AbstractStore):
         number = max(taken, default=0) + 1
         now = get_current_time_millis()
         while True:
-            rec = {
-                "version": number,
-                "creation_timestamp": now,
-                "last_updated_timestamp": now,
-                "description": description,
-                "user_id": None,
-                "current_stage": STAGE_NONE,
-                "source": source,
-                "storage_location": storage_location,
-                "run_id": run_id,
-                "run_link": run_link,
-                "status": ModelVersionStatus.to_string(ModelVersionStatus.READY),
-                "status_message": None,
-                "tags": {t.key: "" if t.value is None else str(t.value) for t in tags or []},
-                "model_id": model_id,
-            }
+            rec = build.model_version(
+                version=number, creation_timestamp=now, last_updated_timestamp=now,
+                description=description, source=source, storage_location=storage_location,
+                run_id=run_id, run_link=run_link,
+                status=ModelVersionStatus.to_string(ModelVersionStatus.READY),
+                tags={t.key: t.value for t in tags or []}, model_id=model_id)
             try:
                 self.blobs.put_if_absent(layout.model_version(model["id"], number),
                                          records.dumps(rec))
@@ -484,11 +429,7 @@ class BlobRegistryStore(AbstractStore):
 
         def change(rec: Record) -> Record:
             # A tombstone keeps the number taken, as MLflow's stores do.
-            rec.update(current_stage=STAGE_DELETED_INTERNAL, last_updated_timestamp=now,
-                       description=None, user_id=None, source="REDACTED-SOURCE-PATH",
-                       run_id="REDACTED-RUN-ID", run_link="REDACTED-RUN-LINK",
-                       status_message=None)
-            return rec
+            return build.tombstone(rec, now)
 
         self._update_version(name, version, change)
 

@@ -20,7 +20,7 @@ def main() -> None:
 
 def _register() -> None:
     # Imported here, not at the top: each module adds its commands to ``main``.
-    from cloudtrack.cli import config_cmd, demo, doctor_cmd  # noqa: F401
+    from cloudtrack.cli import config_cmd, demo, doctor_cmd, migrate  # noqa: F401
 
 
 _register()

@@ -70,6 +70,12 @@ def history_batch(run_id: str, batch: str) -> str:
     return f"{HISTORY}{run_id}/{batch}.json"
 
 
+def copied_history_batch(run_id: str, index: int) -> str:
+    """The ``index``-th history batch of a run written whole by a copy (``cloudtrack migrate``):
+    named by its place, so writing the run again overwrites its batches instead of adding."""
+    return history_batch(run_id, f"copy-{index:06d}")
+
+
 def logged_models(exp_id: str) -> str:
     return f"{LOGGED_MODELS}{exp_id}/"
 

@@ -13,7 +13,8 @@ import gzip
 import json
 import logging
 import time
-from collections.abc import Mapping
+import zlib
+from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING
 
 from cloudtrack.errors import BlobNotFound
@@ -52,7 +53,24 @@ def write(blobs: Blobs, experiment_id: str, cache: VersionedCache, listing: List
     """Pack the listed heads that ``cache`` holds at their listed version."""
     listing = list(listing)
     vouched = cache.vouched(listing)
-    entries = {key: [version, vouched[key]] for key, version in listing if key in vouched}
-    body = gzip.compress(records.dumps({"heads": entries, "written": int(time.time() * 1000)}),
-                         compresslevel=5)
-    blobs.put(layout.head_snapshot(experiment_id), body)
+    blobs.put(layout.head_snapshot(experiment_id),
+              pack((key, version, records.dumps(vouched[key]))
+                   for key, version in listing if key in vouched))
+
+
+def pack(entries: Iterable[tuple[str, str, bytes]]) -> bytes:
+    """A snapshot's bytes from (head key, version, head's record bytes), each key once.
+
+    Decompresses to the bytes of ``records.dumps({"heads": {key: [version, head]}, "written":
+    <ms>})``, built without decoding the heads, so a writer may keep the heads it wrote as
+    bytes.
+    """
+    ordered = sorted(entries, key=lambda e: e[0])
+    gz = zlib.compressobj(5, zlib.DEFLATED, 31)  # wbits 31: the gzip container
+    out = [gz.compress(b'{"heads":{')]
+    for i, (key, version, head) in enumerate(ordered):
+        item = records.dumps(key) + b":[" + records.dumps(version) + b"," + head + b"]"
+        out.append(gz.compress(item if i == 0 else b"," + item))
+    out.append(gz.compress(b'},"written":' + str(int(time.time() * 1000)).encode() + b"}"))
+    out.append(gz.flush())
+    return b"".join(out)

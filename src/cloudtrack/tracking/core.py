@@ -20,7 +20,7 @@ from mlflow.utils.validation import _validate_experiment_id, _validate_run_id
 from cloudtrack.blobs import open_blobs
 from cloudtrack.config import StoreConfig, resolve
 from cloudtrack.errors import AlreadyExists, BlobNotFound
-from cloudtrack.store import layout, marker, records
+from cloudtrack.store import build, layout, marker, records
 from cloudtrack.store.cache import VersionedCache
 from cloudtrack.store.cas import Change, versioned_update
 from cloudtrack.store.records import Record
@@ -113,16 +113,11 @@ class StoreCore(AbstractStore):
 
     def _create_default_experiment(self) -> None:
         now = get_current_time_millis()
-        rec = {
-            "experiment_id": layout.DEFAULT_EXPERIMENT_ID,
-            "name": Experiment.DEFAULT_EXPERIMENT_NAME,
-            "artifact_location": append_to_uri_path(self.artifact_root_uri,
-                                                    layout.DEFAULT_EXPERIMENT_ID),
-            "lifecycle_stage": LifecycleStage.ACTIVE,
-            "creation_time": now,
-            "last_update_time": now,
-            "tags": {},
-        }
+        rec = build.experiment(
+            experiment_id=layout.DEFAULT_EXPERIMENT_ID, name=Experiment.DEFAULT_EXPERIMENT_NAME,
+            artifact_location=append_to_uri_path(self.artifact_root_uri,
+                                                 layout.DEFAULT_EXPERIMENT_ID),
+            creation_time=now, last_update_time=now)
         try:
             self.blobs.put_if_absent(layout.experiment(layout.DEFAULT_EXPERIMENT_ID),
                                      records.dumps(rec))
@@ -131,7 +126,7 @@ class StoreCore(AbstractStore):
         try:
             self.blobs.put_if_absent(
                 layout.experiment_name(Experiment.DEFAULT_EXPERIMENT_NAME),
-                records.dumps({"experiment_id": layout.DEFAULT_EXPERIMENT_ID}))
+                records.dumps(build.pointer(layout.DEFAULT_EXPERIMENT_ID)))
         except AlreadyExists:
             pass
 
@@ -193,7 +188,8 @@ class StoreCore(AbstractStore):
         tail = head.get("tail") or []
         if tail:
             batch = f"{time.time_ns():020d}-{uuid.uuid4().hex[:12]}"
-            self.blobs.put(layout.history_batch(run_id, batch), records.dumps({"metrics": tail}))
+            self.blobs.put(layout.history_batch(run_id, batch),
+                           records.dumps(build.history_batch(tail)))
             head["tail"] = []
 
     # -- housekeeping ----------------------------------------------------------------------

@@ -26,7 +26,7 @@ from mlflow.utils.validation import (
 )
 
 from cloudtrack.errors import AlreadyExists, BlobNotFound
-from cloudtrack.store import entities, layout, records
+from cloudtrack.store import build, claims, entities, layout, records
 from cloudtrack.store.cas import Change, versioned_update
 from cloudtrack.store.records import Record
 from cloudtrack.tracking.core import StoreCore, check_experiment_active, not_found
@@ -51,12 +51,6 @@ class ExperimentsMixin(StoreCore):
         except BlobNotFound:
             raise _no_experiment(experiment_id) from None
 
-    def _next_experiment_id(self) -> int:
-        files, _ = self.blobs.list_dir(layout.EXPERIMENTS)
-        ids = [int(layout.id_from_key(f.key)) for f in files
-               if layout.id_from_key(f.key).isdigit()]
-        return max(ids, default=0) + 1
-
     def create_experiment(self, name: str, artifact_location: str | None = None,
                           tags: list[ExperimentTag] | None = None) -> str:
         _validate_experiment_name(name)
@@ -64,34 +58,20 @@ class ExperimentsMixin(StoreCore):
             _validate_experiment_artifact_location_length(artifact_location)
         for tag in tags or []:
             _validate_experiment_tag(tag.key, tag.value)
-        name_key = layout.experiment_name(name)
-        if self.blobs.exists(name_key):
-            raise _already_exists(name)
         now = get_current_time_millis()
-        exp_id = self._next_experiment_id()
-        while True:
-            rec = {
-                "experiment_id": str(exp_id),
-                "name": name,
-                "artifact_location": artifact_location
-                or append_to_uri_path(self.artifact_root_uri, str(exp_id)),
-                "lifecycle_stage": LifecycleStage.ACTIVE,
-                "creation_time": now,
-                "last_update_time": now,
-                "tags": {t.key: t.value for t in tags or []},
-            }
-            try:
-                self.blobs.put_if_absent(layout.experiment(str(exp_id)), records.dumps(rec))
-                break
-            except AlreadyExists:
-                exp_id += 1
+
+        def record(exp_id: str) -> Record:
+            return build.experiment(
+                experiment_id=exp_id, name=name,
+                artifact_location=artifact_location
+                or append_to_uri_path(self.artifact_root_uri, exp_id),
+                creation_time=now, last_update_time=now,
+                tags={t.key: t.value for t in tags or []})
+
         try:
-            self.blobs.put_if_absent(name_key, records.dumps({"experiment_id": str(exp_id)}))
-        except AlreadyExists:
-            # Another process claimed the name between our check and our claim: withdraw.
-            self.blobs.delete(layout.experiment(str(exp_id)))
+            return claims.create_experiment(self.blobs, name, record)
+        except claims.NameTaken:
             raise _already_exists(name) from None
-        return str(exp_id)
 
     def get_experiment(self, experiment_id: str) -> Experiment:
         experiment_id = layout.DEFAULT_EXPERIMENT_ID if experiment_id is None else str(experiment_id)
@@ -200,7 +180,7 @@ class ExperimentsMixin(StoreCore):
             return
         try:
             self.blobs.put_if_absent(layout.experiment_name(new_name),
-                                     records.dumps({"experiment_id": experiment_id}))
+                                     records.dumps(build.pointer(experiment_id)))
         except AlreadyExists:
             raise _already_exists(new_name, BAD_REQUEST) from None
 

@@ -29,7 +29,7 @@ from mlflow.utils.validation import (
 )
 
 from cloudtrack.errors import BlobNotFound
-from cloudtrack.store import entities, layout, records
+from cloudtrack.store import build, entities, layout, records
 from cloudtrack.store.cas import Change, versioned_update
 from cloudtrack.store.records import Record
 from cloudtrack.tracking.core import (
@@ -71,25 +71,17 @@ class LoggedModelsMixin(StoreCore):
             _validate_tag_name(t.key)
         model_id = f"m-{uuid.uuid4().hex}"
         now = get_current_time_millis()
-        rec = {
-            "experiment_id": str(experiment_id),
-            "model_id": model_id,
-            "name": name or _generate_random_name(),
-            "artifact_location": append_to_uri_path(experiment.artifact_location, "models",
-                                                    model_id, "artifacts"),
-            "creation_timestamp": now,
-            "last_updated_timestamp": now,
-            "model_type": model_type,
-            "source_run_id": source_run_id,
-            "status": LoggedModelStatus.PENDING.value,
-            "status_message": None,
-            "lifecycle_stage": LifecycleStage.ACTIVE,
-            "tags": {t.key: str(t.value) for t in tags or []},
-            "params": {p.key: str(p.value) for p in params or []},
-            "metrics": [],
-        }
+        rec = build.logged_model(
+            experiment_id=str(experiment_id), model_id=model_id,
+            name=name or _generate_random_name(),
+            artifact_location=append_to_uri_path(experiment.artifact_location, "models",
+                                                 model_id, "artifacts"),
+            creation_timestamp=now, last_updated_timestamp=now, model_type=model_type,
+            source_run_id=source_run_id, status=LoggedModelStatus.PENDING.value,
+            tags={t.key: t.value for t in tags or []},
+            params={p.key: p.value for p in params or []})
         self.blobs.put_if_absent(layout.logged_model_index(model_id),
-                                 records.dumps({"experiment_id": str(experiment_id)}))
+                                 records.dumps(build.pointer(str(experiment_id))))
         self.blobs.put_if_absent(layout.logged_model(str(experiment_id), model_id),
                                  records.dumps(rec))
         return entities.logged_model(rec)

@@ -26,7 +26,7 @@ from mlflow.utils.validation import (
     _validate_tag,
 )
 
-from cloudtrack.store import records
+from cloudtrack.store import build, records
 from cloudtrack.store.cas import Change
 from cloudtrack.store.records import Record
 from cloudtrack.tracking.core import StoreCore, check_active, not_found
@@ -154,7 +154,7 @@ class LoggingMixin(StoreCore):
         def change(head: Record) -> Record:
             current = head.setdefault("datasets", [])
             for d in datasets or []:
-                entry = {"dataset": dict(d.dataset), "tags": {t.key: t.value for t in d.tags}}
+                entry = build.dataset_input(dict(d.dataset), {t.key: t.value for t in d.tags})
                 same = [i for i, c in enumerate(current)
                         if (c["dataset"]["name"], c["dataset"]["digest"])
                         == (d.dataset.name, d.dataset.digest)]
@@ -177,7 +177,7 @@ class LoggingMixin(StoreCore):
             outs = head.setdefault("model_outputs", [])
             for m in models or []:
                 if not any(o["model_id"] == m.model_id for o in outs):
-                    outs.append({"model_id": m.model_id, "step": m.step})
+                    outs.append(build.model_output(m.model_id, m.step))
             return head
 
         self._change_active_run(run_id, change)

@@ -14,7 +14,7 @@ from mlflow.utils.time import get_current_time_millis
 from mlflow.utils.uri import append_to_uri_path
 from mlflow.utils.validation import _validate_run_id, _validate_tag
 
-from cloudtrack.store import entities, layout, records
+from cloudtrack.store import build, entities, layout, records
 from cloudtrack.store.records import Record
 from cloudtrack.tracking.core import StoreCore, check_active, check_experiment_active
 
@@ -45,26 +45,13 @@ class RunsMixin(StoreCore):
         if not run_name_tag:
             tags.append(RunTag(MLFLOW_RUN_NAME, run_name))
         run_id = uuid.uuid4().hex
-        head = {
-            "info": {
-                "run_id": run_id,
-                "run_name": run_name,
-                "experiment_id": experiment_id,
-                "user_id": user_id,
-                "status": RunStatus.to_string(RunStatus.RUNNING),
-                "start_time": start_time,
-                "end_time": None,
-                "lifecycle_stage": LifecycleStage.ACTIVE,
-                "deleted_time": None,
-                "artifact_uri": append_to_uri_path(experiment.artifact_location, run_id,
-                                                   "artifacts"),
-            },
-            "params": {},
-            "tags": {t.key: "" if t.value is None else str(t.value) for t in tags},
-            "metrics": {},
-        }
+        info = build.run_info(
+            run_id=run_id, run_name=run_name, experiment_id=experiment_id, user_id=user_id,
+            status=RunStatus.to_string(RunStatus.RUNNING), start_time=start_time, end_time=None,
+            artifact_uri=append_to_uri_path(experiment.artifact_location, run_id, "artifacts"))
+        head = build.run_head(info, tags={t.key: t.value for t in tags})
         self.blobs.put_if_absent(layout.run_index(run_id),
-                                 records.dumps({"experiment_id": experiment_id}))
+                                 records.dumps(build.pointer(experiment_id)))
         version = self.blobs.put_if_absent(layout.head(experiment_id, run_id), records.dumps(head))
         self._run_exp[run_id] = experiment_id
         self._heads[run_id] = (head, version)

@@ -1,0 +1,238 @@
+"""The two ends of a migration: what a URI names, and the MLflow stores that reach it.
+
+| kind | URIs | source | destination |
+|---|---|---|---|
+| ``cloudtrack`` | every URI of the backend table (``s3://``, ``gs://``, ``wasbs://``, ``abfss://``, ``file:``, a directory) | yes | yes |
+| ``sql`` | ``sqlite:///…``, ``postgresql://…``, ``mysql://…``, ``mssql://…`` (SQLAlchemy URLs) | yes | yes |
+| ``filestore`` | a directory holding MLflow's FileStore (``<id>/meta.yaml``) | yes | no |
+| ``server`` | ``http(s)://…``, an MLflow tracking server | yes | yes |
+
+Opening an end checks it can be reached, so a wrong URI, a store that is down or credentials
+that are refused fail in seconds, with the doctor's diagnosis where there is one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from cloudtrack.config import backend_for_scheme, local_path, redact_uri, split_scheme
+from cloudtrack.errors import CloudtrackError, ConfigError
+
+log = logging.getLogger("cloudtrack.migrate")
+
+Kind = Literal["cloudtrack", "sql", "filestore", "server"]
+
+#: SQLAlchemy dialects MLflow's SQL store accepts (``mlflow.store.db.db_types``).
+SQL_SCHEMES = ("sqlite", "postgresql", "mysql", "mssql")
+
+
+class EndpointError(CloudtrackError):
+    """A SOURCE or DEST that cannot be reached or read: the message says why and what to do.
+    (A URI that cannot name a store at all is a :class:`~cloudtrack.errors.ConfigError`.)"""
+
+
+@dataclass
+class Endpoint:
+    """One end of a migration, opened."""
+
+    uri: str
+    kind: Kind
+    #: MLflow's tracking store for the URI (cloudtrack's, SqlAlchemyStore, FileStore, RestStore).
+    tracking: Any
+    #: MLflow's model-registry store for the URI, or None when it has none.
+    registry: Any
+    #: The URI to hand MLflow's artifact repositories as tracking URI (``mlflow-artifacts:``
+    #: URIs of a server resolve against it).
+    tracking_uri: str
+    #: Where new experiments' artifacts go, for destinations that choose it.
+    artifact_root: str | None = None
+
+    @property
+    def shown(self) -> str:
+        return redact_uri(self.uri)
+
+    def close(self) -> None:
+        for store in (self.tracking, self.registry):
+            close = getattr(store, "close", None)
+            if close is not None:
+                try:
+                    close()
+                except Exception:  # closing is best effort; the work is done or failed
+                    log.debug("closing %s", self.shown, exc_info=True)
+
+
+def classify(uri: str) -> Kind:
+    """What kind of store ``uri`` names; :class:`~cloudtrack.errors.ConfigError` when none."""
+    scheme = split_scheme(uri)
+    if scheme in ("http", "https"):
+        return "server"
+    base = scheme.split("+", 1)[0]
+    if base in SQL_SCHEMES:
+        return "sql"
+    if scheme == "file":
+        from cloudtrack.mlflow_plugin import is_mlflow_file_store
+
+        return "filestore" if is_mlflow_file_store(local_path(uri)) else "cloudtrack"
+    if backend_for_scheme(scheme) is not None:
+        return "cloudtrack"
+    raise ConfigError(
+        f"{redact_uri(uri)!r} is not a store cloudtrack migrate knows (scheme {scheme!r}); "
+        "use a cloudtrack store (s3://, gs://, wasbs://, abfss://, file: or a directory), an "
+        "MLflow SQL store (sqlite:///path.db, postgresql://…), an MLflow FileStore directory, "
+        "or an MLflow server (http(s)://…)")
+
+
+def open_endpoint(uri: str, *, role: Literal["source", "dest"],
+                  artifact_root: str | None = None) -> Endpoint:
+    """Open ``uri`` as the migration's ``role``; fail fast when it cannot serve as one."""
+    kind = classify(uri)
+    if role == "dest" and kind == "filestore":
+        raise ConfigError(
+            f"{redact_uri(uri)} holds MLflow's FileStore, which is read-only for cloudtrack "
+            "migrate (MLflow refuses FileStore by default since 3.13); migrate into a new "
+            "directory (a cloudtrack store), a SQL store or a bucket instead")
+    if role == "source" and kind in ("cloudtrack", "filestore") and split_scheme(uri) == "file":
+        path = local_path(uri)
+        if not os.path.isdir(path):
+            raise ConfigError(f"source {redact_uri(uri)}: {path} does not exist; check the path")
+    opener = {"cloudtrack": _open_cloudtrack, "sql": _open_sql, "filestore": _open_filestore,
+              "server": _open_server}[kind]
+    try:
+        endpoint = opener(uri, role, artifact_root)
+    except (EndpointError, ConfigError):
+        raise
+    except Exception as e:
+        raise EndpointError(_explain(uri, role, e)) from e
+    try:
+        # One cheap read proves the store answers and the credentials are accepted.
+        endpoint.tracking.search_experiments(max_results=1)
+    except Exception as e:
+        endpoint.close()
+        raise EndpointError(_explain(uri, role, e)) from e
+    return endpoint
+
+
+def _explain(uri: str, role: str, error: BaseException) -> str:
+    """What went wrong opening ``uri``, with the doctor's cause and fix where it has one."""
+    message = f"cannot open {role} {redact_uri(uri)}: {error}"
+    if classify(uri) in ("cloudtrack", "server"):
+        try:
+            from cloudtrack.doctor import run as doctor
+
+            # A destination must take writes: its doctor writes (and removes) a probe object.
+            report = doctor(uri, read_only=role == "source", timeout=5.0, budget=20.0)
+        except Exception:  # the diagnosis is a courtesy; the error above stands
+            log.debug("the doctor could not diagnose %s", redact_uri(uri), exc_info=True)
+            return message
+        root = report.root
+        if root is not None:
+            message += f"\n  cause: {report.cause}: {root.summary}"
+            if root.fix:
+                message += f"\n  fix: {root.fix}"
+        message += f"\n  (`cloudtrack doctor {redact_uri(uri)}` shows every check)"
+    return message
+
+
+def _open_cloudtrack(uri: str, role: str, artifact_root: str | None) -> Endpoint:
+    from cloudtrack.config import resolve
+    from cloudtrack.model_registry import BlobRegistryStore
+    from cloudtrack.tracking import BlobTrackingStore
+
+    config = resolve(uri)
+    if role == "source":
+        # Reading must not create a store where there is none.
+        from cloudtrack.blobs import open_blobs
+        from cloudtrack.store import marker
+
+        with open_blobs(config) as blobs:
+            if marker.read(blobs) is None:
+                raise EndpointError(f"source {config.display_uri} is not a cloudtrack store "
+                                    "(no cloudtrack.json under it); check the bucket and prefix")
+    # Strict: a migration's writes go through records, but anything it logs through the
+    # store's own API must be durable when the call returns.
+    strict = resolve(uri, {**os.environ, "CLOUDTRACK_STRICT": "true"})
+    tracking = BlobTrackingStore(uri, artifact_root, config=strict)  # type: ignore[abstract]
+    registry = BlobRegistryStore(uri, uri, config=strict)  # type: ignore[abstract]
+    shown = ("file://" + config.container) if config.backend == "file" else config.display_uri
+    return Endpoint(uri, "cloudtrack", tracking, registry, shown, tracking.artifact_root_uri)
+
+
+def _open_sql(uri: str, role: str, artifact_root: str | None) -> Endpoint:
+    from mlflow.store.model_registry.sqlalchemy_store import (
+        SqlAlchemyStore as SqlRegistryStore,
+    )
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+    if uri.startswith("sqlite:"):
+        path = uri.split(":///", 1)[-1] if ":///" in uri else ""
+        if role == "source" and path and path != ":memory:" and not os.path.exists(path):
+            raise ConfigError(f"source {redact_uri(uri)}: the database file {path} does not "
+                              "exist; check the path (sqlite:////absolute/path.db)")
+    root = artifact_root or _default_sql_artifact_root(uri)
+    tracking = SqlAlchemyStore(uri, root)
+    registry = SqlRegistryStore(uri)
+    return Endpoint(uri, "sql", tracking, registry, uri, root)
+
+
+def _default_sql_artifact_root(uri: str) -> str:
+    """Where a SQL destination keeps new artifacts unless told: ``mlartifacts`` beside a
+    sqlite file, else in the working directory (as ``mlflow server`` does)."""
+    from pathlib import Path
+
+    if uri.startswith("sqlite:") and ":///" in uri:
+        path = uri.split(":///", 1)[1]
+        if path and path != ":memory:":
+            return Path(os.path.abspath(path)).parent.joinpath("mlartifacts").as_uri()
+    return Path(os.path.abspath("mlartifacts")).as_uri()
+
+
+def _open_filestore(uri: str, role: str, artifact_root: str | None) -> Endpoint:
+    import mlflow.store.model_registry.file_store as registry_module
+    import mlflow.store.tracking.file_store as tracking_module
+
+    path = local_path(uri)
+    # MLflow 3.13+ refuses to open a FileStore unless MLFLOW_ALLOW_FILE_STORE is set; reading
+    # one to move it elsewhere is exactly what that refusal asks users to do, so the check is
+    # answered for these two constructions only (the process environment stays untouched).
+    with _file_store_allowed(tracking_module, registry_module):
+        tracking = tracking_module.FileStore(path)
+        registry = registry_module.FileStore(path)
+    return Endpoint(uri, "filestore", tracking, registry, "file://" + path, None)
+
+
+class _Allowed:
+    @staticmethod
+    def get() -> bool:
+        return True
+
+
+@contextlib.contextmanager
+def _file_store_allowed(*modules: Any) -> Iterator[None]:
+    saved = [(m, getattr(m, "MLFLOW_ALLOW_FILE_STORE", None)) for m in modules]
+    with _FILE_STORE_LOCK:
+        try:
+            for m, _ in saved:
+                m.MLFLOW_ALLOW_FILE_STORE = _Allowed
+            yield
+        finally:
+            for m, value in saved:
+                m.MLFLOW_ALLOW_FILE_STORE = value
+
+
+_FILE_STORE_LOCK = threading.Lock()
+
+
+def _open_server(uri: str, role: str, artifact_root: str | None) -> Endpoint:
+    from mlflow.tracking._model_registry.utils import _get_store as registry_store
+    from mlflow.tracking._tracking_service.utils import _get_store as tracking_store
+
+    if artifact_root:
+        raise ConfigError("--artifact-root does not apply to an MLflow server: the server "
+                          "decides where artifacts go")
+    return Endpoint(uri, "server", tracking_store(uri), registry_store(uri, uri), uri, None)

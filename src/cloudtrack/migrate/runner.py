@@ -1,0 +1,489 @@
+"""The migration itself: experiments, then their logged models and runs, then the registry;
+what is already in the destination is left alone.
+
+Per experiment the runner finds (or creates) the copy, asks the destination which runs are
+copies already and with which fingerprint, and copies the runs that are missing or outdated:
+their histories in bulk, their artifacts and logged models, then the run.  Runs move in
+parallel (``workers``), a page of at most 1,000 at a time, so memory stays flat however large
+the source is.  A failure is recorded with the object it concerns and the migration goes on;
+the report's exit code says whether anything failed.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Protocol
+
+from mlflow.entities import Experiment, LoggedModel, Metric, Run, RunStatus
+from mlflow.entities.model_registry import ModelVersion, ModelVersionTag
+
+from cloudtrack.migrate import artifacts
+from cloudtrack.migrate.destination import CopiedRun, Destination, open_destination
+from cloudtrack.migrate.endpoints import Endpoint, open_endpoint
+from cloudtrack.migrate.model import (
+    Failure,
+    MigrationReport,
+    ModelCopy,
+    RunCopy,
+    Skipped,
+    point_key,
+    run_fingerprint,
+)
+from cloudtrack.migrate.source import Source
+
+log = logging.getLogger("cloudtrack.migrate")
+
+#: Runs whose histories are read together (one SQL query; bounded memory).
+HISTORY_CHUNK = 50
+
+
+class Progress(Protocol):
+    """Where a migration says how far it got (the CLI draws bars; the library stays quiet)."""
+
+    def start(self, label: str, total: int | None) -> None: ...
+
+    def advance(self, n: int = 1) -> None: ...
+
+    def finish(self) -> None: ...
+
+
+class _Silent:
+    def start(self, label: str, total: int | None) -> None:
+        pass
+
+    def advance(self, n: int = 1) -> None:
+        pass
+
+    def finish(self) -> None:
+        pass
+
+
+@dataclass(frozen=True)
+class Options:
+    experiments: Sequence[str] = ()
+    registry: bool = True
+    verify: bool = False
+    dry_run: bool = False
+    workers: int = 8
+    #: Where a SQL or cloudtrack destination puts the artifacts of new experiments.
+    artifact_root: str | None = None
+    #: Where the id map goes when ids change (default: the user's state directory).
+    id_map: str | None = None
+
+
+def migrate(source: str, dest: str, *, experiments: Sequence[str] = (), registry: bool = True,
+            verify: bool = False, dry_run: bool = False, workers: int = 8,
+            artifact_root: str | None = None, id_map: str | None = None,
+            progress: Progress | None = None) -> MigrationReport:
+    """Copy everything from tracking URI ``source`` into ``dest``; see docs/migrate.md."""
+    options = Options(tuple(experiments), registry, verify, dry_run, max(1, workers),
+                      artifact_root, id_map)
+    started = time.monotonic()
+    src = open_endpoint(source, role="source")
+    try:
+        dst = open_endpoint(dest, role="dest", artifact_root=artifact_root)
+    except BaseException:
+        src.close()
+        raise
+    try:
+        report = Migration(src, dst, options, progress or _Silent()).run()
+    finally:
+        src.close()
+        dst.close()
+    report.seconds = time.monotonic() - started
+    return report
+
+
+class Migration:
+    """One migration from an opened source into an opened destination."""
+
+    def __init__(self, src: Endpoint, dst: Endpoint, options: Options,
+                 progress: Progress) -> None:
+        self.src = src
+        self.source = Source(src)
+        self.dest: Destination = open_destination(dst)
+        self.options = options
+        self.progress = progress
+        self.report = MigrationReport(src.shown, dst.shown, dry_run=options.dry_run)
+        self._lock = threading.Lock()
+        #: source id -> destination id, where they differ (or, for runs, always).
+        self.run_ids: dict[str, str] = {}
+        self.model_ids: dict[str, str] = {}
+        #: source artifact URI -> destination artifact URI of copied runs and logged models.
+        self.locations: dict[str, str] = {}
+        #: source run id -> source artifact URI, for rewriting model-version sources.
+        self.run_artifacts: dict[str, str] = {}
+        #: (run id, key, timestamp, step) -> the logged model a point was logged for.
+        self.links: dict[tuple[str, str, int, int], Metric] = {}
+
+    # -- the whole ---------------------------------------------------------------------------
+
+    def run(self) -> MigrationReport:
+        experiments = self.source.experiments(self.options.experiments)
+        existing = self.dest.experiments()
+        for exp in experiments:
+            try:
+                self._experiment(exp, existing)
+            except Exception as e:
+                log.debug("experiment %s failed", exp.experiment_id, exc_info=True)
+                self._fail("experiment", f"experiment {exp.name!r} ({exp.experiment_id})", e)
+        self._cannot_hold([e.experiment_id for e in experiments])
+        if self.options.registry:
+            self._registry()
+        if not self.options.dry_run:
+            self._write_id_map()
+        if self.options.verify and not self.options.dry_run:
+            from cloudtrack.migrate.verify import verify
+
+            self.report.differences = verify(self, experiments)
+        return self.report
+
+    def _fail(self, kind: str, what: str, error: BaseException) -> None:
+        with self._lock:
+            self.report.failures.append(Failure(kind, what, f"{type(error).__name__}: {error}"))
+
+    def _count(self, kind: str, n: int = 1, *, unchanged: bool = False) -> None:
+        with self._lock:
+            (self.report.unchanged if unchanged else self.report.copied)[kind] += n
+
+    # -- experiments -----------------------------------------------------------------------------
+
+    def _experiment(self, exp: Experiment, existing: list[Experiment]) -> None:
+        dest_exp = self._dest_experiment(exp, existing)
+        if dest_exp is None:  # a dry run of an experiment the destination does not have
+            copied: dict[str, CopiedRun] = {}
+            dest_id = None
+        else:
+            dest_id = dest_exp.experiment_id
+            copied = self.dest.copied_runs(dest_id)
+            if dest_id != exp.experiment_id:
+                self.report.experiment_ids[exp.experiment_id] = dest_id
+        models = self.source.logged_models([exp.experiment_id])
+        done_models = self.dest.copied_models([dest_id]) if dest_id is not None else {}
+        self.model_ids.update(done_models)
+        # A logged model is written with the run that made it (a server needs the run's new
+        # id for it, and the model before the run's metrics that name it); models without a
+        # run, or whose run is not in this experiment, are written at the end.
+        self.links = _model_links(models)
+        by_run: dict[str, list[LoggedModel]] = {}
+        for m in models:
+            if m.model_id in done_models:
+                self._count("logged_models", unchanged=True)
+            else:
+                by_run.setdefault(str(m.source_run_id or ""), []).append(m)
+        self.progress.start(f"{exp.name} ({exp.experiment_id})",
+                            self.source.count_runs(exp.experiment_id))
+        try:
+            for page in self.source.runs(exp.experiment_id):
+                self._runs(page, copied, dest_id, by_run)
+        finally:
+            self.progress.finish()
+        for run_id, rest in by_run.items():
+            for m in rest:
+                if dest_id is None:
+                    self._count("logged_models")
+                else:
+                    self._copy_model(m, dest_id, self.run_ids.get(run_id))
+        if dest_exp is not None and not self.options.dry_run:
+            self.dest.finish_experiment(dest_exp, exp)
+
+    def _dest_experiment(self, exp: Experiment, existing: list[Experiment]) -> Experiment | None:
+        """The destination's copy of ``exp``: the experiment of the same name, else a new one
+        with the same id where that id is free (destinations that keep ids)."""
+        by_name = {e.name: e for e in existing}
+        found = by_name.get(exp.name)
+        if found is not None:
+            if not self.options.dry_run:
+                self.dest.update_experiment(found, exp)
+            self._count("experiments", unchanged=True)
+            return found
+        if self.options.dry_run:
+            self._count("experiments")
+            return None
+        taken = {e.experiment_id for e in existing}
+        wanted = exp.experiment_id if self.dest.keeps_ids and exp.experiment_id not in taken \
+            else None
+        created = self.dest.create_experiment(exp, wanted)
+        existing.append(created)
+        self._count("experiments")
+        return created
+
+    # -- runs ----------------------------------------------------------------------------------
+
+    def _runs(self, page: list[Run], copied: dict[str, CopiedRun], dest_id: str | None,
+              models: dict[str, list[LoggedModel]]) -> None:
+        todo: list[tuple[Run, CopiedRun | None]] = []
+        for run in page:
+            run_id = run.info.run_id
+            self.run_artifacts[run_id] = run.info.artifact_uri
+            earlier = copied.get(run_id)
+            if earlier is not None:
+                self.run_ids[run_id] = earlier.run_id
+                if earlier.fingerprint == run_fingerprint(run):
+                    self._count("runs", unchanged=True)
+                    if run.info.status == RunStatus.to_string(RunStatus.RUNNING) \
+                            and not self.options.dry_run:
+                        # A run still going may have new artifacts and nothing else new.
+                        self._catch_up_artifacts(run, earlier)
+                    self.progress.advance()
+                    continue
+            todo.append((run, earlier))
+        if self.options.dry_run or dest_id is None:
+            for run, _ in todo:
+                self._count("runs")
+                self._count("metric_keys", len(run.data.metrics))
+                self.progress.advance()
+            return
+        with ThreadPoolExecutor(self.options.workers, thread_name_prefix="cloudtrack-migrate") \
+                as pool:
+            for chunk in _chunks(todo, HISTORY_CHUNK):
+                try:
+                    runs = self.source.complete([r for r, _ in chunk])
+                    chunk = [(run, earlier) for run, (_, earlier) in zip(runs, chunk, strict=True)]
+                    histories = self.source.histories(runs)
+                    deleted_times = self.source.deleted_times(runs)
+                except Exception as e:
+                    for run, _ in chunk:
+                        self._fail("run", f"run {run.info.run_id}", e)
+                    continue
+
+                def one(item: tuple[Run, CopiedRun | None],
+                        histories: dict[str, list[Metric]] = histories,
+                        deleted_times: dict[str, int] = deleted_times) -> None:
+                    run, earlier = item
+                    try:
+                        self._copy_run(run, earlier, histories.get(run.info.run_id, []),
+                                       str(dest_id), models.pop(run.info.run_id, []),
+                                       deleted_times.get(run.info.run_id))
+                    except Exception as e:
+                        log.debug("run %s failed", run.info.run_id, exc_info=True)
+                        self._fail("run", f"run {run.info.run_id} ({run.info.run_name})", e)
+                    finally:
+                        self.progress.advance()
+
+                list(pool.map(one, chunk))
+
+    def _copy_run(self, run: Run, earlier: CopiedRun | None, history: list[Metric],
+                  dest_id: str, models: list[LoggedModel], deleted_time: int | None) -> None:
+        history = _linked(_unique(history), run.info.run_id, self.links)
+        copy = RunCopy(run, history, dest_id, self.model_ids, deleted_time)
+        target = self.dest.begin_run(copy, earlier)
+        with self._lock:
+            self.run_ids[run.info.run_id] = target.run_id
+            self.locations[run.info.artifact_uri] = target.artifact_uri
+        self._copy_artifacts(run.info.artifact_uri, target.artifact_uri)
+        for model in models:
+            if model.model_id not in self.model_ids:
+                self._copy_model(model, dest_id, target.run_id)
+        self.dest.finish_run(replace(copy, model_ids=dict(self.model_ids)), target)
+        self._count("runs")
+        self._count("metric_points", len(history))
+
+    def _catch_up_artifacts(self, run: Run, earlier: CopiedRun) -> None:
+        try:
+            target_uri = self._dest_run_artifacts(earlier.run_id)
+            self._copy_artifacts(run.info.artifact_uri, target_uri)
+        except Exception as e:
+            self._fail("artifacts", f"artifacts of run {run.info.run_id}", e)
+
+    def _copy_artifacts(self, source_uri: str, dest_uri: str) -> None:
+        if not source_uri:
+            return
+        result = artifacts.copy_tree(source_uri, self.src.tracking_uri, dest_uri,
+                                     self.dest.endpoint.tracking_uri,
+                                     workers=min(4, self.options.workers))
+        self._count("artifacts", result.files)
+        if result.unchanged:
+            self._count("artifacts", result.unchanged, unchanged=True)
+        with self._lock:
+            self.report.bytes += result.bytes
+
+    def _dest_run_artifacts(self, dest_run_id: str) -> str:
+        return str(self.dest.endpoint.tracking.get_run(dest_run_id).info.artifact_uri)
+
+    # -- logged models ---------------------------------------------------------------------------
+
+    def _copy_model(self, model: LoggedModel, dest_exp: str, dest_run: str | None) -> None:
+        if self.options.dry_run:
+            self._count("logged_models")
+            return
+        try:
+            def copy_files(location: str) -> None:
+                with self._lock:
+                    self.locations[model.artifact_location] = location
+                self._copy_artifacts(model.artifact_location, location)
+
+            new_id = self.dest.write_logged_model(ModelCopy(model, dest_exp, dest_run),
+                                                  copy_files)
+        except Exception as e:
+            log.debug("logged model %s failed", model.model_id, exc_info=True)
+            self._fail("logged_model", f"logged model {model.model_id} ({model.name})", e)
+            return
+        with self._lock:
+            self.model_ids[model.model_id] = new_id
+        self._count("logged_models")
+
+    # -- what the destination cannot hold --------------------------------------------------------
+
+    def _cannot_hold(self, experiment_ids: list[str]) -> None:
+        for kind, reason in self.dest.cannot_hold:
+            if kind == "traces":
+                count = self.source.trace_count(experiment_ids)
+                if count:
+                    self.report.skipped.append(Skipped("traces", count, reason))
+
+    # -- registry --------------------------------------------------------------------------------
+
+    def _registry(self) -> None:
+        try:
+            models = self.source.registered_models()
+        except Exception as e:
+            self._fail("registry", f"the registry of {self.src.shown}", e)
+            return
+        existing = self.dest.registered_models() if models else {}
+        for model in models:
+            try:
+                versions = self.source.model_versions(model)
+                live = {int(v.version) for v in versions}
+                deleted = sorted((set(range(1, max(live, default=0) + 1)) - live)
+                                 | set(self.source.deleted_versions(model)))
+                have = existing.get(model.name)
+                have_numbers = {int(v.version) for v in have[1]} if have else set()
+                if have is not None and live <= have_numbers:
+                    self._count("registered_models", unchanged=True)
+                    self._count("model_versions", len(live), unchanged=True)
+                    if self.options.dry_run:
+                        continue
+                elif self.options.dry_run:
+                    self._count("registered_models")
+                    self._count("model_versions", len(live - have_numbers))
+                    continue
+                rewritten = [self._rewrite_version(v) for v in versions]
+                written = self.dest.write_registered_model(model, rewritten, deleted)
+                if have is None or written:
+                    self._count("registered_models", unchanged=have is not None)
+                    self._count("model_versions", written)
+            except Exception as e:
+                log.debug("registered model %s failed", model.name, exc_info=True)
+                self._fail("registered_model", f"registered model {model.name!r}", e)
+
+    def _rewrite_version(self, v: ModelVersion) -> ModelVersion:
+        """``v`` as it must read in the destination: its run, logged model and source
+        pointing at the copies."""
+        run_id = self.run_ids.get(v.run_id or "", v.run_id) if v.run_id else v.run_id
+        model_id = self.model_ids.get(v.model_id or "", v.model_id) if v.model_id else v.model_id
+        source = self._rewrite_source(v.source or "", v.run_id)
+        copy = ModelVersion(
+            name=v.name, version=v.version, creation_timestamp=v.creation_timestamp,
+            last_updated_timestamp=v.last_updated_timestamp, description=v.description,
+            user_id=v.user_id, current_stage=v.current_stage, source=source, run_id=run_id,
+            status=v.status, status_message=v.status_message,
+            # ``tags`` hides a prompt version's own tag; ``_tags`` has them all.
+            tags=[ModelVersionTag(k, val) for k, val in (v._tags or {}).items()],
+            run_link=v.run_link, aliases=v.aliases, model_id=model_id)
+        return copy
+
+    def _rewrite_source(self, source: str, run_id: str | None) -> str:
+        m = re.match(r"^runs:/([^/]+)(/.*)?$", source)
+        if m:
+            return f"runs:/{self.run_ids.get(m.group(1), m.group(1))}{m.group(2) or ''}"
+        m = re.match(r"^models:/(m-[0-9a-f]+)(/.*)?$", source)
+        if m:
+            return f"models:/{self.model_ids.get(m.group(1), m.group(1))}{m.group(2) or ''}"
+        # A path inside a copied run's or logged model's artifacts: the same path in the copy.
+        candidates = dict(self.locations)
+        if run_id and run_id in self.run_ids and run_id in self.run_artifacts:
+            src_uri = self.run_artifacts[run_id]
+            if src_uri not in candidates and source.startswith(src_uri.rstrip("/") + "/"):
+                candidates[src_uri] = self._dest_run_artifacts(self.run_ids[run_id])
+        for old, new in sorted(candidates.items(), key=lambda kv: -len(kv[0])):
+            old = old.rstrip("/")
+            if source == old or source.startswith(old + "/"):
+                return new.rstrip("/") + source[len(old):]
+        return source
+
+    # -- the id map ------------------------------------------------------------------------------
+
+    def _write_id_map(self) -> None:
+        changed_runs = {s: d for s, d in self.run_ids.items() if s != d}
+        changed_models = {s: d for s, d in self.model_ids.items() if s != d}
+        if not (changed_runs or changed_models or self.report.experiment_ids):
+            return
+        path = Path(self.options.id_map) if self.options.id_map else _state_file(self.report)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        doc: dict[str, Any] = {"source": self.report.source, "dest": self.report.dest,
+                               "experiments": {}, "runs": {}, "logged_models": {}}
+        if path.exists():
+            try:
+                doc.update(json.loads(path.read_text()))
+            except ValueError:
+                pass
+        doc["experiments"].update(self.report.experiment_ids)
+        doc["runs"].update(changed_runs)
+        doc["logged_models"].update(changed_models)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(doc, indent=1, sort_keys=True))
+        os.replace(tmp, path)
+        self.report.id_map = str(path)
+
+
+def _state_file(report: MigrationReport) -> Path:
+    base = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local",
+                                                               "state")
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "_", f"{report.source}--{report.dest}")[:150]
+    return Path(base) / "cloudtrack" / "migrate" / f"{slug}.json"
+
+
+def _model_links(models: list[LoggedModel]) -> dict[tuple[str, str, int, int], Metric]:
+    """Which run points were logged for which logged model.  Some stores (SQL) keep that link
+    only on the model's side; a destination that rebuilds it from the run's points (a server)
+    needs it on the point."""
+    links = {}
+    for model in models:
+        for m in model.metrics or []:
+            if m.run_id:
+                links[(m.run_id, m.key, int(m.timestamp), int(m.step))] = Metric(
+                    m.key, m.value, m.timestamp, m.step, model_id=model.model_id,
+                    dataset_name=m.dataset_name, dataset_digest=m.dataset_digest)
+    return links
+
+
+def _linked(points: list[Metric], run_id: str,
+            links: dict[tuple[str, str, int, int], Metric]) -> list[Metric]:
+    if not links:
+        return points
+    out = []
+    for m in points:
+        link = links.get((run_id, m.key, int(m.timestamp), int(m.step)))
+        if link is not None and not m.model_id:
+            m = Metric(m.key, m.value, m.timestamp, m.step, run_id=run_id,
+                       model_id=link.model_id, dataset_name=link.dataset_name,
+                       dataset_digest=link.dataset_digest)
+        out.append(m)
+    return out
+
+
+def _unique(points: list[Metric]) -> list[Metric]:
+    seen: set[tuple[str, int, int, str]] = set()
+    out = []
+    for m in points:
+        k = point_key(m)
+        if k not in seen:
+            seen.add(k)
+            out.append(m)
+    return out
+
+
+def _chunks(items: list[Any], size: int) -> Iterator[list[Any]]:
+    for start in range(0, len(items), size):
+        yield items[start:start + size]
+

@@ -1,0 +1,267 @@
+"""``cloudtrack migrate`` end to end, on the real services: what a team runs to move its history,
+compared through MLflow's own client (ids, times and every point included); re-runs, an
+interrupted migration, ``--verify``, ``--dry-run`` and bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from mlflow import MlflowClient
+
+from backends.proxy.latency import LatencyProxy
+from cloudtrack.blobs import open_blobs
+from cloudtrack.config import resolve
+from cloudtrack.migrate import migrate
+from tests.fixtures.services import Store, service
+from tests.migrate.population import populate, snapshot
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def source(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    """An MLflow sqlite store filled by :func:`populate` (artifacts in a folder beside it)."""
+    monkeypatch.chdir(tmp_path)
+    uri = f"sqlite:///{tmp_path}/source.db"
+    populate(uri)
+    return uri
+
+
+def use(monkeypatch: pytest.MonkeyPatch, env: dict[str, str]) -> None:
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+
+
+def objects(uri: str) -> dict[str, str]:
+    """Every object of a cloudtrack store with its version."""
+    with open_blobs(resolve(uri)) as blobs:
+        return {i.key: i.version for i in blobs.list("")}
+
+
+def test_sqlite_into_each_backend_exactly(source: str, store: Store,
+                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    use(monkeypatch, store.env)
+    report = migrate(source, store.uri, verify=True)
+    assert report.ok, (report.failures, report.differences)
+    assert report.copied["runs"] == 5 and report.copied["metric_points"] > 0
+    assert snapshot(store.uri) == snapshot(source)
+
+    before = objects(store.uri)
+    again = migrate(source, store.uri)
+    assert again.ok and not again.copied.get("runs") and again.unchanged["runs"] == 5
+    assert objects(store.uri) == before, "a re-run over a migrated store wrote something"
+
+
+def test_rerun_over_a_migrated_bucket_costs_a_few_requests(source: str,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    s3 = service("s3-noauth")
+    uri = s3.new_store()
+    use(monkeypatch, s3.env)
+    assert migrate(source, uri).ok
+    endpoint = s3.env["MLFLOW_S3_ENDPOINT_URL"]
+    host, port = endpoint.rsplit("/", 1)[-1].rsplit(":", 1)
+    with LatencyProxy(host, int(port)) as proxy:
+        monkeypatch.setenv("MLFLOW_S3_ENDPOINT_URL", proxy.url)
+        with proxy.counting() as cost:
+            report = migrate(source, uri)
+    assert report.ok and not report.copied.get("runs")
+    # Open the store (marker), list experiments, and per experiment the heads, the snapshot,
+    # the logged models; then the registry: a few requests, whatever the number of runs.
+    assert cost.requests <= 30, cost
+
+
+def test_verify_catches_a_point_deleted_behind_its_back(source: str, tmp_path: Path) -> None:
+    dest = str(tmp_path / "dest")
+    assert migrate(source, dest).ok
+    with open_blobs(resolve(dest)) as blobs:
+        batch = next(i.key for i in blobs.list("history/"))
+        blobs.delete(batch)
+    report = migrate(source, dest, verify=True)
+    assert not report.ok and report.exit_code == 1
+    assert any("metric points differ" in d for d in report.differences or [])
+
+
+def test_dry_run_writes_nothing(source: str, tmp_path: Path) -> None:
+    dest = tmp_path / "dest"
+    report = migrate(source, str(dest), dry_run=True)
+    assert report.ok and report.copied["runs"] == 5 and report.copied["experiments"] == 2
+    assert report.copied["model_versions"] == 4  # the model's 1 and 3, the prompt's 1 and 2
+    # Opening a directory as a cloudtrack store creates it, with its marker and Default; no
+    # experiment, run or artifact of the source.
+    names = {p.relative_to(dest).as_posix() for p in dest.rglob("*") if p.is_file()}
+    assert not any(n.startswith(("heads/", "history/", "artifacts/")) for n in names), names
+
+
+def cli(*args: str, env: dict[str, str] | None = None,
+        timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "cloudtrack.cli", "migrate", *args],
+                          capture_output=True, text=True, timeout=timeout, cwd=str(ROOT),
+                          env={**os.environ, **(env or {})})
+
+
+def test_cli_json_report_and_exit_codes(source: str, tmp_path: Path) -> None:
+    run = cli(source, str(tmp_path / "dest"), "--json", "--verify")
+    assert run.returncode == 0, run.stderr
+    report: dict[str, Any] = json.loads(run.stdout)
+    assert report["ok"] and report["copied"]["runs"] == 5 and report["verified"]
+    assert report["differences"] == []
+
+    unknown = cli("foo://bar", str(tmp_path / "x"))
+    assert unknown.returncode == 2 and "is not a store" in unknown.stderr
+    missing = cli(f"sqlite:///{tmp_path}/nope.db", str(tmp_path / "y"))
+    assert missing.returncode == 2 and "does not exist" in missing.stderr
+    assert not (tmp_path / "y").exists(), "a failed migration created its destination"
+
+
+def test_destination_without_permission_fails_fast_with_the_cause(source: str) -> None:
+    moto = service("s3")
+    uri = moto.new_store()
+    started = time.monotonic()
+    run = cli(source, uri, env={**moto.env, **moto.read_only_env()})  # type: ignore[attr-defined]
+    assert run.returncode == 1, run.stdout + run.stderr
+    assert time.monotonic() - started < 60
+    assert "cloudtrack doctor" in run.stderr and "permission" in run.stderr.lower(), run.stderr
+    assert "Traceback" not in run.stderr
+
+
+def test_killed_mid_migration_then_rerun_finishes_exactly(tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    source = f"sqlite:///{tmp_path}/big.db"
+    populate(source, runs=40, points=200)
+    dest = str(tmp_path / "dest")
+    proc = subprocess.Popen([sys.executable, "-m", "cloudtrack.cli", "migrate", source, dest,
+                             "--workers", "2"], cwd=str(ROOT), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    heads = Path(dest) / "heads"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        if heads.exists() and sum(1 for _ in heads.rglob("*.json")) >= 5:
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, "the migration finished before it could be interrupted"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    report = migrate(source, dest, verify=True)
+    assert report.ok, (report.failures, report.differences)
+    assert report.unchanged["runs"] >= 1 and report.copied["runs"] >= 1
+    assert snapshot(dest) == snapshot(source)
+
+
+@pytest.mark.parametrize("pair", ["local->sqlite", "local->s3", "s3->gcs", "gcs->azure"])
+def test_cloudtrack_to_cloudtrack_and_sql(pair: str, source: str, tmp_path: Path,
+                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """cloudtrack stores as source, into another backend or a sqlite file."""
+    names = {"s3": "s3-noauth", "gcs": "gcs", "azure": "azure"}
+
+    def make(name: str) -> str:
+        if name == "local":
+            return str(tmp_path / f"store-{len(list(tmp_path.iterdir()))}")
+        if name == "sqlite":
+            return f"sqlite:///{tmp_path}/dest.db"
+        svc = service(names[name])
+        use(monkeypatch, svc.env)
+        return svc.new_store()
+
+    first, second = pair.split("->")
+    middle, target = make(first), make(second)
+    assert migrate(source, middle).ok
+    report = migrate(middle, target, verify=True)
+    assert report.ok, (report.failures, report.differences)
+    assert snapshot(target) == snapshot(source)
+
+
+def test_filestore_into_cloudtrack(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")  # to write it, as MLflow < 3.13 did
+    from mlflow.store.tracking.file_store import FileStore
+
+    mlruns = tmp_path / "mlruns"
+    FileStore(str(mlruns))  # MLflow's own FileStore, as `./mlruns` from MLflow < 3.13
+    client = MlflowClient(tracking_uri=str(mlruns))
+    exp = client.create_experiment("legacy")
+    run = client.create_run(exp, start_time=1_500_000_000_000, run_name="old")
+    client.log_metric(run.info.run_id, "loss", 0.25, timestamp=1_500_000_000_001, step=3)
+    client.log_param(run.info.run_id, "lr", "0.1")
+    client.set_terminated(run.info.run_id, end_time=1_500_000_000_002)
+    monkeypatch.delenv("MLFLOW_ALLOW_FILE_STORE")  # migrate reads it without the opt-out
+    dest = str(tmp_path / "bucket-like")
+    report = migrate(str(mlruns), dest, verify=True, registry=False)
+    assert report.ok, (report.failures, report.differences)
+    copy = MlflowClient(tracking_uri=dest).get_run(run.info.run_id)
+    assert (copy.info.start_time, copy.info.end_time) == (1_500_000_000_000, 1_500_000_000_002)
+    history = MlflowClient(tracking_uri=dest).get_metric_history(run.info.run_id, "loss")
+    assert [(m.value, m.timestamp, m.step) for m in history] == [(0.25, 1_500_000_000_001, 3)]
+
+
+@pytest.fixture
+def mlflow_server() -> Any:
+    """A fresh MLflow server on sqlite (its own, so experiment names do not collide)."""
+    from backends.mlflow.service import MlflowServer
+
+    server = MlflowServer()
+    server.start()
+    yield server
+    server.stop()
+
+
+def test_server_on_postgres_into_s3(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where most teams start: an MLflow server on PostgreSQL, its artifacts proxied."""
+    from backends.mlflow.service import MlflowServerPostgres
+    from backends.postgres.service import PostgresService
+
+    pg = service("postgres")
+    assert isinstance(pg, PostgresService)
+    server = MlflowServerPostgres(postgres=pg)
+    server.start()
+    try:
+        populate(server.url)
+        s3 = service("s3-noauth")
+        dest = s3.new_store()
+        use(monkeypatch, s3.env)
+        report = migrate(server.url, dest, verify=True)
+        assert report.ok, (report.failures, report.differences)
+        assert snapshot(dest) == snapshot(server.url)
+    finally:
+        server.stop()
+
+
+def test_postgresql_directly_into_gcs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from backends.postgres.service import PostgresService
+
+    pg = service("postgres")
+    assert isinstance(pg, PostgresService)
+    monkeypatch.chdir(tmp_path)
+    uri = pg.new_mlflow_database()
+    populate(uri)
+    gcs = service("gcs")
+    dest = gcs.new_store()
+    use(monkeypatch, gcs.env)
+    report = migrate(uri, dest, verify=True)
+    assert report.ok, (report.failures, report.differences)
+    assert snapshot(dest) == snapshot(uri)
+
+
+def test_cloudtrack_into_a_server_keeps_what_a_server_can(
+        source: str, tmp_path: Path, mlflow_server: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))  # where the id map goes
+    store = str(tmp_path / "store")
+    assert migrate(source, store).ok
+    report = migrate(store, mlflow_server.url, verify=True)
+    assert report.ok, (report.failures, report.differences)
+    # A server chooses run and model ids: the copies are matched by name, and every id that
+    # changed is in the id map.
+    assert snapshot(mlflow_server.url, with_ids=False) == snapshot(source, with_ids=False)
+    assert report.id_map and Path(report.id_map).is_relative_to(tmp_path / "state")
+    ids = json.loads(Path(report.id_map).read_text())
+    assert len(ids["runs"]) == 5
+    again = migrate(store, mlflow_server.url)
+    assert again.ok and not again.copied.get("runs") and again.unchanged["runs"] == 5
