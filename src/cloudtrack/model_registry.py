@@ -49,6 +49,7 @@ from mlflow.protos.databricks_pb2 import (
 )
 from mlflow.store.entities.paged_list import PagedList
 from mlflow.store.model_registry import (
+    SEARCH_MODEL_VERSION_MAX_RESULTS_DEFAULT,
     SEARCH_MODEL_VERSION_MAX_RESULTS_THRESHOLD,
     SEARCH_REGISTERED_MODEL_MAX_RESULTS_DEFAULT,
     SEARCH_REGISTERED_MODEL_MAX_RESULTS_THRESHOLD,
@@ -157,6 +158,15 @@ class BlobRegistryStore(AbstractStore):
             raise _model_not_found(name)
         return got[0]
 
+    def _model_of_version(self, name: str, version: Any) -> Record:
+        """The registered model a version call names; when there is none, the version is
+        what is missing, in the words of both of MLflow's registry stores."""
+        _validate_model_name(name)
+        got = self._read(layout.registered_model(name))
+        if got is None:
+            raise _version_not_found(name, version)
+        return got[0]
+
     def _update_model(self, name: str, change: Change) -> Record:
         _validate_model_name(name)
         rec, _ = versioned_update(self.blobs, layout.registered_model(name), change,
@@ -184,7 +194,7 @@ class BlobRegistryStore(AbstractStore):
 
     def _update_version(self, name: str, version: Any, change: Change) -> Record:
         version = _validate_model_version(version)
-        model = self._model_record(name)
+        model = self._model_of_version(name, version)
 
         def guarded(rec: Record) -> Record | None:
             if rec.get("current_stage") == STAGE_DELETED_INTERNAL:
@@ -250,19 +260,37 @@ class BlobRegistryStore(AbstractStore):
         return self._model_entity(self._update_model(name, change))
 
     def rename_registered_model(self, name: str, new_name: str) -> RegisteredModel:
+        """Rename the model (to its own name too); like MLflow's SQL store, the model and
+        every version of it are stamped with the rename's time."""
         _validate_model_renaming(new_name)
         _validate_model_name(new_name)
         rec = self._model_record(name)
+        now = get_current_time_millis()
         if name == new_name:
-            return self._model_entity(rec)
-        renamed = {**rec, "name": new_name, "last_updated_timestamp": get_current_time_millis()}
-        try:
-            self.blobs.put_if_absent(layout.registered_model(new_name), records.dumps(renamed))
-        except AlreadyExists:
-            raise MlflowException(f"Registered Model (name={new_name}) already exists.",
-                                  RESOURCE_ALREADY_EXISTS) from None
-        # Versions hang off the model's id, so the rename is complete once the old name goes.
-        self.blobs.delete(layout.registered_model(name))
+            renamed = self._touch(name, now)
+        else:
+            renamed = {**rec, "name": new_name, "last_updated_timestamp": now}
+            try:
+                self.blobs.put_if_absent(layout.registered_model(new_name),
+                                         records.dumps(renamed))
+            except AlreadyExists:
+                raise MlflowException(f"Registered Model (name={new_name}) already exists.",
+                                      RESOURCE_ALREADY_EXISTS) from None
+            # Versions hang off the model's id, so the rename is complete once the old name
+            # goes.
+            self.blobs.delete(layout.registered_model(name))
+
+        def stamp(key: str) -> None:
+            def change(r: Record) -> Record:
+                r["last_updated_timestamp"] = now
+                return r
+            try:
+                versioned_update(self.blobs, key, change)
+            except BlobNotFound:
+                pass  # deleted with its model meanwhile
+
+        keys = [i.key for i in self.blobs.list(layout.model_versions(renamed["id"]))]
+        list(self._pool.map(stamp, keys))
         return self._model_entity(renamed)
 
     def delete_registered_model(self, name: str) -> None:
@@ -292,29 +320,25 @@ class BlobRegistryStore(AbstractStore):
         model = self._model_record(name)
         return self._latest(model, self._version_records(model), stages or None)
 
-    def _change_model_entry(self, name: str, field: str, key: str,
-                            value: str | int | None) -> None:
+    def _change_model_entry(self, name: str, field: str, key: str, value: str | int | None, *,
+                            remove: bool = False) -> None:
         """Set one entry of the model's ``field`` (tags, aliases) to ``value``, or remove it
-        for None (a missing entry is no change), and stamp the model."""
+        (a missing entry is no change).  Not a change of the model: like MLflow's SQL store,
+        its last_updated_timestamp stays."""
         def change(rec: Record) -> Record | None:
-            if value is None:
-                if not records.remove_entry(rec, field, key):
-                    return None
-            else:
-                records.set_entry(rec, field, key, value)
-            rec["last_updated_timestamp"] = get_current_time_millis()
-            return rec
+            if remove:
+                return rec if records.remove_entry(rec, field, key) else None
+            return records.set_entry(rec, field, key, value)
 
         self._update_model(name, change)
 
     def set_registered_model_tag(self, name: str, tag: RegisteredModelTag) -> None:
         _validate_registered_model_tag(tag.key, tag.value)
-        self._change_model_entry(name, "tags", tag.key,
-                                 "" if tag.value is None else str(tag.value))
+        self._change_model_entry(name, "tags", tag.key, build.tag(tag.value))
 
     def delete_registered_model_tag(self, name: str, key: str) -> None:
         _validate_tag_name(key)
-        self._change_model_entry(name, "tags", key, None)
+        self._change_model_entry(name, "tags", key, None, remove=True)
 
     # -- model versions ---------------------------------------------------------------------
 
@@ -378,7 +402,7 @@ class BlobRegistryStore(AbstractStore):
 
     def get_model_version(self, name: str, version: Any) -> ModelVersion:
         version = _validate_model_version(version)
-        model = self._model_record(name)
+        model = self._model_of_version(name, version)
         return self._version_entity(model, self._version_record(model, version)[0])
 
     def update_model_version(self, name: str, version: Any,
@@ -443,12 +467,15 @@ class BlobRegistryStore(AbstractStore):
 
     def get_model_version_download_uri(self, name: str, version: Any) -> str:
         version = _validate_model_version(version)
-        model = self._model_record(name)
+        model = self._model_of_version(name, version)
         rec = self._version_record(model, version)[0]
-        return str(rec.get("storage_location") or rec.get("source"))
+        # As stored: None stays None (MLflow's SQL store answers None for a None source).
+        uri: str = rec.get("storage_location") or rec["source"]
+        return uri
 
     def search_model_versions(self, filter_string: str | None = None,
-                              max_results: int | None = None, order_by: list[str] | None = None,
+                              max_results: int | None = SEARCH_MODEL_VERSION_MAX_RESULTS_DEFAULT,
+                              order_by: list[str] | None = None,
                               page_token: str | None = None) -> PagedList[ModelVersion]:
         max_results = _checked_max_results(max_results,
                                            SEARCH_MODEL_VERSION_MAX_RESULTS_THRESHOLD)
@@ -467,15 +494,14 @@ class BlobRegistryStore(AbstractStore):
     def set_model_version_tag(self, name: str, version: Any, tag: ModelVersionTag) -> None:
         _validate_model_version_tag(tag.key, tag.value)
         value = "" if tag.value is None else str(tag.value)
+        # Tags stamp neither the version nor the model, as in MLflow's SQL store.
         self._update_version(name, version,
                              lambda rec: records.set_entry(rec, "tags", tag.key, value))
-        self._touch(name)
 
     def delete_model_version_tag(self, name: str, version: Any, key: str) -> None:
         _validate_tag_name(key)
         self._update_version(name, version,
                              lambda rec: rec if records.remove_entry(rec, "tags", key) else None)
-        self._touch(name)
 
     # -- webhooks: creating one is refused (MLflow's base class), so none ever exist --------
 
@@ -497,14 +523,14 @@ class BlobRegistryStore(AbstractStore):
         _validate_model_alias_name(alias)
         _validate_model_alias_name_reserved(alias)
         version = _validate_model_version(version)
-        model = self._model_record(name)
+        model = self._model_of_version(name, version)
         self._version_record(model, version)
         self._change_model_entry(name, "aliases", alias, int(version))
 
     def delete_registered_model_alias(self, name: str, alias: str) -> None:
         _validate_model_name(name)
         _validate_model_alias_name(alias)
-        self._change_model_entry(name, "aliases", alias, None)
+        self._change_model_entry(name, "aliases", alias, None, remove=True)
 
     def get_model_version_by_alias(self, name: str, alias: str) -> ModelVersion:
         _validate_model_name(name)

@@ -7,7 +7,7 @@ by their order of appearance before comparing.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -28,16 +28,8 @@ from mlflow.entities import (
 
 from cloudtrack.tracking import BlobTrackingStore
 from tests.fixtures.reference import MlflowReference, Recorder, assert_same_calls
-from tests.fixtures.stores import tracking_store
 
 T0 = 1_700_000_000_000
-
-
-@pytest.fixture(params=["strict", "buffered"])
-def cloud_store(request: pytest.FixtureRequest, store) -> Iterator[BlobTrackingStore]:  # type: ignore[no-untyped-def]
-    s = tracking_store(store, strict=request.param == "strict")
-    yield s
-    s.close()
 
 
 def run_view(run: Any) -> dict[str, Any]:

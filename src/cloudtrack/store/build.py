@@ -34,8 +34,15 @@ TOMBSTONE = {"current_stage": STAGE_DELETED_INTERNAL, "description": None, "user
 
 
 def text(value: Any) -> str:
-    """A tag or param value as stored: a string, None as ``""``."""
+    """A param value (or a tag value where None is not kept) as stored: a string, None as
+    ``""``."""
     return "" if value is None else str(value)
+
+
+def tag(value: Any) -> str | None:
+    """A run, experiment or registered-model tag value as stored: a string, or None, which
+    MLflow's SQL store keeps as given."""
+    return None if value is None else str(value)
 
 
 def pointer(experiment_id: str) -> Record:
@@ -96,7 +103,7 @@ def run_head(info: Record, *, params: Mapping[str, Any] | None = None,
     head: Record = {
         "info": info,
         "params": {k: text(v) for k, v in (params or {}).items()},
-        "tags": {k: text(v) for k, v in (tags or {}).items()},
+        "tags": {k: tag(v) for k, v in (tags or {}).items()},
         "metrics": dict(metrics or {}),
     }
     extras: tuple[tuple[str, Iterable[Any]], ...] = (
@@ -134,8 +141,9 @@ def logged_model(*, experiment_id: str, model_id: str, name: str, artifact_locat
         "status": status,
         "status_message": status_message,
         "lifecycle_stage": lifecycle_stage,
-        "tags": {k: str(v) for k, v in (tags or {}).items()},
-        "params": {k: str(v) for k, v in (params or {}).items()},
+        # None as "": MLflow's FileStore stores that (its SQL store refuses None here).
+        "tags": {k: text(v) for k, v in (tags or {}).items()},
+        "params": {k: text(v) for k, v in (params or {}).items()},
         "metrics": list(metrics),
     }
 
@@ -153,7 +161,7 @@ def registered_model(*, model_id: str, name: str, creation_timestamp: int,
         "creation_timestamp": creation_timestamp,
         "last_updated_timestamp": last_updated_timestamp,
         "description": description,
-        "tags": {k: text(v) for k, v in (tags or {}).items()},
+        "tags": {k: tag(v) for k, v in (tags or {}).items()},
         "aliases": {a: int(v) for a, v in (aliases or {}).items()},
         "deployment_job_id": deployment_job_id,
     }

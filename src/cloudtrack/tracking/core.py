@@ -12,10 +12,11 @@ from typing import Any
 from mlflow.entities import Experiment, LifecycleStage, Run
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE, RESOURCE_DOES_NOT_EXIST
+from mlflow.store.tracking import SEARCH_MAX_RESULTS_THRESHOLD
 from mlflow.store.tracking.abstract_store import AbstractStore
 from mlflow.utils.time import get_current_time_millis
 from mlflow.utils.uri import append_to_uri_path
-from mlflow.utils.validation import _validate_experiment_id, _validate_run_id
+from mlflow.utils.validation import _parse_experiment_id, _validate_run_id
 
 from cloudtrack.blobs import open_blobs
 from cloudtrack.config import StoreConfig, resolve
@@ -34,37 +35,71 @@ def not_found(message: str) -> MlflowException:
     return MlflowException(message, RESOURCE_DOES_NOT_EXIST)
 
 
-def run_not_found(run_id: str) -> MlflowException:
+def run_not_found(run_id: Any) -> MlflowException:
     return not_found(f"Run with id={run_id} not found")
 
 
+def is_run_id(run_id: Any) -> bool:
+    """Is ``run_id`` a run id that can name a record?  Anything else names no run: MLflow's
+    SQL store answers RESOURCE_DOES_NOT_EXIST for it, and so do we (without a request)."""
+    if not isinstance(run_id, str):
+        return False
+    try:
+        _validate_run_id(run_id)
+    except MlflowException:
+        return False
+    return True
+
+
 def check_active(head: Record) -> None:
-    """Only an active run may change."""
-    if head["info"]["lifecycle_stage"] != LifecycleStage.ACTIVE:
+    """Only an active run may change (MLflow's SQL store's words)."""
+    info = head["info"]
+    if info["lifecycle_stage"] != LifecycleStage.ACTIVE:
         raise MlflowException(
-            f"The run {head['info']['run_id']} must be in 'active' lifecycle_stage.",
-            INVALID_PARAMETER_VALUE,
-        )
+            f"The run {info['run_id']} must be in the 'active' state. "
+            f"Current state is {info['lifecycle_stage']}.", INVALID_PARAMETER_VALUE)
 
 
 def check_experiment_active(experiment_id: str, lifecycle_stage: str) -> None:
     """Only an active experiment takes new runs, models and tags."""
     if lifecycle_stage != LifecycleStage.ACTIVE:
         raise MlflowException(
-            f"The experiment {experiment_id} must be in the 'active' state.\n"
+            f"The experiment {experiment_id} must be in the 'active' state. "
             f"Current state is {lifecycle_stage}.", INVALID_PARAMETER_VALUE)
 
 
+def experiment_id_of(experiment_id: Any) -> str:
+    """An experiment id as the store names it: the decimal integer MLflow's SQL store parses
+    it to (``"007"`` and ``7`` name experiment ``"7"``), else INVALID_PARAMETER_VALUE with that
+    store's words.  Only digits and a sign reach a key."""
+    return str(_parse_experiment_id(experiment_id))
+
+
+def check_max_results(max_results: Any, *, allow_null: bool = False) -> None:
+    """A search's ``max_results`` within MLflow's SQL store's bounds (refused in its words):
+    a positive integer up to SEARCH_MAX_RESULTS_THRESHOLD, or None where ``allow_null``."""
+    if max_results is None and allow_null:
+        return
+    if not isinstance(max_results, int) or max_results < 1:
+        raise MlflowException(
+            f"Invalid value {max_results} for parameter 'max_results' supplied. It must be "
+            "a positive integer", INVALID_PARAMETER_VALUE)
+    if max_results > SEARCH_MAX_RESULTS_THRESHOLD:
+        raise MlflowException(
+            f"Invalid value {max_results} for parameter 'max_results' supplied. It must be at "
+            f"most {SEARCH_MAX_RESULTS_THRESHOLD}", INVALID_PARAMETER_VALUE)
+
+
 def distinct_experiment_ids(experiment_ids: Iterable[Any]) -> list[str]:
-    """Distinct experiment ids as strings, in order, each validated."""
-    ids = list(dict.fromkeys(str(e) for e in experiment_ids))
-    for exp_id in ids:
-        _validate_experiment_id(exp_id)
-    return ids
+    """Distinct experiment ids as the store names them, in order, each validated."""
+    return list(dict.fromkeys(experiment_id_of(e) for e in experiment_ids))
 
 
 class StoreCore(AbstractStore):
     """State and record access shared by the tracking store's mixins."""
+
+    #: The experiment runs go to when none is named, as on MLflow's own stores.
+    DEFAULT_EXPERIMENT_ID = layout.DEFAULT_EXPERIMENT_ID
 
     def __init__(self, store_uri: str, artifact_uri: str | None = None, *,
                  config: StoreConfig | None = None) -> None:
@@ -139,7 +174,8 @@ class StoreCore(AbstractStore):
     # -- run heads -------------------------------------------------------------------------
 
     def _experiment_of(self, run_id: str) -> str:
-        _validate_run_id(run_id)
+        if not is_run_id(run_id):
+            raise run_not_found(run_id)
         exp = self._run_exp.get(run_id)
         if exp is None:
             try:

@@ -9,18 +9,16 @@ from mlflow.entities import Experiment, ExperimentTag, LifecycleStage, ViewType
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import (
     BAD_REQUEST,
-    INVALID_PARAMETER_VALUE,
     INVALID_STATE,
     RESOURCE_ALREADY_EXISTS,
 )
 from mlflow.store.entities.paged_list import PagedList
-from mlflow.store.tracking import SEARCH_MAX_RESULTS_DEFAULT, SEARCH_MAX_RESULTS_THRESHOLD
+from mlflow.store.tracking import SEARCH_MAX_RESULTS_DEFAULT
 from mlflow.utils.search_utils import SearchExperimentsUtils, SearchUtils
 from mlflow.utils.time import get_current_time_millis
-from mlflow.utils.uri import append_to_uri_path
+from mlflow.utils.uri import append_to_uri_path, resolve_uri_if_local
 from mlflow.utils.validation import (
     _validate_experiment_artifact_location_length,
-    _validate_experiment_id,
     _validate_experiment_name,
     _validate_experiment_tag,
 )
@@ -29,7 +27,14 @@ from cloudtrack.errors import AlreadyExists, BlobNotFound
 from cloudtrack.store import build, claims, entities, layout, records
 from cloudtrack.store.cas import Change, versioned_update
 from cloudtrack.store.records import Record
-from cloudtrack.tracking.core import StoreCore, check_experiment_active, not_found
+from cloudtrack.tracking.core import (
+    StoreCore,
+    check_experiment_active,
+    check_max_results,
+    distinct_experiment_ids,
+    experiment_id_of,
+    not_found,
+)
 
 log = logging.getLogger("cloudtrack.tracking")
 
@@ -45,7 +50,7 @@ def _already_exists(name: str, code: int = RESOURCE_ALREADY_EXISTS) -> MlflowExc
 class ExperimentsMixin(StoreCore):
 
     def _get_experiment_record(self, experiment_id: str) -> tuple[Record, str]:
-        _validate_experiment_id(experiment_id)
+        """The record of ``experiment_id``, an id as :func:`experiment_id_of` returns it."""
         try:
             return records.read_versioned(self.blobs, layout.experiment(experiment_id))
         except BlobNotFound:
@@ -55,6 +60,8 @@ class ExperimentsMixin(StoreCore):
                           tags: list[ExperimentTag] | None = None) -> str:
         _validate_experiment_name(name)
         if artifact_location:
+            # As MLflow's stores do: a relative local path means the same folder to every reader.
+            artifact_location = resolve_uri_if_local(artifact_location)
             _validate_experiment_artifact_location_length(artifact_location)
         for tag in tags or []:
             _validate_experiment_tag(tag.key, tag.value)
@@ -73,11 +80,19 @@ class ExperimentsMixin(StoreCore):
         except claims.NameTaken:
             raise _already_exists(name) from None
 
+    @staticmethod
+    def _named_or_default(experiment_id: str | None) -> str:
+        """No experiment id (None, ``""``) names the default experiment, as on MLflow's SQL
+        store."""
+        return experiment_id_of(experiment_id) if experiment_id else layout.DEFAULT_EXPERIMENT_ID
+
     def get_experiment(self, experiment_id: str) -> Experiment:
-        experiment_id = layout.DEFAULT_EXPERIMENT_ID if experiment_id is None else str(experiment_id)
-        return entities.experiment(self._get_experiment_record(experiment_id)[0])
+        return entities.experiment(
+            self._get_experiment_record(self._named_or_default(experiment_id))[0])
 
     def get_experiment_by_name(self, experiment_name: str) -> Experiment | None:
+        if not isinstance(experiment_name, str) or not experiment_name:
+            return None  # no experiment has such a name
         try:
             claim = records.read(self.blobs, layout.experiment_name(experiment_name))
         except BlobNotFound:
@@ -111,24 +126,33 @@ class ExperimentsMixin(StoreCore):
                            max_results: int = SEARCH_MAX_RESULTS_DEFAULT,
                            filter_string: str | None = None, order_by: list[str] | None = None,
                            page_token: str | None = None) -> PagedList[Experiment]:
-        if not isinstance(max_results, int) or max_results < 1:
-            raise MlflowException(
-                f"Invalid value {max_results} for parameter 'max_results' supplied. It must be "
-                "a positive integer", INVALID_PARAMETER_VALUE)
-        if max_results > SEARCH_MAX_RESULTS_THRESHOLD:
-            raise MlflowException(
-                f"Invalid value {max_results} for parameter 'max_results' supplied. It must be at "
-                f"most {SEARCH_MAX_RESULTS_THRESHOLD}", INVALID_PARAMETER_VALUE)
-        experiments = [e for e in self._all_experiments()
-                       if LifecycleStage.matches_view_type(view_type, e.lifecycle_stage)]
+        check_max_results(max_results)
+        stages = LifecycleStage.view_type_to_stages(view_type)  # none for an unknown view type
+        experiments = [e for e in self._all_experiments() if e.lifecycle_stage in stages]
         filtered = SearchExperimentsUtils.filter(experiments, filter_string)
         ordered = SearchExperimentsUtils.sort(filtered,
                                               order_by or ["creation_time DESC", "experiment_id ASC"])
         page, token = SearchUtils.paginate(ordered, page_token, max_results)
         return PagedList(page, token)
 
+    def filter_active_experiment_ids(self, experiment_ids: list[str]) -> list[str]:
+        """The active ones of ``experiment_ids``, as MLflow's SQL store answers: each id
+        validated, each active experiment once, in id order."""
+        ids = distinct_experiment_ids(experiment_ids)
+
+        def active(exp_id: str) -> bool:
+            try:
+                rec = records.read(self.blobs, layout.experiment(exp_id))
+            except BlobNotFound:
+                return False
+            return bool(rec.get("lifecycle_stage") == LifecycleStage.ACTIVE)
+
+        found = list(self._pool.map(active, ids))
+        return sorted((i for i, ok in zip(ids, found, strict=True) if ok), key=int)
+
     def _update_experiment(self, experiment_id: str, change: Change) -> Record:
-        _validate_experiment_id(experiment_id)
+        """Change the record of ``experiment_id``, an id as :func:`experiment_id_of` returns
+        it."""
         rec, _ = versioned_update(self.blobs, layout.experiment(experiment_id), change,
                                   missing=lambda: _no_experiment(experiment_id))
         return rec
@@ -158,37 +182,35 @@ class ExperimentsMixin(StoreCore):
         list(self._pool.map(one, keys))
 
     def delete_experiment(self, experiment_id: str) -> None:
-        experiment_id = str(experiment_id)
-        if experiment_id == layout.DEFAULT_EXPERIMENT_ID:
-            raise MlflowException(
-                "Cannot delete the default experiment "
-                f"'{layout.DEFAULT_EXPERIMENT_ID}'. This is an internally reserved experiment.",
-                INVALID_PARAMETER_VALUE)
-        self._set_lifecycle(experiment_id, LifecycleStage.ACTIVE, LifecycleStage.DELETED)
+        # The default experiment too: MLflow's SQL store deletes it like any other.
+        self._set_lifecycle(experiment_id_of(experiment_id), LifecycleStage.ACTIVE,
+                            LifecycleStage.DELETED)
 
     def restore_experiment(self, experiment_id: str) -> None:
-        self._set_lifecycle(str(experiment_id), LifecycleStage.DELETED, LifecycleStage.ACTIVE)
+        self._set_lifecycle(experiment_id_of(experiment_id), LifecycleStage.DELETED,
+                            LifecycleStage.ACTIVE)
 
     def rename_experiment(self, experiment_id: str, new_name: str) -> None:
-        experiment_id = str(experiment_id)
         _validate_experiment_name(new_name)
+        experiment_id = self._named_or_default(experiment_id)
         rec, _ = self._get_experiment_record(experiment_id)
         if rec["lifecycle_stage"] != LifecycleStage.ACTIVE:
             raise MlflowException("Cannot rename a non-active experiment.", INVALID_STATE)
         old_name = rec["name"]
-        if old_name == new_name:
-            return
-        try:
-            self.blobs.put_if_absent(layout.experiment_name(new_name),
-                                     records.dumps(build.pointer(experiment_id)))
-        except AlreadyExists:
-            raise _already_exists(new_name, BAD_REQUEST) from None
 
         def change(r: Record) -> Record:
             r["name"] = new_name
             r["last_update_time"] = get_current_time_millis()
             return r
 
+        if old_name == new_name:
+            self._update_experiment(experiment_id, change)  # stamped, as MLflow's SQL store does
+            return
+        try:
+            self.blobs.put_if_absent(layout.experiment_name(new_name),
+                                     records.dumps(build.pointer(experiment_id)))
+        except AlreadyExists:
+            raise _already_exists(new_name, BAD_REQUEST) from None
         try:
             self._update_experiment(experiment_id, change)
         except Exception:
@@ -198,19 +220,23 @@ class ExperimentsMixin(StoreCore):
 
     def set_experiment_tag(self, experiment_id: str, tag: ExperimentTag) -> None:
         _validate_experiment_tag(tag.key, tag.value)
+        experiment_id = experiment_id_of(experiment_id)
 
         def change(rec: Record) -> Record:
             check_experiment_active(experiment_id, rec["lifecycle_stage"])
-            rec.setdefault("tags", {})[tag.key] = "" if tag.value is None else str(tag.value)
+            # A None value stays None, as create_experiment keeps it and MLflow's SQL store does.
+            rec.setdefault("tags", {})[tag.key] = None if tag.value is None else str(tag.value)
             return rec
 
-        self._update_experiment(str(experiment_id), change)
+        self._update_experiment(experiment_id, change)
 
     def delete_experiment_tag(self, experiment_id: str, key: str) -> None:
+        experiment_id = experiment_id_of(experiment_id)
+
         def change(rec: Record) -> Record:
             check_experiment_active(experiment_id, rec["lifecycle_stage"])
             if not records.remove_entry(rec, "tags", key):
                 raise not_found(f"No tag with name: {key} in experiment with id {experiment_id}")
             return rec
 
-        self._update_experiment(str(experiment_id), change)
+        self._update_experiment(experiment_id, change)

@@ -33,10 +33,11 @@ class Pending:
     __slots__ = ("metrics", "params", "tags")
 
     def __init__(self, metrics: list[list[Any]] | None = None,
-                 params: dict[str, str] | None = None, tags: dict[str, str] | None = None) -> None:
+                 params: dict[str, str] | None = None,
+                 tags: dict[str, str | None] | None = None) -> None:
         self.metrics: list[list[Any]] = metrics if metrics is not None else []
         self.params: dict[str, str] = params if params is not None else {}
-        self.tags: dict[str, str] = tags if tags is not None else {}
+        self.tags: dict[str, str | None] = tags if tags is not None else {}
 
     def __bool__(self) -> bool:
         return bool(self.metrics or self.params or self.tags)

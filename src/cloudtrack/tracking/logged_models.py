@@ -3,6 +3,7 @@ through the immutable ``logged-model-index/<id>.json`` (docs/format.md)."""
 
 from __future__ import annotations
 
+import binascii
 import logging
 import uuid
 from typing import Any
@@ -19,7 +20,7 @@ from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 from mlflow.store.entities.paged_list import PagedList
 from mlflow.store.tracking import SEARCH_LOGGED_MODEL_MAX_RESULTS_DEFAULT
 from mlflow.utils.name_utils import _generate_random_name
-from mlflow.utils.search_utils import SearchLoggedModelsUtils
+from mlflow.utils.search_utils import SearchLoggedModelsPaginationToken, SearchLoggedModelsUtils
 from mlflow.utils.time import get_current_time_millis
 from mlflow.utils.uri import append_to_uri_path
 from mlflow.utils.validation import (
@@ -36,6 +37,7 @@ from cloudtrack.tracking.core import (
     StoreCore,
     check_experiment_active,
     distinct_experiment_ids,
+    experiment_id_of,
     not_found,
 )
 
@@ -49,7 +51,7 @@ def _model_not_found(model_id: str) -> MlflowException:
 class LoggedModelsMixin(StoreCore):
 
     def _model_experiment(self, model_id: str) -> str:
-        if "/" in model_id or model_id in (".", ".."):
+        if not isinstance(model_id, str) or "/" in model_id or model_id in ("", ".", ".."):
             raise _model_not_found(model_id)
         try:
             return str(records.read(self.blobs, layout.logged_model_index(model_id))
@@ -63,7 +65,10 @@ class LoggedModelsMixin(StoreCore):
                             params: list[LoggedModelParameter] | None = None,
                             model_type: str | None = None) -> LoggedModel:
         _validate_logged_model_name(name)
-        experiment = self.get_experiment(str(experiment_id))
+        # None is the default experiment, as for create_run (MLflow's stores fail on it).
+        experiment_id = (layout.DEFAULT_EXPERIMENT_ID if experiment_id is None
+                         else experiment_id_of(experiment_id))
+        experiment = self.get_experiment(experiment_id)
         check_experiment_active(experiment_id, experiment.lifecycle_stage)
         for p in params or []:
             _validate_param(p.key, p.value)
@@ -72,7 +77,7 @@ class LoggedModelsMixin(StoreCore):
         model_id = f"m-{uuid.uuid4().hex}"
         now = get_current_time_millis()
         rec = build.logged_model(
-            experiment_id=str(experiment_id), model_id=model_id,
+            experiment_id=experiment_id, model_id=model_id,
             name=name or _generate_random_name(),
             artifact_location=append_to_uri_path(experiment.artifact_location, "models",
                                                  model_id, "artifacts"),
@@ -81,16 +86,17 @@ class LoggedModelsMixin(StoreCore):
             tags={t.key: t.value for t in tags or []},
             params={p.key: p.value for p in params or []})
         self.blobs.put_if_absent(layout.logged_model_index(model_id),
-                                 records.dumps(build.pointer(str(experiment_id))))
-        self.blobs.put_if_absent(layout.logged_model(str(experiment_id), model_id),
-                                 records.dumps(rec))
+                                 records.dumps(build.pointer(experiment_id)))
+        self.blobs.put_if_absent(layout.logged_model(experiment_id, model_id), records.dumps(rec))
         return entities.logged_model(rec)
 
-    def _update_model(self, model_id: str, change: Change) -> Record:
+    def _update_model(self, model_id: str, change: Change, *,
+                      deleted_too: bool = False) -> Record:
+        """Change a logged model; a deleted one is not found unless ``deleted_too``."""
         exp = self._model_experiment(model_id)
 
         def guarded(rec: Record) -> Record | None:
-            if rec.get("lifecycle_stage") == LifecycleStage.DELETED:
+            if rec.get("lifecycle_stage") == LifecycleStage.DELETED and not deleted_too:
                 raise _model_not_found(model_id)
             return change(rec)
 
@@ -123,7 +129,8 @@ class LoggedModelsMixin(StoreCore):
             _validate_tag_name(t.key)
 
         def change(rec: Record) -> Record:
-            rec.setdefault("tags", {}).update({t.key: str(t.value) for t in tags})
+            # None as "", as MLflow's FileStore stores it (its SQL store refuses None here).
+            rec.setdefault("tags", {}).update({t.key: build.text(t.value) for t in tags})
             return rec
 
         self._update_model(model_id, change)
@@ -143,7 +150,7 @@ class LoggedModelsMixin(StoreCore):
             _validate_param(p.key, p.value)
 
         def change(rec: Record) -> Record:
-            rec.setdefault("params", {}).update({p.key: str(p.value) for p in params})
+            rec.setdefault("params", {}).update({p.key: build.text(p.value) for p in params})
             return rec
 
         self._update_model(model_id, change)
@@ -169,7 +176,8 @@ class LoggedModelsMixin(StoreCore):
                 rec["metrics"] = list(latest.values())
                 return rec
             try:
-                self._update_model(model_id, change)
+                # A deleted model takes the points too, as in MLflow's stores.
+                self._update_model(model_id, change, deleted_too=True)
             except MlflowException as e:
                 if e.error_code != "RESOURCE_DOES_NOT_EXIST":
                     raise
@@ -181,13 +189,21 @@ class LoggedModelsMixin(StoreCore):
                              max_results: int | None = None,
                              order_by: list[dict[str, Any]] | None = None,
                              page_token: str | None = None) -> PagedList[LoggedModel]:
+        """Logged models as MLflow's SQL store pages them: a page token carries the query it
+        belongs to and is refused for another one."""
         if datasets and not all(d.get("dataset_name") for d in datasets):
             raise MlflowException("`dataset_name` in the `datasets` clause must be specified.",
                                   INVALID_PARAMETER_VALUE)
+        offset = 0
+        if page_token:
+            token = _decode_page_token(page_token)
+            token.validate(experiment_ids, filter_string, order_by)
+            offset = token.offset
         max_results = max_results or SEARCH_LOGGED_MODEL_MAX_RESULTS_DEFAULT
+        exp_ids = distinct_experiment_ids(experiment_ids)
         self._flusher.flush()
         models: list[LoggedModel] = []
-        for exp_id in distinct_experiment_ids(experiment_ids):
+        for exp_id in exp_ids:
             listing = [(i.key, i.version) for i in self.blobs.list(layout.logged_models(exp_id))]
             for key, rec in self._read_many(listing).items():
                 if isinstance(rec, Exception):
@@ -199,5 +215,19 @@ class LoggedModelsMixin(StoreCore):
                 models.append(entities.logged_model(rec))
         filtered = SearchLoggedModelsUtils.filter_logged_models(models, filter_string, datasets)
         ordered = SearchLoggedModelsUtils.sort(filtered, order_by)
-        page, token = SearchLoggedModelsUtils.paginate(ordered, page_token, max_results)
-        return PagedList(page, token)
+        # One more than a page: a token when there is more (the SQL store's arithmetic).
+        rows = ordered[offset:offset + max_results + 1]
+        next_token = None
+        if len(rows) > max_results:
+            next_token = SearchLoggedModelsPaginationToken(
+                offset=offset + max_results, experiment_ids=experiment_ids,
+                filter_string=filter_string, order_by=order_by).encode()
+        return PagedList(rows[:max_results], next_token)
+
+
+def _decode_page_token(page_token: str) -> SearchLoggedModelsPaginationToken:
+    try:
+        return SearchLoggedModelsPaginationToken.decode(page_token)
+    except (binascii.Error, UnicodeDecodeError, AttributeError) as e:
+        raise MlflowException(f"Invalid page token, could not base64-decode: {e}",
+                              INVALID_PARAMETER_VALUE) from None

@@ -21,6 +21,7 @@ from mlflow.utils.validation import (
     _validate_batch_log_limits,
     _validate_dataset_inputs,
     _validate_metric,
+    _validate_param,
     _validate_param_keys_unique,
     _validate_run_id,
     _validate_tag,
@@ -47,19 +48,29 @@ def _check_param(run_id: str, key: str, old: str | None, new: str) -> None:
 
 class LoggingMixin(StoreCore):
 
+    # The single-value calls validate as MLflow's stores do (their errors name ``key``, not
+    # ``params[0].key``) and, unlike log_batch, answer RESOURCE_DOES_NOT_EXIST for a run id
+    # that names no run.
+
     def log_metric(self, run_id: str, metric: Metric) -> None:
         _validate_metric(metric.key, metric.value, metric.timestamp, metric.step)
-        self.log_batch(run_id, [metric], [], [])
+        self._log(run_id, [metric], [], [])
 
     def log_param(self, run_id: str, param: Param) -> None:
-        self.log_batch(run_id, [], [param], [])
+        _validate_param(param.key, param.value)
+        self._log(run_id, [], [param], [])
 
     def set_tag(self, run_id: str, tag: RunTag) -> None:
-        self.log_batch(run_id, [], [], [tag])
+        _validate_tag(tag.key, tag.value)
+        self._log(run_id, [], [], [tag])
 
     def log_batch(self, run_id: str, metrics: list[Metric], params: list[Param],
                   tags: list[RunTag]) -> None:
         _validate_run_id(run_id)
+        self._log(run_id, metrics, params, tags)
+
+    def _log(self, run_id: str, metrics: list[Metric], params: list[Param],
+             tags: list[RunTag]) -> None:
         metrics, params, tags = _validate_batch_log_data(metrics, params, tags)
         _validate_batch_log_limits(metrics, params, tags)
         _validate_param_keys_unique(params)
@@ -68,11 +79,13 @@ class LoggingMixin(StoreCore):
         known = {**head.get("params", {}), **self._flusher.pending_params(run_id)}
         new_params: dict[str, str] = {}
         for p in params:
-            value = "" if p.value is None else str(p.value)
+            value = build.text(p.value)
             _check_param(run_id, p.key, known.get(p.key), value)
             new_params[p.key] = value
-        pending = Pending([records.metric_tuple(m) for m in metrics], new_params,
-                          {t.key: "" if t.value is None else str(t.value) for t in tags})
+        # A run name cannot be unset: MLflow's SQL store ignores an empty mlflow.runName.
+        new_tags = {t.key: build.tag(t.value) for t in tags
+                    if t.value or t.key != MLFLOW_RUN_NAME}
+        pending = Pending([records.metric_tuple(m) for m in metrics], new_params, new_tags)
         if self.strict:
             with self._run_locks(run_id):
                 self._write_pending(run_id, pending)
@@ -142,26 +155,28 @@ class LoggingMixin(StoreCore):
 
     def log_inputs(self, run_id: str, datasets: list[DatasetInput] | None = None,
                    models: list[LoggedModelInput] | None = None) -> None:
+        """Add inputs to the run.  A dataset is one input per (name, digest): the first time it
+        is logged its tags are kept, later ones (in this call or another) are not, as in MLflow's
+        SQL store."""
         _validate_run_id(run_id)
         if datasets is not None:
             if not isinstance(datasets, list):
                 raise TypeError(f"Argument 'datasets' should be a list, got '{type(datasets)}'")
             _validate_dataset_inputs(datasets)
         if not datasets and not models:
-            self._cached_head(run_id)  # still an error for a missing run
+            head, _ = self._cached_head(run_id)  # still an error for a missing or deleted run
+            check_active(head)
             return
 
         def change(head: Record) -> Record:
             current = head.setdefault("datasets", [])
+            logged = {(c["dataset"]["name"], c["dataset"]["digest"]) for c in current}
             for d in datasets or []:
-                entry = build.dataset_input(dict(d.dataset), {t.key: t.value for t in d.tags})
-                same = [i for i, c in enumerate(current)
-                        if (c["dataset"]["name"], c["dataset"]["digest"])
-                        == (d.dataset.name, d.dataset.digest)]
-                if same:
-                    current[same[0]]["tags"].update(entry["tags"])
-                else:
-                    current.append(entry)
+                ident = (d.dataset.name, d.dataset.digest)
+                if ident not in logged:
+                    logged.add(ident)
+                    current.append(build.dataset_input(dict(d.dataset),
+                                                       {t.key: t.value for t in d.tags}))
             model_inputs = head.setdefault("model_inputs", [])
             for m in models or []:
                 if m.model_id not in model_inputs:
@@ -171,8 +186,6 @@ class LoggingMixin(StoreCore):
         self._change_active_run(run_id, change)
 
     def log_outputs(self, run_id: str, models: list[LoggedModelOutput]) -> None:
-        _validate_run_id(run_id)
-
         def change(head: Record) -> Record:
             outs = head.setdefault("model_outputs", [])
             for m in models or []:

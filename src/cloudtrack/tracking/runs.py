@@ -7,31 +7,48 @@ import uuid
 
 from mlflow.entities import LifecycleStage, Run, RunInfo, RunStatus, RunTag
 from mlflow.exceptions import MlflowException
-from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
+from mlflow.protos.databricks_pb2 import INTERNAL_ERROR, INVALID_PARAMETER_VALUE
 from mlflow.utils.mlflow_tags import MLFLOW_RUN_NAME, _get_run_name_from_tags
 from mlflow.utils.name_utils import _generate_random_name
 from mlflow.utils.time import get_current_time_millis
 from mlflow.utils.uri import append_to_uri_path
-from mlflow.utils.validation import _validate_run_id, _validate_tag
+from mlflow.utils.validation import _validate_tag
 
 from cloudtrack.store import build, entities, layout, records
 from cloudtrack.store.records import Record
-from cloudtrack.tracking.core import StoreCore, check_active, check_experiment_active
+from cloudtrack.tracking.core import (
+    StoreCore,
+    check_active,
+    check_experiment_active,
+    experiment_id_of,
+)
+
+
+def _status_string(run_status: int) -> str:
+    try:
+        return RunStatus.to_string(run_status)
+    except Exception as e:  # RunStatus raises a bare Exception; MLflow's SQL store wraps it so
+        raise MlflowException(str(e), INTERNAL_ERROR) from e
 
 
 class RunsMixin(StoreCore):
 
     def get_run(self, run_id: str) -> Run:
-        _validate_run_id(run_id)
         self._flusher.flush(run_id)
         head, _ = self._load_head(run_id)
         return entities.run(head)
 
     def create_run(self, experiment_id: str, user_id: str, start_time: int,
                    tags: list[RunTag], run_name: str | None) -> Run:
-        experiment_id = layout.DEFAULT_EXPERIMENT_ID if experiment_id is None else str(experiment_id)
+        experiment_id = (layout.DEFAULT_EXPERIMENT_ID if experiment_id is None
+                         else experiment_id_of(experiment_id))
         experiment = self.get_experiment(experiment_id)
         check_experiment_active(experiment_id, experiment.lifecycle_stage)
+        # What RunInfo refuses, refused before anything is written (MLflow's SQL store answers
+        # INTERNAL_ERROR with RunInfo's words); a head without them would break every search.
+        for field, value in (("user_id", user_id), ("start_time", start_time)):
+            if value is None:
+                raise MlflowException(f"{field} cannot be None", INTERNAL_ERROR)
         tags = list(tags or [])
         for tag in tags:
             _validate_tag(tag.key, tag.value)
@@ -57,17 +74,20 @@ class RunsMixin(StoreCore):
         self._heads[run_id] = (head, version)
         return entities.run(head)
 
-    def update_run_info(self, run_id: str, run_status: int, end_time: int | None,
+    def update_run_info(self, run_id: str, run_status: int | None, end_time: int | None,
                         run_name: str | None) -> RunInfo:
-        _validate_run_id(run_id)
+        """Change what is given: a None status or end time keeps the run's, as in MLflow's
+        stores (``update_run_info(run_id, None, None, "new")`` only renames)."""
         self._flusher.flush(run_id)
 
         def change(head: Record) -> Record:
             check_active(head)
             info = head["info"]
-            info["status"] = RunStatus.to_string(run_status)
-            info["end_time"] = end_time
-            if RunStatus.is_terminated(run_status):
+            if run_status is not None:
+                info["status"] = _status_string(run_status)
+            if end_time is not None:
+                info["end_time"] = end_time
+            if run_status is not None and RunStatus.is_terminated(run_status):
                 self._spill(run_id, head)  # finished runs keep small heads
             if run_name:
                 info["run_name"] = run_name

@@ -14,14 +14,11 @@ from collections.abc import Iterator
 from typing import Any
 
 from mlflow.entities import LifecycleStage, Run
-from mlflow.exceptions import MlflowException
-from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
-from mlflow.store.tracking import SEARCH_MAX_RESULTS_THRESHOLD
 from mlflow.utils.search_utils import SearchUtils
 
 from cloudtrack.errors import BlobNotFound
 from cloudtrack.store import entities, layout, snapshots
-from cloudtrack.tracking.core import StoreCore, distinct_experiment_ids
+from cloudtrack.tracking.core import StoreCore, check_max_results, distinct_experiment_ids
 
 log = logging.getLogger("cloudtrack.tracking")
 
@@ -101,7 +98,7 @@ class SearchMixin(StoreCore):
                 continue
             try:
                 run = entities.run(rec)
-            except (KeyError, TypeError, ValueError) as e:
+            except Exception as e:  # RunInfo refuses a missing field with a bare Exception
                 log.warning("skipping malformed run head %s: %r", self.blobs.object_uri(key), e)
                 continue
             self._entities[key] = (version, run)
@@ -109,21 +106,24 @@ class SearchMixin(StoreCore):
         return runs
 
     def _search_runs(self, experiment_ids: list[str], filter_string: str | None,
-                     run_view_type: int, max_results: int, order_by: list[str] | None,
+                     run_view_type: int, max_results: int | None, order_by: list[str] | None,
                      page_token: str | None) -> tuple[list[Run], str | None]:
-        if max_results > SEARCH_MAX_RESULTS_THRESHOLD:
-            raise MlflowException(
-                "Invalid value for request parameter max_results. It must be at "
-                f"most {SEARCH_MAX_RESULTS_THRESHOLD}, but got value {max_results}",
-                INVALID_PARAMETER_VALUE)
+        """Runs as MLflow's SQL store finds them: ``max_results`` None means every run (and
+        no token), an unknown view type matches no run."""
+        check_max_results(max_results, allow_null=True)
+        experiment_ids = distinct_experiment_ids(experiment_ids)
+        stages = LifecycleStage.view_type_to_stages(run_view_type)
         self._flusher.flush()
         runs: list[Run] = []
         with _gc_paused():
-            for exp_id in distinct_experiment_ids(experiment_ids):
-                runs.extend(r for r in self._runs_of(exp_id) if LifecycleStage.matches_view_type(
-                    run_view_type, r.info.lifecycle_stage))
+            for exp_id in experiment_ids:
+                runs.extend(r for r in self._runs_of(exp_id)
+                            if r.info.lifecycle_stage in stages)
             filtered = SearchUtils.filter(runs, filter_string)
             ordered = SearchUtils.sort(filtered, order_by)
+            if max_results is None:
+                offset = SearchUtils.parse_start_offset_from_page_token(page_token)
+                return ordered[offset:], None
             return SearchUtils.paginate(ordered, page_token, max_results)
 
     def _search_datasets(self, experiment_ids: list[str]) -> list[Any]:

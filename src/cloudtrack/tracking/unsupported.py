@@ -33,8 +33,7 @@ UNSUPPORTED_REASON = (
 #: methods this store implements.
 INHERITED = frozenset({
     "search_runs", "log_batch_async", "log_metric_async", "log_param_async", "set_tag_async",
-    "end_async_logging", "shut_down_async_logging", "get_metric_history_bulk_interval",
-    "filter_active_experiment_ids", "set_model_versions_tags",
+    "end_async_logging", "shut_down_async_logging", "set_model_versions_tags",
 })
 
 
