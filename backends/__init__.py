@@ -3,6 +3,11 @@
 Each sub-package starts one service on a free loopback port and cleans it up:
 ``python -m backends up s3 azure gcs mlflow postgres`` for a person, the pytest fixtures in
 ``tests/fixtures/services.py`` for tests.  A storage service offers :class:`StorageService`.
+
+``backends.proxy`` holds what goes between a client and a service: a latency proxy for
+benchmarks, and a fault-injecting HTTP proxy for chaos tests (``backends/proxy/faults.py``,
+``python -m backends.proxy.faults HOST:PORT --rate 0.05 --seed 1``; in tests the ``faulty``
+fixture puts one in front of ``s3``, ``azure``, ``azure-oauth`` or ``gcs``).
 """
 
 from __future__ import annotations

@@ -6,4 +6,5 @@ pytest_plugins = [
     "tests.fixtures.stores",
     "tests.fixtures.reference",
     "tests.fixtures.doctor",
+    "tests.fixtures.faults",
 ]

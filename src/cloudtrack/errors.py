@@ -53,16 +53,29 @@ class Unauthenticated(BlobError, PermissionError):
 
 
 class TransientError(BlobError, ConnectionError):
-    """A failure that may go away on retry: 5xx, 429, connection reset, timeout.
+    """A failure that may go away on retry: 5xx, 429, connection reset, timeout, an answer cut
+    off before it said what every answer of the operation says.
 
     ``retry_after``: the seconds the service asked the caller to wait (its ``Retry-After``),
     or None; :func:`cloudtrack.retry.call_with_retry` waits that long before the next try.
+    ``cause``: what went wrong, without the operation in front or advice after it (what the
+    error raised once retries run out quotes); ``brief``: the same in a few words, for the one
+    line logged per retry.  ``attempts``: how many attempts the operation made.
     """
 
     def __init__(self, message: str, uri: str | None = None, *,
-                 retry_after: float | None = None) -> None:
+                 retry_after: float | None = None, cause: str | None = None,
+                 brief: str | None = None) -> None:
         super().__init__(message, uri)
         self.retry_after = retry_after
+        self.cause = cause or message
+        self.brief = brief or _few_words(self.cause)
+        self.attempts = 1
+
+
+def _few_words(text: str, limit: int = 80) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[:limit] + "…"
 
 
 class CorruptObject(BlobError):

@@ -132,6 +132,25 @@ def test_timeouts_and_attempts() -> None:
         resolve("s3://bkt", {"CLOUDTRACK_READ_TIMEOUT": "-1"})
 
 
+def test_retry_deadline_bounds_the_retries_of_one_operation() -> None:
+    from cloudtrack.blobs.base import retry_policy
+
+    c = resolve("s3://bkt", {})
+    assert (c.get("connect_timeout"), c.get("read_timeout"), c.get("retry_deadline")) == \
+        (5.0, 10.0, 30.0)
+    assert c.setting("retry_deadline").source == "default"  # type: ignore[union-attr]
+    policy = retry_policy(c)
+    assert (policy.attempts, policy.deadline, policy.attempt_timeout) == (5, 30.0, 15.0)
+    # The defaults let a hung attempt be retried once, and never a third time: an endpoint
+    # that never answers costs two read timeouts, not attempts x read timeout.
+    assert policy.stop(1, 10.0, 0.1) is None and policy.stop(2, 20.1, 0.1)
+    c = resolve("gs://bkt", {"CLOUDTRACK_RETRY_DEADLINE": "2.5"})
+    assert (c.get("retry_deadline"), c.setting("retry_deadline").source) == (  # type: ignore[union-attr]
+        2.5, "env:CLOUDTRACK_RETRY_DEADLINE")
+    with pytest.raises(ConfigError, match="CLOUDTRACK_RETRY_DEADLINE"):
+        resolve("s3://bkt", {"CLOUDTRACK_RETRY_DEADLINE": "0"})
+
+
 def test_config_is_frozen_and_secret_free() -> None:
     secret = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"
     c = resolve("s3://bkt/p", {"AWS_ACCESS_KEY_ID": "AKIAEXAMPLE", "AWS_SECRET_ACCESS_KEY": secret})

@@ -3,7 +3,14 @@
 A :class:`Blobs` is rooted at ``<container>/<prefix>``; keys are relative to that root,
 ``/``-separated.  Backends implement single-attempt primitives (``_get``, ``_put`` …) that raise
 cloudtrack's errors; this class adds key validation, retries of what is safe to repeat, hidden
-pagination, and the rule that a retried conditional write recognises its own earlier write.
+pagination, the rule that a retried conditional write recognises its own earlier write, and
+copies between stores: server-side where the two stores are on one account
+(:meth:`Blobs.same_account`), streamed through a temporary file otherwise.
+
+Retries are bounded by ``CLOUDTRACK_MAX_ATTEMPTS`` and ``CLOUDTRACK_RETRY_DEADLINE``
+(:mod:`cloudtrack.retry`); once they run out, the error ends with the ``cloudtrack doctor``
+command for the store.  A download is checked against the length the service announced
+before it replaces the destination file.
 """
 
 from __future__ import annotations
@@ -12,17 +19,23 @@ import abc
 import builtins
 import logging
 import os
-from collections.abc import Iterator
+import shlex
+import tempfile
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, ClassVar, TypeVar
 
 from cloudtrack.errors import (
     AlreadyExists,
+    BlobError,
     BlobNotFound,
     CloudtrackError,
     ConfigError,
+    PermissionDenied,
     PreconditionFailed,
+    TransientError,
+    Unauthenticated,
 )
 from cloudtrack.retry import DEFAULT_POLICY, RetryPolicy, call_with_retry
 
@@ -40,6 +53,22 @@ CHUNK_SIZE = 8 * 1024 * 1024
 MULTIPART_THRESHOLD = 16 * 1024 * 1024
 
 MAX_KEY_BYTES = 1024
+
+T = TypeVar("T")
+
+
+def copy_refused(error: BlobError) -> bool:
+    """Whether a server-side copy that failed with ``error`` is done again as a streamed one.
+
+    The destination's credentials sign a server-side copy, and the service may not let them
+    read the source (:class:`PermissionDenied`, :class:`Unauthenticated`; Azure's
+    CannotVerifyCopySource is one): the stream reads it with the source's own.  A plain
+    :class:`BlobError` is the service saying it does not do this copy — an S3-compatible
+    server without CopyObject (400 InvalidRequest, 501 NotImplemented), a copy the service
+    ended as failed, an emulator without the feature.  Anything else is raised: a missing
+    object or container, a transient failure that outlived its retries, a bad request.
+    """
+    return isinstance(error, PermissionDenied | Unauthenticated) or type(error) is BlobError
 
 
 @dataclass(frozen=True)
@@ -79,6 +108,24 @@ def validate_key(key: str, *, what: str = "key", allow_empty: bool = False) -> s
     return key
 
 
+def retry_policy(config: StoreConfig) -> RetryPolicy:
+    """The retry policy ``config``'s settings ask for: CLOUDTRACK_MAX_ATTEMPTS,
+    CLOUDTRACK_RETRY_DEADLINE, and the connect + read timeout of one attempt."""
+    attempts = config.get("max_attempts")
+    deadline = config.get("retry_deadline")
+    timeouts = 0.0
+    for name in ("connect_timeout", "read_timeout"):
+        timeouts += float(config.get(name) or 0)  # type: ignore[arg-type]
+    return RetryPolicy(attempts=int(attempts) if attempts else DEFAULT_POLICY.attempts,  # type: ignore[call-overload]
+                       deadline=float(deadline) if deadline else None,  # type: ignore[arg-type]
+                       attempt_timeout=timeouts)
+
+
+def from_doctor(config: StoreConfig) -> bool:
+    """Whether the doctor set this configuration up (:func:`cloudtrack.doctor.core.with_timeouts`)."""
+    return any(s.source == "doctor" for s in config.settings)
+
+
 class Blobs(abc.ABC):
     """A flat namespace of objects under one container and prefix."""
 
@@ -90,9 +137,11 @@ class Blobs(abc.ABC):
 
     def __init__(self, config: StoreConfig, *, retry: RetryPolicy | None = None) -> None:
         self.config = config
-        attempts = config.get("max_attempts")
-        self.retry = retry or (RetryPolicy(attempts=int(attempts))  # type: ignore[call-overload]
-                               if attempts else DEFAULT_POLICY)
+        self.retry = retry or retry_policy(config)
+        #: How the error raised once retries run out ends: the doctor command for this store
+        #: (not when the doctor itself is the caller).
+        self.advice: str | None = None if from_doctor(config) else \
+            f"to find out why, run: cloudtrack doctor {shlex.quote(self.uri)}"
 
     # -- naming ---------------------------------------------------------------------------
 
@@ -122,6 +171,9 @@ class Blobs(abc.ABC):
         """The backend's reading of its SDK's errors (none for a backend without an SDK)."""
         return None
 
+    def _retry(self, fn: Callable[[int], T], what: str) -> T:
+        return call_with_retry(fn, what=what, policy=self.retry, advice=self.advice)
+
     # -- public operations ----------------------------------------------------------------
 
     def get(self, key: str) -> bytes:
@@ -131,14 +183,13 @@ class Blobs(abc.ABC):
     def get_versioned(self, key: str) -> tuple[bytes, str]:
         """The object's bytes and the version they were read at."""
         validate_key(key)
-        return call_with_retry(lambda _: self._get(key), what=f"GET {self.object_uri(key)}",
-                               policy=self.retry)
+        return self._retry(lambda _: self._get(key), f"GET {self.object_uri(key)}")
 
     def put(self, key: str, data: bytes) -> str:
         """Write unconditionally; return the new version."""
         validate_key(key)
-        return call_with_retry(lambda _: self._put(key, data, if_absent=False, if_version=None),
-                               what=f"PUT {self.object_uri(key)}", policy=self.retry)
+        return self._retry(lambda _: self._put(key, data, if_absent=False, if_version=None),
+                           f"PUT {self.object_uri(key)}")
 
     def put_if_absent(self, key: str, data: bytes) -> str:
         """Create the object only if no object has the key.  Raises AlreadyExists."""
@@ -154,8 +205,7 @@ class Blobs(abc.ABC):
                         return own
                 raise
 
-        return call_with_retry(attempt, what=f"PUT-IF-ABSENT {self.object_uri(key)}",
-                               policy=self.retry)
+        return self._retry(attempt, f"PUT-IF-ABSENT {self.object_uri(key)}")
 
     def put_if_version(self, key: str, data: bytes, version: str) -> str:
         """Replace the object only if its version is still ``version``.  Raises PreconditionFailed."""
@@ -171,8 +221,7 @@ class Blobs(abc.ABC):
                         return own
                 raise
 
-        return call_with_retry(attempt, what=f"PUT-IF-VERSION {self.object_uri(key)}",
-                               policy=self.retry)
+        return self._retry(attempt, f"PUT-IF-VERSION {self.object_uri(key)}")
 
     def _own_earlier_write(self, key: str, data: bytes) -> str | None:
         """After a retry lost a condition: is the object there exactly what we tried to write?
@@ -194,8 +243,7 @@ class Blobs(abc.ABC):
             def one_page(_: int, t: str | None = token) -> tuple[builtins.list[BlobInfo], str | None]:
                 return self._list_page(prefix, t)
 
-            page, token = call_with_retry(one_page, what=f"LIST {self.object_uri(prefix)}",
-                                          policy=self.retry)
+            page, token = self._retry(one_page, f"LIST {self.object_uri(prefix)}")
             yield from page
             if not token:
                 return
@@ -206,14 +254,12 @@ class Blobs(abc.ABC):
         if prefix and not prefix.endswith("/"):
             prefix += "/"
         validate_key(prefix, what="prefix", allow_empty=True)
-        return call_with_retry(lambda _: self._list_dir(prefix),
-                               what=f"LIST {self.object_uri(prefix)}", policy=self.retry)
+        return self._retry(lambda _: self._list_dir(prefix), f"LIST {self.object_uri(prefix)}")
 
     def delete(self, key: str) -> None:
         """Delete the object; a missing object is not an error."""
         validate_key(key)
-        call_with_retry(lambda _: self._delete(key), what=f"DELETE {self.object_uri(key)}",
-                        policy=self.retry)
+        self._retry(lambda _: self._delete(key), f"DELETE {self.object_uri(key)}")
 
     def delete_prefix(self, prefix: str) -> int:
         """Delete every object under ``prefix``; return how many."""
@@ -227,8 +273,7 @@ class Blobs(abc.ABC):
     def stat(self, key: str) -> BlobInfo:
         """Size, version and modification time.  Raises BlobNotFound."""
         validate_key(key)
-        return call_with_retry(lambda _: self._stat(key), what=f"HEAD {self.object_uri(key)}",
-                               policy=self.retry)
+        return self._retry(lambda _: self._stat(key), f"HEAD {self.object_uri(key)}")
 
     def exists(self, key: str) -> bool:
         try:
@@ -240,31 +285,83 @@ class Blobs(abc.ABC):
     def upload_file(self, key: str, path: str | os.PathLike[str]) -> str:
         """Stream a local file into the object (multipart above MULTIPART_THRESHOLD)."""
         validate_key(key)
-        return call_with_retry(lambda _: self._upload_file(key, os.fspath(path)),
-                               what=f"UPLOAD {self.object_uri(key)}", policy=self.retry)
+        return self._retry(lambda _: self._upload_file(key, os.fspath(path)),
+                           f"UPLOAD {self.object_uri(key)}")
 
     def download_file(self, key: str, path: str | os.PathLike[str]) -> None:
-        """Stream the object into a local file, replaced atomically once complete."""
+        """Stream the object into a local file, replaced atomically once complete — and only
+        when it holds as many bytes as the service said the object has."""
         validate_key(key)
         dest = os.fspath(path)
         parent = os.path.dirname(os.path.abspath(dest))
         os.makedirs(parent, exist_ok=True)
         tmp = os.path.join(parent, f".{os.path.basename(dest)}.cloudtrack-part")
+        what = f"DOWNLOAD {self.object_uri(key)}"
 
         def attempt(_: int) -> None:
             try:
-                self._download_file(key, tmp)
+                expected = self._download_file(key, tmp)
+                got = os.path.getsize(tmp)
+                if expected is not None and got != expected:
+                    # The backends check each answer; this is the last word on the file.
+                    cause = f"{got} of the object's {expected} bytes arrived"
+                    raise TransientError(f"{what} failed: {cause}", self.object_uri(key),
+                                         cause=cause, brief=cause)
                 os.replace(tmp, dest)
             finally:
                 if os.path.exists(tmp):
                     os.unlink(tmp)
 
-        call_with_retry(attempt, what=f"DOWNLOAD {self.object_uri(key)}", policy=self.retry)
+        self._retry(attempt, what)
+
+    # -- copies between stores ------------------------------------------------------------
+
+    def same_account(self, other: Blobs) -> bool:
+        """Whether this store and ``other`` can copy objects server-side, the bytes never
+        passing through this process: the same backend, and what that backend needs on top
+        — the same endpoint and the same credentials (S3, GCS), the same account (Azure), a
+        local folder (the kernel copies).  Decided from the two resolved configurations
+        alone, without a request."""
+        return type(other) is type(self) and self._same_account(other)
+
+    def copy_from(self, source: Blobs, source_key: str, key: str) -> str:
+        """Copy ``source``'s object ``source_key`` to ``key`` of this store, replacing what is
+        there; return the new version.
+
+        When :meth:`same_account` holds, the service copies (S3 CopyObject, UploadPartCopy
+        above 5 GiB; GCS rewrite; Azure Copy Blob; a kernel copy between local folders),
+        after one HEAD of the source.  Otherwise — or when the service refuses in a way
+        :func:`copy_refused` lists — the object streams through a temporary file: downloaded
+        with the source's credentials, uploaded with this store's, never whole in memory.
+        Raises :class:`BlobNotFound` naming the source object when there is none.
+        """
+        validate_key(source_key, what="source key")
+        validate_key(key)
+        if not self.same_account(source):
+            return self._copy_through_file(source, source_key, key)
+        info = source.stat(source_key)
+        if (source.config.container, source.config.key(source_key)) == \
+                (self.config.container, self.config.key(key)):
+            return info.version  # onto itself: S3 would refuse, the others rewrite it
+        what = f"COPY {source.object_uri(source_key)} TO {self.object_uri(key)}"
+        try:
+            return self._retry(lambda _: self._copy_from(source, info, key), what)
+        except BlobError as e:
+            if not copy_refused(e):
+                raise
+            log.info("%s was refused server-side (%s); streaming it through a temporary file",
+                     what, e)
+        return self._copy_through_file(source, source_key, key)
+
+    def _copy_through_file(self, source: Blobs, source_key: str, key: str) -> str:
+        with tempfile.TemporaryDirectory(prefix="cloudtrack-copy-") as folder:
+            path = os.path.join(folder, "object")
+            source.download_file(source_key, path)
+            return self.upload_file(key, path)
 
     def create_container(self) -> None:
         """Create the bucket/container (or directory); an existing one is fine."""
-        call_with_retry(lambda _: self._create_container(), what=f"CREATE {self.uri}",
-                        policy=self.retry)
+        self._retry(lambda _: self._create_container(), f"CREATE {self.uri}")
 
     def close(self) -> None:  # noqa: B027 - optional hook: most backends hold nothing to release
         """Release connections; the object must not be used afterwards."""
@@ -308,7 +405,19 @@ class Blobs(abc.ABC):
     def _upload_file(self, key: str, path: str) -> str: ...
 
     @abc.abstractmethod
-    def _download_file(self, key: str, path: str) -> None: ...
+    def _download_file(self, key: str, path: str) -> int | None:
+        """Write the object into ``path``; return its size as the service announced it (None
+        when it did not), which :meth:`download_file` checks the file against."""
 
     @abc.abstractmethod
     def _create_container(self) -> None: ...
+
+    def _same_account(self, other: Blobs) -> bool:
+        """:meth:`same_account` for ``other`` of this very class; a backend that copies
+        server-side overrides this and :meth:`_copy_from`."""
+        return False
+
+    def _copy_from(self, source: Blobs, info: BlobInfo, key: str) -> str:
+        """One server-side copy of ``source``'s object ``info`` (its HEAD) to ``key``; only
+        called when :meth:`same_account` holds."""
+        raise NotImplementedError(f"{type(self).__name__} does not copy server-side")

@@ -7,6 +7,12 @@ that version) and renames while it holds the lock, so two conditional writers of
 both win.  (The lock is advisory: only cloudtrack's writers take it.)  Versions combine the
 file's inode, size and a nanosecond mtime that every write sets explicitly, so a version is
 never reused for a key.
+
+Two local stores copy between them in the kernel (``copy_file_range``: a reflink on
+copy-on-write filesystems, an in-kernel copy elsewhere), into a temporary file renamed into
+place like any write — never a hard link: the link would share the source's inode, so
+stamping the copy's version would change the source's, and an in-place write to either (as
+MLflow's local artifact repository makes) would change both.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from datetime import datetime, timezone
+from typing import BinaryIO
 
 from cloudtrack.blobs.base import CHUNK_SIZE, BlobInfo, Blobs
 from cloudtrack.config import StoreConfig
@@ -37,6 +44,21 @@ from cloudtrack.retry import RetryPolicy
 _TMP_MARK = ".cloudtrack-tmp-"
 
 
+def _writer_alive(name: str) -> bool:
+    """Whether the process that wrote temporary file ``name`` still runs (names without a
+    pid, from older versions, count as alive: nothing is removed on a guess)."""
+    pid = name[len(_TMP_MARK):].split("-", 1)[0]
+    if not pid.isdigit() or "-" not in name[len(_TMP_MARK):]:
+        return True
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True
+    return True
+
+
 def _version(st: os.stat_result) -> str:
     return f"{st.st_mtime_ns:x}-{st.st_ino:x}-{st.st_size:x}"
 
@@ -44,6 +66,35 @@ def _version(st: os.stat_result) -> str:
 def _info(key: str, st: os.stat_result) -> BlobInfo:
     return BlobInfo(key, st.st_size, _version(st),
                     datetime.fromtimestamp(st.st_mtime_ns / 1e9, tz=timezone.utc))
+
+
+#: copy_file_range's ways of saying "not between these two files": across filesystems (before
+#: Linux 5.3, and again for some since 5.19), unsupported by the filesystem or the kernel.
+_NO_KERNEL_COPY = frozenset({errno.EXDEV, errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP,
+                             errno.ENOTSUP, errno.EBADF, errno.EPERM})
+
+
+def copy_file(src: BinaryIO, dst: BinaryIO) -> None:
+    """Copy the rest of ``src`` into ``dst``: in the kernel where it can, else in chunks."""
+    copy_range = getattr(os, "copy_file_range", None)  # Linux only
+    if copy_range is not None:
+        dst.flush()
+        src_fd, dst_fd = src.fileno(), dst.fileno()
+        left = os.fstat(src_fd).st_size - os.lseek(src_fd, 0, os.SEEK_CUR)
+        while left > 0:
+            try:
+                n = copy_range(src_fd, dst_fd, min(left, 1 << 30))
+            except OSError as e:
+                if e.errno not in _NO_KERNEL_COPY:
+                    raise
+                break
+            if n == 0:
+                break  # some filesystems report an early end: the chunked copy finishes
+            left -= n
+        # The kernel moved both offsets; the buffered objects must read and write from there.
+        src.seek(os.lseek(src_fd, 0, os.SEEK_CUR))
+        dst.seek(os.lseek(dst_fd, 0, os.SEEK_CUR))
+    shutil.copyfileobj(src, dst, CHUNK_SIZE)
 
 
 class LocalBlobs(Blobs):
@@ -97,14 +148,20 @@ class LocalBlobs(Blobs):
                 f"store directory {self.root} does not exist; create it or check the URI",
                 self.uri)
 
-    def _write_tmp(self, folder: str, fill: object) -> str:
-        tmp = os.path.join(folder, f"{_TMP_MARK}{uuid.uuid4().hex}")
+    def _write_tmp(self, folder: str, fill: bytes | str | BinaryIO) -> str:
+        """A new temporary file in ``folder`` holding ``fill``: bytes, the file at a path, or
+        an open file (from its current offset)."""
+        # The writer's pid in the name lets remove_leftovers() tell a killed writer's file
+        # from one being written now.
+        tmp = os.path.join(folder, f"{_TMP_MARK}{os.getpid()}-{uuid.uuid4().hex}")
         with open(tmp, "wb") as f:
-            if isinstance(fill, (bytes, bytearray, memoryview)):
+            if isinstance(fill, bytes):
                 f.write(fill)
+            elif isinstance(fill, str):
+                with open(fill, "rb") as src:
+                    copy_file(src, f)
             else:
-                with open(str(fill), "rb") as src:
-                    shutil.copyfileobj(src, f, CHUNK_SIZE)
+                copy_file(fill, f)
             f.flush()
             os.fsync(f.fileno())
         return tmp
@@ -115,7 +172,8 @@ class LocalBlobs(Blobs):
             now = previous.st_mtime_ns + 1
         os.utime(tmp, ns=(now, now))
 
-    def _write(self, key: str, fill: object, *, if_absent: bool, if_version: str | None) -> str:
+    def _write(self, key: str, fill: bytes | str | BinaryIO, *, if_absent: bool,
+               if_version: str | None) -> str:
         self._check_root()
         path = self._path(key)
         folder = os.path.dirname(path)
@@ -190,6 +248,22 @@ class LocalBlobs(Blobs):
                         continue  # deleted while we walked
                     yield _info(key, st)
 
+    def remove_leftovers(self, prefix: str) -> int:
+        """Remove the temporary files under ``prefix`` that writers killed mid-write left
+        (their process is gone); files of live writers stay.  Returns how many went.
+
+        Listings never show them, but MLflow's local artifact repository walks the folders
+        itself and would."""
+        removed = 0
+        base = self._path(prefix.rstrip("/")) if prefix else self.root
+        for dirpath, _dirs, filenames in os.walk(base):
+            for name in filenames:
+                if name.startswith(_TMP_MARK) and not _writer_alive(name):
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(os.path.join(dirpath, name))
+                        removed += 1
+        return removed
+
     def _list_page(self, prefix: str, token: str | None) -> tuple[list[BlobInfo], str | None]:
         try:
             items = sorted(self._walk(prefix), key=lambda i: i.key.encode("utf-8"))
@@ -252,18 +326,39 @@ class LocalBlobs(Blobs):
     def _upload_file(self, key: str, path: str) -> str:
         return self._write(key, path, if_absent=False, if_version=None)
 
-    def _download_file(self, key: str, path: str) -> None:
+    def _download_file(self, key: str, path: str) -> int:
         src = self._path(key)
         try:
             with open(src, "rb") as f, open(path, "wb") as out:
-                shutil.copyfileobj(f, out, CHUNK_SIZE)
+                # Writes replace the file whole (rename), so the open one keeps its size.
+                size = os.fstat(f.fileno()).st_size
+                copy_file(f, out)
         except OSError as e:
             if e.filename == path:
                 raise
             raise self._translate(e, key) from e
+        return size
 
     def _create_container(self) -> None:
         try:
             os.makedirs(self.root, exist_ok=True)
         except OSError as e:
             raise self._translate(e, "") from e
+
+    # -- copies -----------------------------------------------------------------------------
+
+    def _same_account(self, other: Blobs) -> bool:
+        return True  # any two folders of this machine: the kernel copies between them
+
+    def _copy_from(self, source: Blobs, info: BlobInfo, key: str) -> str:
+        assert isinstance(source, LocalBlobs)
+        # Opened here, so that a source gone since its HEAD is reported on the source.
+        try:
+            src = open(source._path(info.key), "rb")
+        except IsADirectoryError:
+            raise BlobNotFound(f"no object {source.object_uri(info.key)} (it is a folder)",
+                               source.object_uri(info.key)) from None
+        except OSError as e:
+            raise source._translate(e, info.key) from e
+        with src:
+            return self._write(key, src, if_absent=False, if_version=None)

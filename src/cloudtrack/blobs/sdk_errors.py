@@ -11,6 +11,7 @@ raises it ``from`` the SDK error, so the SDK error stays its ``__cause__``.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Literal
@@ -27,6 +28,31 @@ from cloudtrack.errors import (
     TransientError,
     Unauthenticated,
 )
+
+
+class IncompleteAnswer(Exception):
+    """An answer that lacks what every valid answer of its operation carries — an ETag or a
+    generation for a write, a length for a read, a well-formed listing — or whose body is
+    shorter than it announced.  The connection was cut inside it (the service may have done
+    the work: a write may have landed), so it is a transient failure, never a result made of
+    nothing.  Each backend's ``error_facts`` reads it as one; the backends (and hooks they
+    put into their SDKs) raise it where they check an answer."""
+
+
+#: A whole entity-tag (RFC 9110): quoted, maybe weak.
+_ENTITY_TAG = re.compile(r'^(W/)?"[^"]*"$')
+
+
+def entity_tag(value: object, what: str = "an answer") -> str:
+    """The ETag header ``value`` without its quotes.  Headers carry it quoted, so one that is
+    missing or lacks its closing quote was cut off with the answer's head (the rest of a cut
+    head reads like a whole one): :class:`IncompleteAnswer`."""
+    text = str(value or "").strip()
+    tag = text[text.index('"') + 1:-1] if _ENTITY_TAG.match(text) else ""
+    if not tag:
+        raise IncompleteAnswer(f"{what} whose ETag is missing or cut short ({text[:40]!r})")
+    return tag
+
 
 #: What kind of failure: an answer of the service, or none — no usable credentials, the network,
 #: an untrusted certificate, a request the SDK refused to send, anything else the SDK raised.
@@ -106,6 +132,8 @@ WHAT: Mapping[Key, str] = {
     (TransientError, "network"): "the connection to {endpoint} failed",
     (TransientError, "changed-while-reading"): "the object changed while it was being read; a "
                                                "new read gets the new version",
+    (TransientError, "IncompleteAnswer"): "the answer from {endpoint} was cut off (the request "
+                                          "may have been carried out)",
     BlobError: "the service refused the request",
     (BlobError, "tls"): "the TLS certificate of {endpoint} is not trusted",
     (BlobError, "other"): "the SDK raised an error",
@@ -201,15 +229,48 @@ def translate(facts: ErrorFacts, table: ErrorTable, where: Where,
     what = _lookup((table.wording, WHAT), cls, refinements).format_map(fields)
     hint = _lookup((table.hints,), cls, refinements).format_map(fields)
     said = facts.summary()
-    message = f"{where.op} {where.uri} failed: {what}" + (f" ({said})" if said else "") \
-        + (f"; {hint}" if hint else "")
+    cause = what + (f" ({said})" if said else "")
+    message = f"{where.op} {where.uri} failed: {cause}" + (f"; {hint}" if hint else "")
     if issubclass(cls, TransientError):
-        return cls(message, where.uri, retry_after=facts.retry_after)
+        return cls(message, where.uri, retry_after=facts.retry_after, cause=cause,
+                   brief=brief(facts))
     if cls is ContainerNotFound:
         return cls(message, where.store_uri)
     if issubclass(cls, BlobError):
         return cls(message, where.uri)
     return cls(message)
+
+
+#: Words of a network failure's message (or its class name) -> the failure in a few words.
+_NETWORK_WORDS: tuple[tuple[tuple[str, ...], str], ...] = (
+    (("deserializ", "cut off"), "answer cut off or garbled"),
+    (("read timed out", "readtimeout", "read timeout"), "read timeout: no answer in time"),
+    (("connect timeout", "connecttimeout", "connect timed out"),
+     "connect timeout: no connection in time"),
+    (("reset by peer", "connectionreset", "econnreset", "connection reset"), "connection reset"),
+    (("refused", "econnrefused"), "connection refused"),
+    (("incompleteread", "incomplete read", "connection broken", "remotedisconnected",
+      "remote end closed", "connectionclosed", "protocolerror", "chunkedencoding"),
+     "connection closed before the answer ended"),
+    (("name or service not known", "nodename nor servname", "getaddrinfo",
+      "failed to resolve", "name resolution"), "host name not resolved"),
+    (("timed out", "timeout"), "timeout"),
+)
+
+
+def brief(facts: ErrorFacts) -> str:
+    """The failure in a few words, for the line logged per retry: ``HTTP 503 SlowDown``,
+    ``read timeout: no answer in time``, ``connection reset`` …"""
+    if facts.kind == "response":
+        code = f" {facts.code}" if facts.code and not facts.code.isdigit() else ""
+        return f"HTTP {facts.status}{code}"
+    if facts.error == "IncompleteAnswer":
+        return one_line(f"answer cut off: {facts.message}", 100)
+    text = f"{facts.error} {facts.message}".lower()
+    for words, phrase in _NETWORK_WORDS:
+        if any(w in text for w in words):
+            return phrase
+    return facts.error or one_line(facts.message, 80) or facts.kind
 
 
 def exception_chain(e: BaseException) -> Iterator[BaseException]:

@@ -14,6 +14,7 @@ from cloudtrack.config.variables import (
     CLOUDTRACK_CONNECT_TIMEOUT,
     CLOUDTRACK_MAX_ATTEMPTS,
     CLOUDTRACK_READ_TIMEOUT,
+    CLOUDTRACK_RETRY_DEADLINE,
     CLOUDTRACK_STRICT,
 )
 from cloudtrack.errors import ConfigError
@@ -147,6 +148,7 @@ def common_settings(environ: Mapping[str, str]) -> list[Setting]:
         _number(environ, CLOUDTRACK_CONNECT_TIMEOUT, float),
         _number(environ, CLOUDTRACK_READ_TIMEOUT, float),
         _number(environ, CLOUDTRACK_MAX_ATTEMPTS, int),
+        _number(environ, CLOUDTRACK_RETRY_DEADLINE, float),
     ]
 
 

@@ -42,12 +42,17 @@ AZURE_STORAGE_CONNECTION_STRING = _v("AZURE_STORAGE_CONNECTION_STRING", "azure",
 AZURE_STORAGE_ACCESS_KEY = _v("AZURE_STORAGE_ACCESS_KEY", "azure", "account key for the account in the URI", secret=True)
 AZURE_STORAGE_SAS_TOKEN = _v("AZURE_STORAGE_SAS_TOKEN", "azure", "SAS token for the account in the URI", secret=True)
 
-CLOUDTRACK_CONNECT_TIMEOUT = _v("CLOUDTRACK_CONNECT_TIMEOUT", "all", "seconds to wait for a connection", "10")
-CLOUDTRACK_READ_TIMEOUT = _v("CLOUDTRACK_READ_TIMEOUT", "all", "seconds to wait for a response", "60")
+CLOUDTRACK_CONNECT_TIMEOUT = _v("CLOUDTRACK_CONNECT_TIMEOUT", "all", "seconds to wait for a connection", "5")
+CLOUDTRACK_READ_TIMEOUT = _v("CLOUDTRACK_READ_TIMEOUT", "all",
+                             "seconds to wait for the next bytes of an answer (a transfer that keeps moving is never cut)",
+                             "10")
 CLOUDTRACK_STRICT = _v("CLOUDTRACK_STRICT", "all",
                        "`true`: every logging call is durable when it returns (else buffered, flushed about once a second, at end_run and at exit)",
                        "false")
 CLOUDTRACK_MAX_ATTEMPTS = _v("CLOUDTRACK_MAX_ATTEMPTS", "all", "attempts for a transient failure (5xx, 429, reset, timeout)", "5")
+CLOUDTRACK_RETRY_DEADLINE = _v("CLOUDTRACK_RETRY_DEADLINE", "all",
+                               "seconds one storage operation may spend waiting (on answers that do not come, and between retries) before it fails; a retry starts only if its connect + read timeouts still fit",
+                               "30")
 
 VARIABLES: tuple[EnvVar, ...] = tuple(
     value for value in list(globals().values()) if isinstance(value, EnvVar)

@@ -16,7 +16,6 @@ from cloudtrack.blobs import Blobs
 from cloudtrack.doctor import net
 from cloudtrack.doctor.core import Probe, ProbeTimeout
 from cloudtrack.errors import (
-    AlreadyExists,
     BlobError,
     BlobNotFound,
     CloudtrackError,
@@ -181,18 +180,18 @@ def _conditional(steps: _Steps, blobs: Blobs, key: str) -> bool:
     """A second put-if-absent must lose; an endpoint that ignores the condition would let
     concurrent writers overwrite each other's records.  True when the condition held."""
     try:
-        steps.p.call(lambda: blobs.put_if_absent(key, b"second writer"),
-                     what="the conditional-write probe")
-    except AlreadyExists:
-        steps.ok("consistency.conditional-writes",
-                 "a second put-if-absent of the probe object was refused, as it must be")
-        return True
+        refused = steps.p.call(lambda: marker.second_write_refused(blobs, key),
+                               what="the conditional-write probe")
     except ProbeTimeout as e:
         steps.stop("http.conditional", _timeout_finding(e))
     except CloudtrackError as e:
         f = steps.classify(e, "write")
         steps.stop("consistency.conditional-writes", Finding(
             "consistency", f.cause, f"the conditional-write probe failed: {f.summary}", f.fix))
+    if refused:
+        steps.ok("consistency.conditional-writes",
+                 "a second put-if-absent of the probe object was refused, as it must be")
+        return True
     steps.flush()
     steps.p.note_fail(
         "consistency.conditional-writes", "consistency", "endpoint-mismatch",

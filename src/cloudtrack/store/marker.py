@@ -4,14 +4,21 @@
 marker (:class:`ForeignFormat`) and a newer version than it understands
 (:class:`NewerFormatVersion`, which says to upgrade).  The tracking store reads it when it
 opens a store and writes it when the store is new; the doctor checks it.
+
+Before a store is created, :func:`check_conditional_writes` makes sure the endpoint enforces
+conditional writes, which every rule of the format rests on (:class:`UnsafeEndpoint`
+otherwise); the doctor runs the same check (:func:`second_write_refused`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import time
+import uuid
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from cloudtrack.config.redaction import redact_uri
 from cloudtrack.errors import AlreadyExists, BlobNotFound, CloudtrackError, CorruptObject
 from cloudtrack.store import layout, records
 
@@ -45,6 +52,60 @@ class NewerFormatVersion(CloudtrackError):
             f"cloudtrack understands ({layout.FORMAT_VERSION}); upgrade cloudtrack "
             "(pip install -U cloudtrack)")
         self.version = version
+
+
+class UnsafeEndpoint(CloudtrackError):
+    """The endpoint ignores conditional writes (put-if-absent, put-if-version): concurrent
+    writers would overwrite each other's records, so no store is created there."""
+
+    def __init__(self, store_uri: str, endpoint: str) -> None:
+        super().__init__(
+            f"cloudtrack will not create a store at {store_uri}: the endpoint {endpoint} "
+            "accepted a second put-if-absent of the same object, so it ignores conditional "
+            "writes (If-None-Match / If-Match, ifGenerationMatch on GCS) and concurrent "
+            "writers would silently overwrite each other's records. Use a service that "
+            "enforces them: AWS S3, Google Cloud Storage, Azure Blob Storage (or Azurite), a "
+            "recent MinIO, fake-gcs-server behind a front that checks generations. Nothing "
+            "was written.")
+        self.endpoint = endpoint
+
+
+#: Where :func:`check_conditional_writes` puts its probe object (removed right after).
+PROBE_PREFIX = ".cloudtrack-probe/"
+PROBE_DATA = b"cloudtrack probe object: does this endpoint enforce conditional writes?\n"
+
+#: Settings naming the endpoint a store URI reached, in the order they win.
+_ENDPOINT_SETTINGS = ("endpoint_url", "emulator_host", "api_endpoint")
+
+
+def second_write_refused(blobs: Blobs, key: str) -> bool:
+    """Whether a second put-if-absent of ``key`` (which exists) is refused, as it must be.
+
+    An endpoint that ignores the condition would let concurrent writers overwrite each
+    other's records.  Other errors are raised."""
+    try:
+        blobs.put_if_absent(key, b"second writer")
+    except AlreadyExists:
+        return True
+    return False
+
+
+def check_conditional_writes(blobs: Blobs) -> None:
+    """Write a probe object, check that a second put-if-absent of it is refused, remove it.
+
+    Raises :class:`UnsafeEndpoint` naming the endpoint when the second write is accepted."""
+    key = f"{PROBE_PREFIX}{uuid.uuid4().hex}"
+    blobs.put_if_absent(key, PROBE_DATA)
+    try:
+        refused = second_write_refused(blobs, key)
+    finally:
+        with contextlib.suppress(CloudtrackError):
+            blobs.delete(key)
+    if not refused:
+        config = blobs.config
+        endpoint = next((str(config.get(n)) for n in _ENDPOINT_SETTINGS
+                         if config.get(n) is not None), f"of {config.backend}")
+        raise UnsafeEndpoint(blobs.uri.rstrip("/"), redact_uri(endpoint))
 
 
 def parse(data: bytes, uri: str, store_uri: str | None = None) -> Marker:

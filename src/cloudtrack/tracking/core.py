@@ -26,6 +26,7 @@ from cloudtrack.store.cache import VersionedCache
 from cloudtrack.store.cas import Change, versioned_update
 from cloudtrack.store.records import Record
 from cloudtrack.tracking.flusher import FLUSH_INTERVAL, Flusher, Pending, RunLocks
+from cloudtrack.tracking.journal import Journal, ReplayReport
 
 #: Parallel GETs when a search or a history read must fetch many objects.
 READ_CONCURRENCY = 32
@@ -95,6 +96,16 @@ def distinct_experiment_ids(experiment_ids: Iterable[Any]) -> list[str]:
     return list(dict.fromkeys(experiment_id_of(e) for e in experiment_ids))
 
 
+def _longest_write(config: StoreConfig) -> float:
+    """Seconds one write may take before it fails: its retry deadline and one attempt's
+    timeouts, and a margin."""
+    seconds = 5.0
+    for name, default in (("retry_deadline", 30.0), ("connect_timeout", 5.0),
+                          ("read_timeout", 10.0)):
+        seconds += float(config.get(name) or default)  # type: ignore[arg-type]
+    return seconds
+
+
 class StoreCore(AbstractStore):
     """State and record access shared by the tracking store's mixins."""
 
@@ -125,7 +136,11 @@ class StoreCore(AbstractStore):
         #: Experiments whose head snapshot a background thread is rewriting.
         self._snapshots_in_flight: set[str] = set()
         self._run_locks = RunLocks()
-        self._flusher = Flusher(self._write_pending, self._run_locks, FLUSH_INTERVAL)
+        #: Where buffered data that cannot be written at exit is kept (journal.py).
+        self.journal = Journal(self.config, self._write_journaled)
+        self._flusher = Flusher(self._write_pending, self._run_locks, FLUSH_INTERVAL,
+                                uri=self.store_uri, keeper=self.journal,
+                                patience=_longest_write(self.config))
         self._initialize()
 
     def _root_uri(self) -> str:
@@ -133,9 +148,18 @@ class StoreCore(AbstractStore):
             return "file://" + self.config.container
         return self.store_uri
 
-    def _write_pending(self, run_id: str, pending: Pending) -> None:
+    def _write_pending(self, run_id: str, pending: Pending, strict: bool = False) -> None:
         """Write one run's buffered data durably (implemented by the logging mixin)."""
         raise NotImplementedError
+
+    def _write_journaled(self, run_id: str, pending: Pending) -> None:
+        """Write data an earlier process kept in the journal (as its flusher would have)."""
+        with self._run_locks(run_id):
+            self._write_pending(run_id, pending)
+
+    def replay_journal(self) -> ReplayReport:
+        """Write what earlier processes kept in the local journal for this store now."""
+        return self.journal.replay()
 
     # -- opening a store -------------------------------------------------------------------
 
@@ -143,6 +167,9 @@ class StoreCore(AbstractStore):
         if self.config.backend == "file":
             self.blobs.create_container()
         if marker.read(self.blobs) is None:
+            # Every rule of the format rests on conditional writes: refuse an endpoint that
+            # ignores them before anything is written.
+            marker.check_conditional_writes(self.blobs)
             self._create_default_experiment()
             marker.create(self.blobs)
 
@@ -157,7 +184,7 @@ class StoreCore(AbstractStore):
             self.blobs.put_if_absent(layout.experiment(layout.DEFAULT_EXPERIMENT_ID),
                                      records.dumps(rec))
         except AlreadyExists:
-            return
+            pass  # an earlier initialiser, perhaps killed before it claimed the name
         try:
             self.blobs.put_if_absent(
                 layout.experiment_name(Experiment.DEFAULT_EXPERIMENT_NAME),
@@ -217,9 +244,12 @@ class StoreCore(AbstractStore):
     def _spill(self, run_id: str, head: Record) -> None:
         """Move the head's tail of recent points into an immutable history batch.
 
-        Called inside a head update: the batch is written before the head that no longer
-        holds those points, so a reader that reads the head first and lists history second
-        sees every point at least once (duplicates are merged on read).
+        Called inside a head update, on the head as stored, before new points join it: the
+        batch is written before the head that no longer holds those points, so a reader that
+        reads the head first and lists history second sees every point at least once
+        (duplicates are merged on read) — and every point a batch holds already counts in
+        the stored head's latest values, so a writer killed between the batch and the head
+        never leaves ``get_run`` behind ``get_metric_history``.
         """
         tail = head.get("tail") or []
         if tail:

@@ -158,7 +158,12 @@ class ExperimentsMixin(StoreCore):
         return rec
 
     def _set_lifecycle(self, experiment_id: str, old: str, new: str) -> None:
-        """Move the experiment, then its runs, from stage ``old`` to ``new``."""
+        """Move the experiment, then its runs, from stage ``old`` to ``new``; the runs'
+        buffered data is written first, as the calls came (a metric logged before
+        ``delete_experiment`` is there after ``restore_experiment``)."""
+        self._flusher.flush_runs(rid for rid in self._flusher.pending_runs()
+                                 if self._run_exp.get(rid) == experiment_id)
+
         def change(rec: Record) -> Record:
             if rec["lifecycle_stage"] != old:
                 raise _no_experiment(experiment_id)
@@ -176,7 +181,10 @@ class ExperimentsMixin(StoreCore):
                 head["info"]["lifecycle_stage"] = new
                 head["info"]["deleted_time"] = deleted_time
                 return head
-            self._update_head_key(key, change_head)
+            run_id = layout.id_from_key(key)
+            with self._run_locks(run_id):
+                self._flusher.flush(run_id)  # logged meanwhile by another thread
+                self._update_head_key(key, change_head)
 
         keys = [i.key for i in self.blobs.list(layout.heads(experiment_id))]
         list(self._pool.map(one, keys))

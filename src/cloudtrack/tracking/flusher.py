@@ -1,9 +1,20 @@
 """The write buffer of the default (non-strict) mode: logged values wait per run and are
-written in the background about once a second, on demand (a read of the run, ``end_run``) and
-at interpreter exit.
+written in the background about once a second, on demand (a read of the run, ``end_run``, a
+lifecycle change) and at interpreter exit.
 
 The flusher knows nothing of the store: it is given the function that writes one run's
-pending data (``apply``) and the per-run locks that keep one writer's batches in order.
+pending data (``apply``), the per-run locks that keep one writer's batches in order, and what
+keeps the data that could not be written at exit (the :class:`~cloudtrack.tracking.journal.
+Journal`).  Nothing it holds is ever dropped silently:
+
+* data the store refuses for good (the run no longer exists) is dropped with an ERROR line
+  naming the run and what was dropped;
+* on any other error it is kept and written again on the next pass, with one WARNING line when
+  writing starts failing and one INFO line when it works again (never a traceback per retry);
+* at exit, whatever could not be written goes to the local journal, with one message saying
+  where it is and how to write it (``cloudtrack flush``).  Exit waits for the store at most
+  once: after a failure that concerns the whole store (unreachable, credentials, permissions),
+  the other runs go to the journal without another try.
 """
 
 from __future__ import annotations
@@ -12,57 +23,94 @@ import atexit
 import inspect
 import logging
 import threading
+import time
 import weakref
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Iterable
+from typing import Any, Protocol
 
 from mlflow.exceptions import MlflowException
+
+from cloudtrack.errors import PermissionDenied, TransientError, Unauthenticated
 
 log = logging.getLogger("cloudtrack.tracking")
 
 FLUSH_INTERVAL = 1.0
 
-#: MLflow error codes that are a verdict on the buffered data itself (a param changed, the run
-#: was deleted): it can never be written, so it is dropped rather than retried forever.
+#: MLflow error codes that are a verdict on the buffered data itself: the run is gone, so the
+#: data can never be written, and it is dropped (with an ERROR line) rather than retried forever.
 REFUSED = ("INVALID_PARAMETER_VALUE", "RESOURCE_DOES_NOT_EXIST")
+
+#: Errors that concern the whole store, not one run: after one of them at exit, the remaining
+#: runs go to the journal without waiting for the store again.
+STORE_WIDE = (TransientError, Unauthenticated, PermissionDenied)
 
 
 class Pending:
-    """One run's values not written yet."""
+    """One run's values not written yet: metric tuples, params, tags, and ``info`` — a change
+    of the run's status, end time or name (``update_run_info``) that could not be written."""
 
-    __slots__ = ("metrics", "params", "tags")
+    __slots__ = ("info", "metrics", "params", "tags")
 
     def __init__(self, metrics: list[list[Any]] | None = None,
                  params: dict[str, str] | None = None,
-                 tags: dict[str, str | None] | None = None) -> None:
+                 tags: dict[str, str | None] | None = None,
+                 info: dict[str, Any] | None = None) -> None:
         self.metrics: list[list[Any]] = metrics if metrics is not None else []
         self.params: dict[str, str] = params if params is not None else {}
         self.tags: dict[str, str | None] = tags if tags is not None else {}
+        self.info: dict[str, Any] = info if info is not None else {}
 
     def __bool__(self) -> bool:
-        return bool(self.metrics or self.params or self.tags)
+        return bool(self.metrics or self.params or self.tags or self.info)
 
     def __len__(self) -> int:
-        return len(self.metrics) + len(self.params) + len(self.tags)
+        return len(self.metrics) + len(self.params) + len(self.tags) + (1 if self.info else 0)
 
     def extend(self, other: Pending) -> None:
         """Append ``other``, which was logged after these values."""
         self.metrics.extend(other.metrics)
         self.params.update(other.params)
         self.tags.update(other.tags)
+        self.info.update(other.info)
+
+    def to_record(self) -> dict[str, Any]:
+        return {"metrics": self.metrics, "params": self.params, "tags": self.tags,
+                "info": self.info}
+
+    @classmethod
+    def from_record(cls, rec: dict[str, Any]) -> Pending:
+        return cls([list(t) for t in rec.get("metrics") or []], dict(rec.get("params") or {}),
+                   dict(rec.get("tags") or {}), dict(rec.get("info") or {}))
+
+
+class Keeper(Protocol):
+    """Where data that could not be written at exit goes (the journal)."""
+
+    def keep(self, leftover: dict[str, Pending], cause: str) -> str:
+        """Keep ``leftover`` (run id -> data); return where, for the message."""
+
+    def replay(self) -> object:
+        """Write what an earlier process kept for this store."""
 
 
 class RunLocks:
     """One lock per run: one write of a run's data at a time, so one writer's batches land in
-    the order they were logged (the flusher's and a strict call's alike)."""
+    the order they were logged (the flusher's and a strict call's alike).  Re-entrant: a
+    lifecycle change holds it while it flushes the run and then changes it."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._locks: dict[str, threading.Lock] = {}
+        self._locks: dict[str, threading.RLock] = {}
 
-    def __call__(self, run_id: str) -> threading.Lock:
+    def __call__(self, run_id: str) -> threading.RLock:
         with self._lock:
-            return self._locks.setdefault(run_id, threading.Lock())
+            return self._locks.setdefault(run_id, threading.RLock())
+
+
+def _brief(error: BaseException) -> str:
+    text = getattr(error, "brief", None) or getattr(error, "message", None) or str(error)
+    text = " ".join(str(text).split())
+    return text if len(text) <= 200 else text[:200] + "…"
 
 
 class Flusher:
@@ -70,42 +118,69 @@ class Flusher:
     ``interval``.
 
     ``apply(run_id, pending)`` must write the data durably or raise.  When it raises an
-    MlflowException whose code is in :data:`REFUSED`, the data is dropped; on any other error
-    it is kept and retried on the next flush.  A bound method is held weakly: the flusher does
-    not keep its store alive.
+    MlflowException whose code is in :data:`REFUSED`, the data is dropped (and said so); on any
+    other error it is kept and written on a later pass.  A bound method is held weakly: the
+    flusher does not keep its store alive (what it still holds then goes to the journal at
+    exit).  ``uri`` names the store in messages.
     """
 
     def __init__(self, apply: Callable[[str, Pending], None], run_lock: RunLocks,
-                 interval: float) -> None:
+                 interval: float, *, uri: str = "", keeper: Keeper | None = None,
+                 patience: float | None = None) -> None:
         self._apply: Callable[[], Callable[[str, Pending], None] | None] = (
             weakref.WeakMethod(apply) if inspect.ismethod(apply) else lambda: apply)
         self._run_lock = run_lock
         self.interval = interval
+        self.uri = uri
+        self._keeper = keeper
+        #: The longest a pass of the background thread may take (its writes' retry deadline
+        #: and timeouts); close() waits that long for it, not forever.
+        self._patience = patience
         self._lock = threading.Lock()
         self._pending: dict[str, Pending] = {}
+        #: What a pass took and is writing now (journaled at exit if the pass never ends).
+        self._inflight: dict[str, Pending] = {}
+        #: The error of the latest failed write (None once a write succeeds again).
+        self.failing: BaseException | None = None
+        self._failures = 0
         self._wake = threading.Event()
         self._stopped = False
+        self.closed = False
         self._thread: threading.Thread | None = None
         _FLUSHERS.add(self)
+
+    # -- buffering ---------------------------------------------------------------------------
 
     def add(self, run_id: str, values: Pending) -> None:
         """Buffer ``values`` for ``run_id``; the background thread starts on first use."""
         with self._lock:
             self._pending.setdefault(run_id, Pending()).extend(values)
-            if self._thread is None:
+            if self._thread is None and not self._stopped:
                 self._thread = threading.Thread(target=self._loop, name="cloudtrack-flush",
                                                 daemon=True)
                 self._thread.start()
 
     def pending_params(self, run_id: str) -> dict[str, str]:
-        """The params buffered for ``run_id``, not written yet."""
+        """The params buffered for ``run_id`` (or being written now), not stored yet."""
         with self._lock:
-            p = self._pending.get(run_id)
-            return dict(p.params) if p is not None else {}
+            out: dict[str, str] = {}
+            for held in (self._inflight, self._pending):
+                p = held.get(run_id)
+                if p is not None:
+                    out.update(p.params)
+            return out
+
+    def pending_runs(self) -> list[str]:
+        """The runs with buffered data."""
+        with self._lock:
+            return list(self._pending)
 
     def _take(self, run_id: str) -> Pending | None:
         with self._lock:
-            return self._pending.pop(run_id, None)
+            p = self._pending.pop(run_id, None)
+            if p:
+                self._inflight[run_id] = p
+            return p
 
     def _put_back(self, run_id: str, p: Pending) -> None:
         with self._lock:
@@ -114,14 +189,28 @@ class Flusher:
                 p.extend(newer)
             self._pending[run_id] = p
 
+    def _done(self, run_id: str) -> None:
+        with self._lock:
+            self._inflight.pop(run_id, None)
+
+    # -- writing -----------------------------------------------------------------------------
+
     def flush(self, run_id: str | None = None, *, raise_errors: bool = True) -> None:
         """Write the buffered data of ``run_id`` (of every run when None) now."""
+        self._pass([run_id] if run_id is not None else None, raise_errors=raise_errors)
+
+    def flush_runs(self, run_ids: Iterable[str]) -> None:
+        """Write the buffered data of ``run_ids`` now (raises the first error)."""
+        self._pass(list(run_ids), raise_errors=True)
+
+    def _pass(self, run_ids: list[str] | None, *, raise_errors: bool,
+              stop_on_outage: bool = False) -> None:
         apply = self._apply()
         if apply is None:
             return
         with self._lock:
-            run_ids = [run_id] if run_id is not None else list(self._pending)
-        for rid in run_ids:
+            rids = run_ids if run_ids is not None else list(self._pending)
+        for rid in rids:
             with self._run_lock(rid):
                 p = self._take(rid)
                 if not p:
@@ -130,37 +219,122 @@ class Flusher:
                     apply(rid, p)
                 except Exception as e:
                     refused = isinstance(e, MlflowException) and e.error_code in REFUSED
-                    if not refused:
-                        # Not a verdict on the data (a damaged head, a network error): keep it.
+                    if refused:
+                        log.error("cloudtrack dropped %d buffered values of run %s: %s",
+                                  len(p), rid, _brief(e))
+                    else:
+                        # Not a verdict on the data (the network, a damaged head): keep it.
                         self._put_back(rid, p)
+                        self._failed(rid, e, quiet=raise_errors)
                     if raise_errors:
                         raise
-                    if refused:
-                        log.exception("dropping buffered data for run %s", rid)
-                    else:
-                        log.warning("flushing run %s failed; will retry", rid, exc_info=True)
+                    if stop_on_outage and isinstance(e, STORE_WIDE):
+                        return
+                else:
+                    self._succeeded()
+                finally:
+                    self._done(rid)
+
+    def _failed(self, run_id: str, error: BaseException, *, quiet: bool) -> None:
+        """Remember a failed write; say so once (the caller of a raising flush sees the error
+        itself)."""
+        first = self.failing is None
+        self.failing = error
+        self._failures += 1
+        if first and not quiet:
+            log.warning("cloudtrack: writing buffered data of run %s to %s failed (%s); it is "
+                        "kept and written again every %gs", run_id, self.uri, _brief(error),
+                        self.interval)
+
+    def _succeeded(self) -> None:
+        if self.failing is not None:
+            log.info("cloudtrack: buffered data is written to %s again (after %d failed "
+                     "attempts)", self.uri, self._failures)
+        self.failing = None
+        self._failures = 0
+
+    def keep_failed(self, run_id: str, values: Pending, error: BaseException) -> None:
+        """A write made outside the buffer (``update_run_info``) failed with ``error``, which
+        is not a verdict on it: buffer it, to be written later or kept at exit."""
+        self.add(run_id, values)
+        self._failed(run_id, error, quiet=True)
 
     def _loop(self) -> None:
+        if self._keeper is not None:
+            try:
+                self._keeper.replay()
+            except Exception as e:  # the journal stays; the next process tries again
+                log.warning("cloudtrack: could not write the journal of %s yet: %s", self.uri,
+                            _brief(e))
         while not self._stopped:
             self._wake.wait(self.interval)
             self._wake.clear()
-            self.flush(raise_errors=False)
+            self._pass(None, raise_errors=False, stop_on_outage=self._stopped)
+
+    # -- exit ----------------------------------------------------------------------------------
 
     def close(self) -> None:
-        """Stop the background thread after a last flush; report what could not be written."""
+        """Stop the background thread after a last pass; keep what could not be written in the
+        journal (and say where), or report it lost when there is no journal."""
+        if self.closed:
+            return
         self._stopped = True
         self._wake.set()
-        self.flush(raise_errors=False)
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            # Its last pass writes what is buffered; a pass ends within the retry deadline.
+            thread.join(self._patience)
+        if self.failing is None or not isinstance(self.failing, STORE_WIDE):
+            self._pass(None, raise_errors=False, stop_on_outage=True)
+        self.closed = True
         with self._lock:
-            lost = sum(len(p) for p in self._pending.values())
-        if lost:
-            log.error("cloudtrack could not write %d buffered values at exit", lost)
+            leftover = dict(self._pending)
+            for rid, p in self._inflight.items():  # a pass that never ended
+                leftover.setdefault(rid, Pending()).extend(p)
+            self._pending.clear()
+        if not leftover:
+            return
+        count = sum(len(p) for p in leftover.values())
+        cause = _brief(self.failing) if self.failing is not None else \
+            "the store was closed before they were written"
+        if self._keeper is None:
+            log.error("cloudtrack could not write %d buffered values of %d run(s) to %s at "
+                      "exit (%s); they are lost", count, len(leftover), self.uri, cause)
+            return
+        try:
+            where = self._keeper.keep(leftover, cause)
+        except Exception as e:
+            log.error("cloudtrack could not write %d buffered values of %d run(s) to %s at "
+                      "exit (%s), nor keep them in its journal (%s); they are lost", count,
+                      len(leftover), self.uri, cause, _brief(e))
+            return
+        log.warning("cloudtrack could not write %d buffered values of %d run(s) to %s at exit "
+                    "(%s). They are kept in %s and will be written by the next process that "
+                    "logs to this store, or now with: cloudtrack flush %s", count,
+                    len(leftover), self.uri, cause, where, self.uri)
 
 
 _FLUSHERS: weakref.WeakSet[Flusher] = weakref.WeakSet()
 
 
+def _end_active_run() -> None:
+    """End MLflow's active run the way MLflow's own exit hook would, before the buffers are
+    written: its status then rides with the run's last data, and a store that is down is
+    waited for once, not twice (MLflow's hook, registered before ours, would run after it)."""
+    import sys
+
+    fluent = sys.modules.get("mlflow.tracking.fluent")
+    end = getattr(fluent, "_safe_end_run", None)
+    if end is not None:
+        end()
+
+
 @atexit.register
 def _flush_all_at_exit() -> None:
+    if not list(_FLUSHERS):
+        return
+    started = time.monotonic()
+    _end_active_run()
     for f in list(_FLUSHERS):
         f.close()
+    log.debug("cloudtrack: buffers closed in %.1fs at exit", time.monotonic() - started)

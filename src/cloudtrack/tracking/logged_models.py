@@ -116,6 +116,8 @@ class LoggedModelsMixin(StoreCore):
         return entities.logged_model(rec)
 
     def finalize_logged_model(self, model_id: str, status: LoggedModelStatus) -> LoggedModel:
+        self._flusher.flush()  # the model it returns carries the metrics logged for it
+
         def change(rec: Record) -> Record:
             rec["status"] = (LoggedModelStatus.from_int(status) if isinstance(status, int)
                              else LoggedModelStatus(status)).value

@@ -10,9 +10,18 @@ points ride in the head's tail, which moves to an immutable history batch every
 from __future__ import annotations
 
 import json
+import logging
 from typing import Any
 
-from mlflow.entities import DatasetInput, LoggedModelInput, LoggedModelOutput, Metric, Param, RunTag
+from mlflow.entities import (
+    DatasetInput,
+    LifecycleStage,
+    LoggedModelInput,
+    LoggedModelOutput,
+    Metric,
+    Param,
+    RunTag,
+)
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 from mlflow.utils.mlflow_tags import MLFLOW_LOGGED_MODELS, MLFLOW_RUN_NAME
@@ -35,6 +44,24 @@ from cloudtrack.tracking.flusher import Pending
 
 #: Points a run head keeps before they move to an immutable history batch.
 TAIL_MAX = 100
+#: One write may bring more points than TAIL_MAX (a log_batch, a buffered second of a fast
+#: loop): they ride in the head, and beyond this many a second write moves them out at once.
+TAIL_LIMIT = 10 * TAIL_MAX
+
+log = logging.getLogger("cloudtrack.tracking")
+
+
+def apply_info(head: Record, info: dict[str, Any]) -> None:
+    """A run's status, end time and name as ``update_run_info`` changes them (``info`` holds
+    only what is given: None keeps the run's, as in MLflow's stores)."""
+    run_info = head["info"]
+    if info.get("status") is not None:
+        run_info["status"] = info["status"]
+    if info.get("end_time") is not None:
+        run_info["end_time"] = info["end_time"]
+    if info.get("run_name"):
+        run_info["run_name"] = info["run_name"]
+        head.setdefault("tags", {})[MLFLOW_RUN_NAME] = info["run_name"]
 
 
 def _check_param(run_id: str, key: str, old: str | None, new: str) -> None:
@@ -88,45 +115,84 @@ class LoggingMixin(StoreCore):
         pending = Pending([records.metric_tuple(m) for m in metrics], new_params, new_tags)
         if self.strict:
             with self._run_locks(run_id):
-                self._write_pending(run_id, pending)
+                self._write_pending(run_id, pending, strict=True)
         else:
             self._flusher.add(run_id, pending)
 
-    def _write_pending(self, run_id: str, pending: Pending) -> None:
+    def _write_pending(self, run_id: str, pending: Pending, strict: bool = False) -> None:
         """Write one run's batch durably with one conditional head write (two when the tail
-        fills up), then copy points that name a logged model onto it."""
-        metrics, params, tags = pending.metrics, pending.params, pending.tags
+        fills up), then copy points that name a logged model onto it.
+
+        ``strict``: the caller waits for the answer, which is MLflow's (a deleted run or a
+        changed param raise).  Otherwise the data was accepted earlier and is never dropped
+        for what another process did since: it goes into a run deleted meanwhile (where
+        ``restore_run`` finds it, as a store that wrote it at once would have), and a param
+        another writer set to another value first is the only thing left out (an ERROR line
+        names it; MLflow never changes a param).
+        """
+        metrics, params, tags, info = pending.metrics, pending.params, pending.tags, pending.info
+        left_out: dict[str, tuple[str, str]] = {}
+        deleted: list[bool] = []
 
         def change(head: Record) -> Record:
-            check_active(head)
+            if strict:
+                check_active(head)
+            left_out.clear()
+            deleted[:] = [head["info"]["lifecycle_stage"] != LifecycleStage.ACTIVE]
             stored = head.setdefault("params", {})
             for k, v in params.items():
-                _check_param(run_id, k, stored.get(k), v)
+                old = stored.get(k)
+                if old is not None and old != v and not strict:
+                    left_out[k] = (old, v)
+                    continue
+                _check_param(run_id, k, old, v)
                 stored[k] = v
             head.setdefault("tags", {}).update(tags)
             if MLFLOW_RUN_NAME in tags:
                 head["info"]["run_name"] = tags[MLFLOW_RUN_NAME]
-            records.merge_latest(head.setdefault("metrics", {}), metrics)
-            tail = head.setdefault("tail", [])
-            tail.extend(metrics)
-            if len(tail) > TAIL_MAX:
-                self._spill(run_id, head)
+            if metrics:
+                tail = head.setdefault("tail", [])
+                if tail and len(tail) + len(metrics) > TAIL_MAX:
+                    # The stored tail moves out first: its latest values are in the head
+                    # already, so whatever a crash leaves behind, history is never ahead.
+                    self._spill(run_id, head)
+                head["tail"].extend(metrics)
+                records.merge_latest(head.setdefault("metrics", {}), metrics)
+            apply_info(head, info)
             return head
 
-        self._update_head(run_id, change)
+        head = self._update_head(run_id, change)
+        if len(head.get("tail") or []) > TAIL_LIMIT:
+            # One write brought more points than a head should carry: move them out now.
+            self._update_head(run_id, self._spill_tail(run_id))
+        for k, (old, new) in left_out.items():
+            log.error("cloudtrack did not write param %s=%r of run %s: another writer set it "
+                      "to %r first, and a param never changes", k, new, run_id, old)
+        if deleted and deleted[0] and (metrics or params or tags):
+            log.warning("cloudtrack wrote %d buffered values into run %s, which another "
+                        "process deleted meanwhile (restore_run brings them back)",
+                        len(pending), run_id)
         model_metrics = [t for t in metrics if t[4]]
         if model_metrics:
             self._log_model_metrics(run_id, model_metrics)
 
+    def _spill_tail(self, run_id: str) -> Change:
+        def change(head: Record) -> Record | None:
+            if len(head.get("tail") or []) <= TAIL_MAX:
+                return None
+            self._spill(run_id, head)
+            return head
+        return change
+
     def _change_active_run(self, run_id: str, change: Change) -> None:
         """Write the run's buffered data, then change its head (an active run's only)."""
-        self._flusher.flush(run_id)
-
         def guarded(head: Record) -> Record | None:
             check_active(head)
             return change(head)
 
-        self._update_head(run_id, guarded)
+        with self._run_locks(run_id):
+            self._flusher.flush(run_id)
+            self._update_head(run_id, guarded)
 
     def delete_tag(self, run_id: str, key: str) -> None:
         def change(head: Record) -> Record:

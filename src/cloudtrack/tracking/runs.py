@@ -14,6 +14,7 @@ from mlflow.utils.time import get_current_time_millis
 from mlflow.utils.uri import append_to_uri_path
 from mlflow.utils.validation import _validate_tag
 
+from cloudtrack.errors import CloudtrackError
 from cloudtrack.store import build, entities, layout, records
 from cloudtrack.store.records import Record
 from cloudtrack.tracking.core import (
@@ -22,6 +23,8 @@ from cloudtrack.tracking.core import (
     check_experiment_active,
     experiment_id_of,
 )
+from cloudtrack.tracking.flusher import Pending
+from cloudtrack.tracking.logging import apply_info
 
 
 def _status_string(run_status: int) -> str:
@@ -77,24 +80,31 @@ class RunsMixin(StoreCore):
     def update_run_info(self, run_id: str, run_status: int | None, end_time: int | None,
                         run_name: str | None) -> RunInfo:
         """Change what is given: a None status or end time keeps the run's, as in MLflow's
-        stores (``update_run_info(run_id, None, None, "new")`` only renames)."""
-        self._flusher.flush(run_id)
+        stores (``update_run_info(run_id, None, None, "new")`` only renames).
+
+        The run's buffered data is written first.  In buffered mode a change that fails for
+        a reason that is not a verdict on it (the store unreachable) still raises, and is
+        kept with the run's data: written later, or kept in the journal at exit."""
+        info = {"status": _status_string(run_status) if run_status is not None else None,
+                "end_time": end_time, "run_name": run_name or None}
+        terminated = run_status is not None and RunStatus.is_terminated(run_status)
 
         def change(head: Record) -> Record:
             check_active(head)
-            info = head["info"]
-            if run_status is not None:
-                info["status"] = _status_string(run_status)
-            if end_time is not None:
-                info["end_time"] = end_time
-            if run_status is not None and RunStatus.is_terminated(run_status):
+            if terminated:
                 self._spill(run_id, head)  # finished runs keep small heads
-            if run_name:
-                info["run_name"] = run_name
-                head["tags"][MLFLOW_RUN_NAME] = run_name
+            apply_info(head, info)
             return head
 
-        return entities.run(self._update_head(run_id, change)).info
+        with self._run_locks(run_id):
+            try:
+                self._flusher.flush(run_id)
+                head = self._update_head(run_id, change)
+            except CloudtrackError as e:
+                if not self.strict:
+                    self._flusher.keep_failed(run_id, Pending(info=info), e)
+                raise
+        return entities.run(head).info
 
     def _set_run_lifecycle(self, run_id: str, stage: str) -> None:
         deleted_time = get_current_time_millis() if stage == LifecycleStage.DELETED else None
@@ -104,10 +114,12 @@ class RunsMixin(StoreCore):
             head["info"]["deleted_time"] = deleted_time
             return head
 
-        self._update_head(run_id, change)
+        # The run's buffered data lands before its lifecycle changes, as the calls came.
+        with self._run_locks(run_id):
+            self._flusher.flush(run_id)
+            self._update_head(run_id, change)
 
     def delete_run(self, run_id: str) -> None:
-        self._flusher.flush(run_id)
         self._set_run_lifecycle(run_id, LifecycleStage.DELETED)
 
     def restore_run(self, run_id: str) -> None:

@@ -142,6 +142,45 @@ def test_upload_extra_args_reach_every_write(store, tmp_path) -> None:  # type: 
     assert blobs.stat("big").size == MULTIPART_THRESHOLD + 1024 * 1024
 
 
+def test_copies_are_server_side_in_parts_above_the_limit_with_upload_args(store, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """CopyObject up to ``copy_limit``, UploadPartCopy above it (lowered here from 5 GiB), each
+    with the destination's upload arguments, none of the bytes through this process."""
+    source = store.open()
+    env = {**store.env, "MLFLOW_S3_UPLOAD_EXTRA_ARGS":
+           '{"Metadata": {"origin": "copy"}, "ServerSideEncryption": "AES256"}'}
+    target_uri = _iam(store).new_store("copies")
+    target = open_blobs(resolve(target_uri, env))
+    assert isinstance(target, S3Blobs) and target.same_account(source)
+    target.copy_limit, target.copy_part_size = 6 * 1024 * 1024, 5 * 1024 * 1024
+    big = tmp_path / "big"
+    big.write_bytes(bytes(range(256)) * (12 * 4096) + b"tail")
+    source.upload_file("big", big)
+    source.put("small", b"s")
+    moved: list[str] = []
+    for name in ("_get", "_download_file", "_upload_file", "_put"):
+        for blobs in (source, target):
+            setattr(blobs, name, lambda *a, _n=name: moved.append(_n))
+    versions = {"big": target.copy_from(source, "big", "big"),
+                "small": target.copy_from(source, "small", "small")}
+    assert moved == []
+    assert versions["big"].endswith("-3"), "three parts of 5, 5 and 2 MiB"
+    assert "-" not in versions["small"]
+    bucket, prefix = target_uri.removeprefix("s3://").split("/", 1)
+    for key, version in versions.items():
+        head = _iam(store).s3.head_object(Bucket=bucket, Key=f"{prefix}/{key}")
+        assert head["Metadata"] == {"origin": "copy"}, key
+        assert head["ServerSideEncryption"] == "AES256", key
+        assert _strip(head["ETag"]) == version
+    got = tmp_path / "got"
+    store.open().download_file("big", got)  # the source, untouched
+    open_blobs(resolve(target_uri, store.env)).download_file("big", tmp_path / "copy")
+    assert (tmp_path / "copy").read_bytes() == got.read_bytes() == big.read_bytes()
+
+
+def _strip(etag: str) -> str:
+    return etag.strip('"')
+
+
 def test_unknown_upload_extra_arg_is_a_config_error(store) -> None:  # type: ignore[no-untyped-def]
     env = {**store.env, "MLFLOW_S3_UPLOAD_EXTRA_ARGS": '{"Bucket": "elsewhere"}'}
     with pytest.raises(ConfigError, match="Bucket"):

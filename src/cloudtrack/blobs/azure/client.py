@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from azure.core.exceptions import ServiceResponseError
 from azure.core.pipeline.transport import RequestsTransport
 from azure.storage.blob import BlobServiceClient
 
@@ -23,6 +24,11 @@ log = logging.getLogger("cloudtrack.blobs.azure")
 _HTTP_LOGGER = logging.getLogger("azure.core.pipeline.policies.http_logging_policy")
 if _HTTP_LOGGER.level == logging.NOTSET:
     _HTTP_LOGGER.setLevel(logging.WARNING)
+# Its transport logs a WARNING ("Incomplete download.") for every body cut short, before the
+# error that cloudtrack's retry layer then reports in its one line per retry.
+_TRANSPORT_LOGGER = logging.getLogger("azure.core.pipeline.transport._requests_basic")
+if _TRANSPORT_LOGGER.level == logging.NOTSET:
+    _TRANSPORT_LOGGER.setLevel(logging.ERROR)
 
 #: Ranges downloaded at once are DOWNLOAD_CHUNK bytes each, held until written in order.
 DOWNLOAD_CHUNK = 4 * 1024 * 1024
@@ -30,11 +36,24 @@ DOWNLOAD_CHUNK = 4 * 1024 * 1024
 POOL_SIZE = 32
 
 
+class CheckedTransport(RequestsTransport):  # type: ignore[misc]
+    """azure-core's requests transport, except that an answer whose head it cannot read —
+    ``Content-Length:`` cut off before its digits makes it raise a bare ValueError while
+    reading the body — is the ServiceResponseError of any broken answer."""
+
+    def send(self, request: Any, **kwargs: Any) -> Any:
+        try:
+            return super().send(request, **kwargs)
+        except ValueError as e:
+            raise ServiceResponseError(f"the answer could not be read (cut off?): "
+                                       f"{type(e).__name__}: {e}", error=e) from e
+
+
 def transport(config: StoreConfig) -> RequestsTransport:
     """A requests transport with the store's timeouts and TLS trust, its pool widened."""
-    transport = RequestsTransport(
-        connection_timeout=float(config.get("connect_timeout", 10.0)),  # type: ignore[arg-type]
-        read_timeout=float(config.get("read_timeout", 60.0)),  # type: ignore[arg-type]
+    transport = CheckedTransport(
+        connection_timeout=float(config.get("connect_timeout", 5.0)),  # type: ignore[arg-type]
+        read_timeout=float(config.get("read_timeout", 10.0)),  # type: ignore[arg-type]
         connection_verify=config.tls_verify,
     )
     # Opening creates the session with azure-core's adapters (no urllib3 retries); only

@@ -1,5 +1,10 @@
 """Azure Blob Storage's errors: the facts of an azure-core error, and the service's code table
-(the ``x-ms-error-code`` of every error answer)."""
+(the ``x-ms-error-code`` of every error answer).
+
+Besides ``AzureError`` the SDK raises ``DeserializationError`` (a ``ValueError``) when it cannot
+read an answer's headers — a connection cut inside them — and cloudtrack raises
+:class:`IncompleteAnswer` for an answer without what every answer of its operation carries:
+both are transient (:data:`SDK_ERRORS` is what the backend catches)."""
 
 from __future__ import annotations
 
@@ -10,13 +15,20 @@ from typing import Any
 from azure.core.exceptions import (
     AzureError,
     ClientAuthenticationError,
+    DeserializationError,
     HttpResponseError,
     IncompleteReadError,
     ServiceRequestError,
     ServiceResponseError,
 )
 
-from cloudtrack.blobs.sdk_errors import ErrorFacts, ErrorTable, exception_chain, one_line
+from cloudtrack.blobs.sdk_errors import (
+    ErrorFacts,
+    ErrorTable,
+    IncompleteAnswer,
+    exception_chain,
+    one_line,
+)
 from cloudtrack.config import redact
 from cloudtrack.errors import (
     BlobError,
@@ -28,6 +40,9 @@ from cloudtrack.errors import (
     Unauthenticated,
 )
 from cloudtrack.retry import retry_after
+
+#: What the Azure backend translates: the SDK's errors, and answers it could not read.
+SDK_ERRORS: tuple[type[Exception], ...] = (AzureError, DeserializationError, IncompleteAnswer)
 
 #: The role a signed-in identity needs for every operation cloudtrack performs.
 DATA_ROLE = "Storage Blob Data Contributor"
@@ -48,6 +63,8 @@ CODES: Mapping[str, type[BlobError]] = {
     "TargetConditionNotMet": PreconditionFailed,
     **dict.fromkeys(_AUTHENTICATION, Unauthenticated),
     **dict.fromkeys(_PERMISSION, PermissionDenied),
+    # The service could not read the source of a copy with the credentials it was given.
+    "CannotVerifyCopySource": PermissionDenied,
     "ServerBusy": TransientError,
     "InternalError": TransientError,
     "OperationTimedOut": TransientError,
@@ -66,6 +83,8 @@ PERMISSION_HINTS: Mapping[str, str] = {
 
 TABLE = ErrorTable(
     CODES,
+    # Not implemented (an emulator without the feature): retrying cannot help.
+    statuses={501: BlobError},
     # Azurite answers a wrong SharedKey signature or an expired SAS with AuthorizationFailure
     # whose message is Azure's AuthenticationFailed text: it could not authenticate us.
     worded={("AuthorizationFailure", "failed to authenticate"): Unauthenticated},
@@ -88,6 +107,9 @@ TABLE = ErrorTable(
         (Unauthenticated, "credentials"): "{signer} could not get a token",
         (Unauthenticated, "AzureSigningError"): "{signer} could not sign the request: the "
                                                 "account key is not valid base64",
+        (TransientError, "DeserializationError"): "the answer from {endpoint} could not be "
+                                                  "read (cut off or garbled; the request may "
+                                                  "have been carried out)",
     })
 
 
@@ -112,8 +134,13 @@ def _is_certificate_error(e: BaseException) -> bool:
 
 
 def error_facts(e: BaseException) -> ErrorFacts | None:
-    """The facts of an azure-core error; None for anything else."""
+    """The facts of an azure-core error, or of an answer that could not be read; None for
+    anything else."""
     name = type(e).__name__
+    if isinstance(e, IncompleteAnswer):
+        return ErrorFacts("network", message=str(e), error=name)
+    if isinstance(e, DeserializationError):
+        return ErrorFacts("network", message=_sdk_detail(e), error=name)
     status = int(getattr(e, "status_code", None) or 0)
     if isinstance(e, HttpResponseError) and status:
         raw: Any = getattr(e.response, "headers", None) or {}

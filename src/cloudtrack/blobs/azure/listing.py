@@ -1,8 +1,11 @@
 """Azure's fast listing: one List Blobs page sent through the container client's own pipeline
-(credentials, timeouts, TLS as configured), its XML read with ElementTree.
+(credentials, timeouts, TLS as configured: :mod:`~cloudtrack.blobs.azure.raw`), its XML read
+with ElementTree.
 
 The SDK's generic deserializer spends over a millisecond per listed blob, which made a
-10,000-run search spend seconds in it; this reads the four fields cloudtrack uses.
+10,000-run search spend seconds in it; this reads the four fields cloudtrack uses.  An answer
+that is not a listing at all (empty, cut off, not XML) is :class:`IncompleteAnswer`, a
+transient failure — never an empty listing; one with an unexpected field goes to the SDK.
 """
 
 from __future__ import annotations
@@ -14,13 +17,12 @@ from email.utils import parsedate_to_datetime
 from typing import Any
 from urllib.parse import quote, unquote
 
-from azure.core.exceptions import HttpResponseError
-from azure.core.rest import HttpRequest
-
+from cloudtrack.blobs.azure.raw import RawPathUnavailable, send
 from cloudtrack.blobs.base import BlobInfo
+from cloudtrack.blobs.sdk_errors import IncompleteAnswer
 
 
-class ListingNotUnderstood(Exception):
+class ListingNotUnderstood(RawPathUnavailable):
     """The fast listing path cannot read this reply; the SDK's path can."""
 
 
@@ -42,30 +44,27 @@ def is_folder(metadata: Mapping[str, Any] | None) -> bool:
                for k, v in (metadata or {}).items())
 
 
-def _error_message(body: bytes) -> str:
-    try:
-        return (ET.fromstring(body).findtext("Message") or "").strip()
-    except ET.ParseError:
-        return ""
+def _name(node: ET.Element) -> str:
+    name_node = node.find("Name")
+    name = (name_node.text or "") if name_node is not None else ""
+    return unquote(name) if name_node is not None and name_node.get("Encoded") == "true" else name
 
 
-def parse_blob_listing(body: bytes, root: str) -> tuple[list[BlobInfo], str | None]:
-    """The blobs of a List Blobs reply (folders of a hierarchical namespace left out) and the
-    next page's marker."""
+def parse_blob_listing(body: bytes, root: str) -> tuple[list[BlobInfo], list[str], str | None]:
+    """The blobs of a List Blobs reply (folders of a hierarchical namespace left out), the
+    names of its BlobPrefix entries (a listing with a delimiter), and the next page's
+    marker."""
     try:
         doc = ET.fromstring(body)
     except ET.ParseError as e:
-        raise ListingNotUnderstood(f"unreadable listing: {e}") from e
+        raise IncompleteAnswer(f"a listing that is not XML ({len(body)} bytes: {e})") from e
     blobs = doc.find("Blobs")
     if doc.tag != "EnumerationResults" or blobs is None:
-        raise ListingNotUnderstood(f"unexpected listing root {doc.tag!r}")
+        raise IncompleteAnswer(f"a listing whose root is {doc.tag!r}, without Blobs")
     items = []
     try:
         for blob in blobs.iter("Blob"):
-            name_node = blob.find("Name")
-            name = (name_node.text or "") if name_node is not None else ""
-            if name_node is not None and name_node.get("Encoded") == "true":
-                name = unquote(name)
+            name = _name(blob)
             metadata = blob.find("Metadata")
             if metadata is not None and is_folder({m.tag: m.text for m in metadata}):
                 continue
@@ -77,24 +76,20 @@ def parse_blob_listing(body: bytes, root: str) -> tuple[list[BlobInfo], str | No
                                   etag(props.findtext("Etag")), modified(when)))
     except (TypeError, ValueError) as e:
         raise ListingNotUnderstood(f"unexpected listing field: {e}") from e
-    return items, doc.findtext("NextMarker") or None
+    prefixes = [_name(p) for p in blobs.findall("BlobPrefix")]
+    return items, prefixes, doc.findtext("NextMarker") or None
 
 
-def list_page(container: Any, prefix: str, token: str | None, page_size: int,
-              root: str) -> tuple[list[BlobInfo], str | None]:
-    """One page of ``container`` (a ContainerClient) under ``prefix`` (the full name prefix).
+def list_page(container: Any, prefix: str, token: str | None, page_size: int, root: str, *,
+              delimiter: str | None = None) -> tuple[list[BlobInfo], list[str], str | None]:
+    """One page of ``container`` (a ContainerClient) under ``prefix`` (the full name prefix):
+    its blobs, its BlobPrefix names (with ``delimiter``) and the next page's marker.
 
-    Raises :class:`ListingNotUnderstood` when the SDK's internals or the reply are not what
-    this expects, and the caller lists through the SDK instead; the service's error answers
-    raise the SDK's own :class:`HttpResponseError`.
+    Raises :class:`ListingNotUnderstood` (a :class:`RawPathUnavailable`) when the SDK's
+    internals or the reply's fields are not what this expects, and the caller lists through
+    the SDK instead; :class:`IncompleteAnswer` for an answer that is no listing; the service's
+    error answers raise the SDK's own :class:`HttpResponseError`.
     """
-    # The container client's generated client and its pipeline: internal to the SDK, so
-    # looked for, not assumed.
-    generated = getattr(container, "_client", None)
-    config = getattr(generated, "_config", None)
-    pipeline_client = getattr(generated, "_client", None)
-    if config is None or pipeline_client is None or not hasattr(pipeline_client, "_pipeline"):
-        raise ListingNotUnderstood("this azure-storage-blob has another internal layout")
     params = {"restype": "container", "comp": "list", "include": "metadata",
               "maxresults": str(page_size)}
     # Values go into the URL as given: quoted here, as the SDK's own serializer does.
@@ -102,11 +97,8 @@ def list_page(container: Any, prefix: str, token: str | None, page_size: int,
         params["prefix"] = quote(prefix, safe="")
     if token:
         params["marker"] = quote(token, safe="")
-    request = HttpRequest("GET", config.url, params=params,
-                          headers={"x-ms-version": config.version, "Accept": "application/xml"})
-    request.url = pipeline_client.format_url(request.url)
-    response = pipeline_client._pipeline.run(request, stream=False).http_response
+    if delimiter:
+        params["delimiter"] = quote(delimiter, safe="")
+    response = send(container, params=params, headers={"Accept": "application/xml"})
     body = response.read() if hasattr(response, "read") else response.body()
-    if response.status_code != 200:
-        raise HttpResponseError(message=_error_message(body) or response.reason, response=response)
     return parse_blob_listing(body, root)

@@ -4,6 +4,15 @@ Versions are object generations; put-if-absent is ``ifGenerationMatch=0`` and pu
 ``ifGenerationMatch=<generation>``, which GCS checks atomically.  Every SDK call runs once
 (``retry=None``): the base class retries transient failures itself and knows which conditional
 writes may have landed.
+
+Two stores on one endpoint signed by the same credentials copy server-side with ``rewrite``,
+called again with its token until the service says it is done (a copy within one location
+and storage class is done in one call; others may take several).
+
+Answers are checked: a write must say which generation it made, a HEAD the object's size and
+generation, a download its length (or a checksum, which the SDK verifies) — an answer cut off
+before it says so is :class:`IncompleteAnswer`, a transient failure, never a result made of
+nothing (an empty file, say).
 """
 
 from __future__ import annotations
@@ -11,6 +20,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+from collections.abc import Mapping
 from datetime import datetime, timezone
 from typing import Any, NoReturn
 
@@ -21,7 +31,7 @@ from cloudtrack.blobs.base import CHUNK_SIZE, MULTIPART_THRESHOLD, BlobInfo, Blo
 from cloudtrack.blobs.gcs.client import DEFAULT_ENDPOINT, endpoint, make_client
 from cloudtrack.blobs.gcs.errors import PERMISSION, TABLE, error_facts
 from cloudtrack.blobs.gcs.listing import FIELDS, list_page
-from cloudtrack.blobs.sdk_errors import ErrorFacts, Where, translate
+from cloudtrack.blobs.sdk_errors import ErrorFacts, IncompleteAnswer, Where, translate
 from cloudtrack.config import StoreConfig
 from cloudtrack.credentials.gcs import GcsCredentials
 from cloudtrack.errors import BlobError, PreconditionFailed, TransientError
@@ -30,6 +40,44 @@ from cloudtrack.retry import RetryPolicy
 log = logging.getLogger("cloudtrack.blobs.gcs")
 
 PAGE_SIZE = 1000
+
+
+class _AnsweredBlob(storage.Blob):  # type: ignore[misc]
+    """A Blob that keeps the headers of its download's answer, which the SDK reads a few of
+    and drops."""
+
+    answer: Mapping[str, str] | None = None
+
+    def _extract_headers_from_download(self, response: Any) -> None:
+        self.answer = {str(k).lower(): str(v) for k, v in response.headers.items()}
+        super()._extract_headers_from_download(response)
+
+
+def check_download(blob: storage.Blob, received: int) -> int | None:
+    """Whether a download's answer said what every one says, and its body was all there; the
+    object's size it announced (None: not known, as for a transcoded object).
+
+    A length is compared with the bytes received; without one (a transcoded object is sent
+    compressed and chunked) there must be a checksum, which the SDK has then verified.  An
+    answer cut off inside its head carries neither, and its empty body is no object.
+    """
+    headers = getattr(blob, "answer", None)
+    if headers is None:  # another SDK layout: its own checks are all there are
+        return None
+    encoded = headers.get("content-encoding", "identity").lower() not in ("", "identity")
+    length = headers.get("content-length")
+    if length is not None and not encoded:
+        try:
+            size = int(length)
+        except ValueError:
+            raise IncompleteAnswer(f"a download answer with Content-Length {length!r}") from None
+        if size != received:
+            raise IncompleteAnswer(f"a download answer of {received} bytes that announced "
+                                   f"{size}")
+        return size
+    if not headers.get("x-goog-hash"):
+        raise IncompleteAnswer("a download answer with neither a length nor a checksum")
+    return None
 
 
 class GcsBlobs(Blobs):
@@ -44,8 +92,8 @@ class GcsBlobs(Blobs):
         self.bucket_name = config.container
         #: Names inside the bucket start with this ('' or '<prefix>/').
         self.root = f"{config.prefix}/" if config.prefix else ""
-        self.timeout = (float(config.get("connect_timeout", 10.0)),  # type: ignore[arg-type]
-                        float(config.get("read_timeout", 60.0)))  # type: ignore[arg-type]
+        self.timeout = (float(config.get("connect_timeout", 5.0)),  # type: ignore[arg-type]
+                        float(config.get("read_timeout", 10.0)))  # type: ignore[arg-type]
         #: Who signs: a key file, Application Default Credentials, or nobody (an emulator).
         self.credentials = GcsCredentials(config)
         self._client: storage.Client | None = None
@@ -77,6 +125,9 @@ class GcsBlobs(Blobs):
 
     def _bucket(self) -> storage.Bucket:
         return self.client.bucket(self.bucket_name)
+
+    def _blob(self, key: str, chunk_size: int | None = None) -> _AnsweredBlob:
+        return _AnsweredBlob(self._name(key), self._bucket(), chunk_size=chunk_size)
 
     def _name(self, key: str) -> str:
         return self.root + key
@@ -134,9 +185,10 @@ class GcsBlobs(Blobs):
     # -- primitives --------------------------------------------------------------------------
 
     def _get(self, key: str) -> tuple[bytes, str]:
-        blob = self._bucket().blob(self._name(key))
+        blob = self._blob(key)
         try:
             data = blob.download_as_bytes(retry=None, timeout=self.timeout)
+            check_download(blob, len(data))
         except Exception as e:
             self._raise(e, key, "GET")
         if blob.generation is not None:
@@ -150,9 +202,10 @@ class GcsBlobs(Blobs):
                   self._gs(key))
         for _ in range(10):
             before = self._stat(key).version
-            blob = self._bucket().blob(self._name(key))
+            blob = self._blob(key)
             try:
                 data = blob.download_as_bytes(retry=None, timeout=self.timeout)
+                check_download(blob, len(data))
             except Exception as e:
                 self._raise(e, key, "GET")
             if self._stat(key).version == before:
@@ -175,8 +228,15 @@ class GcsBlobs(Blobs):
         try:
             blob.upload_from_string(bytes(data), content_type="application/octet-stream",
                                     retry=None, timeout=self.timeout, **condition)
+            return self._generation(blob, "an upload")
         except Exception as e:
             self._raise(e, key, "PUT", missing="bucket", if_absent=if_absent)
+
+    @staticmethod
+    def _generation(blob: storage.Blob, what: str) -> str:
+        """The generation an answer gave ``blob``; every write's and HEAD's answer has one."""
+        if blob.generation is None:
+            raise IncompleteAnswer(f"{what} answered without a generation")
         return str(blob.generation)
 
     def _info(self, blob: storage.Blob, key: str) -> BlobInfo:
@@ -236,6 +296,9 @@ class GcsBlobs(Blobs):
         blob = self._bucket().blob(self._name(key))
         try:
             blob.reload(projection="noAcl", retry=None, timeout=self.timeout)
+            self._generation(blob, "a HEAD")
+            if blob.size is None:
+                raise IncompleteAnswer("a HEAD answered without a size")
         except Exception as e:
             self._raise(e, key, "HEAD")
         return self._info(blob, key)
@@ -250,21 +313,23 @@ class GcsBlobs(Blobs):
             with open(path, "rb") as f:
                 blob.upload_from_file(f, size=size, content_type="application/octet-stream",
                                       retry=None, timeout=self.timeout)
+            return self._generation(blob, "an upload")
         except OSError as e:
             if getattr(e, "filename", None) == path:
                 raise
             self._raise(e, key, "UPLOAD", missing="bucket")
         except Exception as e:
             self._raise(e, key, "UPLOAD", missing="bucket")
-        return str(blob.generation)
 
-    def _download_file(self, key: str, path: str) -> None:
-        blob = self._bucket().blob(self._name(key))
+    def _download_file(self, key: str, path: str) -> int | None:
+        blob = self._blob(key)
         with open(path, "wb") as f:
             try:
                 # One streamed GET: a consistent snapshot, checksum verified, written as it
                 # arrives.
                 blob.download_to_file(f, retry=None, timeout=self.timeout)
+                f.flush()
+                return check_download(blob, f.tell())
             except Exception as e:
                 self._raise(e, key, "DOWNLOAD")
 
@@ -275,3 +340,32 @@ class GcsBlobs(Blobs):
             return
         except Exception as e:
             self._raise(e, None, "CREATE BUCKET", missing="bucket")
+
+    # -- copies ------------------------------------------------------------------------------
+
+    def _signer(self) -> tuple[object, ...]:
+        """Who signs, as far as the configuration says: one key file, or the Application
+        Default Credentials of one process, or nobody (an emulator)."""
+        return self.config.get("credentials_file"), self.credentials.anonymous
+
+    def _same_account(self, other: Blobs) -> bool:
+        assert isinstance(other, GcsBlobs)
+        return (self.endpoint.rstrip("/").lower() == other.endpoint.rstrip("/").lower()
+                and self._signer() == other._signer())
+
+    def _copy_from(self, source: Blobs, info: BlobInfo, key: str) -> str:
+        assert isinstance(source, GcsBlobs)
+        src = self.client.bucket(source.bucket_name).blob(source._name(info.key))
+        blob = self._bucket().blob(self._name(key))
+        token: str | None = None
+        try:
+            while True:
+                token, done, total = blob.rewrite(src, token=token, retry=None,
+                                                  timeout=self.timeout)
+                if token is None:
+                    break
+                log.debug("rewriting %s into %s: %d of %d bytes", self._gs(key),
+                          source._gs(info.key), done, total)
+        except Exception as e:
+            self._raise(e, key, f"COPY {source.object_uri(info.key)} TO")
+        return str(blob.generation)

@@ -5,6 +5,7 @@ is kept as the code); a 404 does not say whether the object or the bucket is mis
 
 from __future__ import annotations
 
+import json
 import re
 import urllib.parse
 from typing import Any
@@ -14,7 +15,7 @@ import requests
 from google.api_core import exceptions as api_exceptions
 from google.cloud.storage.exceptions import DataCorruption, InvalidResponse
 
-from cloudtrack.blobs.sdk_errors import ErrorFacts, ErrorTable, one_line
+from cloudtrack.blobs.sdk_errors import ErrorFacts, ErrorTable, IncompleteAnswer, one_line
 from cloudtrack.config import redact
 from cloudtrack.credentials.gcs import LOGIN_HINT
 from cloudtrack.errors import (
@@ -108,6 +109,13 @@ def _http(e: api_exceptions.GoogleAPICallError) -> ErrorFacts:
 def error_facts(e: BaseException) -> ErrorFacts | None:
     """The facts of an error of google-cloud-storage, google-auth or requests; None for
     anything else (a bug, to be seen as what it is)."""
+    if isinstance(e, IncompleteAnswer):
+        return ErrorFacts("network", message=str(e), error=type(e).__name__)
+    if isinstance(e, json.JSONDecodeError):
+        # An upload's answer (or another JSON one) cut off or garbled: requests raises its
+        # JSONDecodeError, which is json's too.
+        return ErrorFacts("network", message=f"an answer that is not JSON: {clean(str(e))}",
+                          error="IncompleteAnswer")
     if isinstance(e, InvalidResponse):  # a media error the SDK did not convert
         status = getattr(e.response, "status_code", 0)
         e = api_exceptions.from_http_status(status, str(e), response=e.response)

@@ -12,6 +12,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from cloudtrack.blobs.base import BlobInfo
+from cloudtrack.blobs.sdk_errors import IncompleteAnswer
 
 #: The fields of a listing cloudtrack reads.
 FIELDS = "items(name,size,generation,updated,timeCreated),nextPageToken"
@@ -40,9 +41,15 @@ def list_page(api_request: Callable[..., Any], bucket: str, root: str, prefix: s
         query["pageToken"] = token
     reply = api_request(method="GET", path=f"/b/{bucket}/o", query_params=query,
                         timeout=timeout, retry=None)
-    # Names ending in '/' are the folder placeholders consoles create, never our keys.
-    items = [BlobInfo(item["name"][len(root):], int(item.get("size") or 0),
-                      str(item["generation"]),
-                      timestamp(item.get("updated") or item.get("timeCreated")))
-             for item in reply.get("items", ()) if not item["name"].endswith("/")]
+    if not isinstance(reply, dict):  # the client's api_request is checked (client.py): belt
+        raise IncompleteAnswer("a listing that is not a JSON object")
+    try:
+        # Names ending in '/' are the folder placeholders consoles create, never our keys.
+        items = [BlobInfo(item["name"][len(root):], int(item.get("size") or 0),
+                          str(item["generation"]),
+                          timestamp(item.get("updated") or item.get("timeCreated")))
+                 for item in reply.get("items", ()) if not item["name"].endswith("/")]
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
+        raise IncompleteAnswer(f"a listing with a malformed item ({type(e).__name__}: {e})") \
+            from e
     return items, reply.get("nextPageToken") or None

@@ -7,6 +7,10 @@ late 2024; an endpoint that ignores them would silently break concurrency, which
 probes.  A single-part ETag is the MD5 of the bytes: rewriting identical bytes keeps the
 version, which is harmless for a compare-and-swap because the content the caller read is still
 the content stored.
+
+Two stores on one endpoint signed by the same credentials copy server-side: CopyObject up to
+5 GiB, UploadPartCopy in parts above (through s3transfer, which pins the source's ETag for the
+parts), with the destination's upload arguments that a copy takes.
 """
 
 from __future__ import annotations
@@ -22,11 +26,12 @@ from typing import Any
 import botocore.exceptions as bex
 from s3transfer.exceptions import RetriesExceededError
 from s3transfer.manager import TransferConfig, TransferManager
+from s3transfer.subscribers import BaseSubscriber
 
 from cloudtrack.blobs.base import CHUNK_SIZE, MULTIPART_THRESHOLD, BlobInfo, Blobs
 from cloudtrack.blobs.s3.client import make_client, upload_extra_args
 from cloudtrack.blobs.s3.errors import HINT_MISSING_BUCKET, TABLE, error_facts
-from cloudtrack.blobs.sdk_errors import ErrorFacts, Mode, Where, translate
+from cloudtrack.blobs.sdk_errors import ErrorFacts, IncompleteAnswer, Mode, Where, translate
 from cloudtrack.config import StoreConfig
 from cloudtrack.credentials.s3 import S3Credentials
 from cloudtrack.errors import (
@@ -45,10 +50,33 @@ log = logging.getLogger("cloudtrack.blobs.s3")
 #: Parallel part requests of one multipart transfer; with CHUNK_SIZE parts this bounds memory.
 TRANSFER_CONCURRENCY = 4
 
+#: CopyObject copies up to 5 GiB in one request; larger objects are copied in parts.
+COPY_LIMIT = 5 * 1024 ** 3
+#: Parts of a multipart copy (s3transfer raises it when 10,000 parts would not do).
+COPY_PART_SIZE = 512 * 1024 * 1024
+#: Upload arguments that replace what a copy would otherwise take from the source object.
+_REPLACES_METADATA = frozenset({"CacheControl", "ContentDisposition", "ContentEncoding",
+                                "ContentLanguage", "ContentType", "Expires", "Metadata"})
+
+#: The most a GET of an object's first byte reads when the server sends the whole object.
+SMALL_ANSWER = 1024 * 1024
+
 #: A 409 ConditionalRequestConflict proves our conditional write did not land (another one was
 #: in flight), so it is re-sent at once, this many times in all, instead of becoming a retry
 #: that the base class would have to treat as possibly its own earlier write.
 CONFLICT_ATTEMPTS = 4
+
+
+class _KnownObject(BaseSubscriber):  # type: ignore[misc]
+    """Hands s3transfer the size and ETag of a HEAD cloudtrack made (and checked) itself, so
+    that s3transfer makes none of its own; the ETag pins every ranged GET (If-Match)."""
+
+    def __init__(self, size: int, etag: str) -> None:
+        self.size, self.etag = size, etag
+
+    def on_queued(self, future: Any, **kwargs: Any) -> None:
+        future.meta.provide_transfer_size(self.size)
+        future.meta.provide_object_etag(self.etag)
 
 
 def _strip_etag(etag: str) -> str:
@@ -62,6 +90,9 @@ class S3Blobs(Blobs):
 
     #: Keys per LIST request; S3's maximum (tests lower it to exercise pagination).
     page_size = 1000
+    #: Objects above this are copied in parts of ``copy_part_size`` (tests lower both).
+    copy_limit = COPY_LIMIT
+    copy_part_size = COPY_PART_SIZE
 
     def __init__(self, config: StoreConfig, *, retry: RetryPolicy | None = None) -> None:
         super().__init__(config, retry=retry)
@@ -140,7 +171,7 @@ class S3Blobs(Blobs):
         except RetriesExceededError as e:
             cause = e.last_exception if e.last_exception is not None else e
             raise self._translate(cause, op, key, mode) from cause
-        except (bex.ClientError, bex.BotoCoreError, RuntimeError) as e:
+        except (bex.ClientError, bex.BotoCoreError, RuntimeError, IncompleteAnswer) as e:
             raise self._translate(e, op, key, mode) from e
 
     # -- helpers ----------------------------------------------------------------------------
@@ -242,12 +273,48 @@ class S3Blobs(Blobs):
     def _stat(self, key: str) -> BlobInfo:
         try:
             with self._sdk("HEAD", key):
-                resp = self._client.head_object(Bucket=self.bucket, Key=self._full(key))
+                size, etag, modified = self._first_byte(key)
         except PermissionDenied as e:
             self._explain_forbidden_head(key, e)
             raise
-        return BlobInfo(key, int(resp["ContentLength"]), _strip_etag(resp["ETag"]),
-                        resp["LastModified"])
+        return BlobInfo(key, size, _strip_etag(etag), modified)
+
+    def _first_byte(self, key: str) -> tuple[int, str, Any]:
+        """The object's size, quoted ETag and modification time, from a GET of its first byte.
+
+        A HEAD cut off inside its last header reads like a whole one (``Content-Length: 1234``
+        as ``12``, S3 sending Content-Length last); an answer whose one byte of body arrived
+        was not cut inside its head, so everything it says can be trusted.  An empty object
+        has no first byte (416), an archived one none to read (InvalidObjectState): those
+        take a HEAD, whose length cannot be cut into another (``0``), or is no read's.
+        """
+        full = self._full(key)
+        try:
+            resp = self._client.get_object(Bucket=self.bucket, Key=full, Range="bytes=0-0")
+        except bex.ClientError as e:
+            facts = error_facts(e)
+            if facts is None or (facts.status != 416 and facts.code != "InvalidObjectState"):
+                raise
+            head = self._client.head_object(Bucket=self.bucket, Key=full)
+            return int(head["ContentLength"]), head["ETag"], head["LastModified"]
+        body = resp["Body"]
+        try:
+            if resp["ResponseMetadata"]["HTTPStatusCode"] == 200:
+                # A server that ignores Range sends the whole object: its body, when small,
+                # still shows that the head was whole.
+                size = int(resp["ContentLength"])
+                if size <= SMALL_ANSWER:
+                    body.read()
+                return size, resp["ETag"], resp.get("LastModified")
+            body.read()
+        finally:
+            body.close()
+        total = str(resp.get("ContentRange", "")).rpartition("/")[2]
+        if not total.isdigit() or "LastModified" not in resp:
+            raise IncompleteAnswer(f"a GET of the first byte with Content-Range "
+                                   f"{resp.get('ContentRange')!r}, Last-Modified "
+                                   f"{resp.get('LastModified')!r}")
+        return int(total), resp["ETag"], resp["LastModified"]
 
     def _explain_forbidden_head(self, key: str, error: BlobError) -> None:
         """A HEAD's 403 has no body, so it cannot say whether the credentials are wrong or
@@ -277,13 +344,18 @@ class S3Blobs(Blobs):
             resp = self._client.head_object(Bucket=self.bucket, Key=full)
         return _strip_etag(resp["ETag"])
 
-    def _download_file(self, key: str, path: str) -> None:
+    def _download_file(self, key: str, path: str) -> int:
+        full = self._full(key)
         try:
-            with self._sdk("DOWNLOAD", key), \
-                    TransferManager(self._client, self._transfer) as manager:
-                manager.download(self.bucket, self._full(key), path).result()
+            # One GET's answer, or the ranges', must add up to this size; the ranges are
+            # pinned to this ETag, so a rewrite in between is a transient error.
+            with self._sdk("DOWNLOAD", key, mode="reading"):
+                size, etag, _ = self._first_byte(key)
+                with TransferManager(self._client, self._transfer) as manager:
+                    manager.download(self.bucket, full, path,
+                                     subscribers=[_KnownObject(size, etag)]).result()
         except PermissionDenied as e:
-            # s3transfer starts with a HEAD, whose errors have no code.
+            # A HEAD's errors (an empty or archived object's) have no code.
             self._explain_forbidden_head(key, e)
             raise
         except BlobNotFound as e:
@@ -293,6 +365,7 @@ class S3Blobs(Blobs):
                     f"DOWNLOAD {self.object_uri(key)} failed: bucket {self.bucket!r} does not "
                     f"exist; {HINT_MISSING_BUCKET}", self.uri) from e.__cause__
             raise
+        return size
 
     def _bucket_exists(self) -> bool:
         try:
@@ -325,6 +398,52 @@ class S3Blobs(Blobs):
                     f"bucket {self.bucket!r} exists and belongs to someone else; bucket names "
                     "are global on AWS, choose another", self.uri) from e.__cause__
             raise
+
+    # -- copies -----------------------------------------------------------------------------
+
+    def _signer(self) -> tuple[object, ...]:
+        """Who signs, as far as the configuration says: the same keys or profile — or both
+        the chain of one process — are one identity, which can read what the other stores."""
+        return self.config.get("access_key_id"), self.config.get("profile")
+
+    def _same_account(self, other: Blobs) -> bool:
+        assert isinstance(other, S3Blobs)
+        endpoint = self.config.get("endpoint_url")
+        theirs = other.config.get("endpoint_url")
+        # No endpoint is AWS's, in whatever region: CopyObject copies across regions.
+        same_endpoint = (str(endpoint).rstrip("/").lower() == str(theirs).rstrip("/").lower()
+                         if endpoint and theirs else not endpoint and not theirs)
+        return same_endpoint and self._signer() == other._signer()
+
+    def _copy_args(self) -> dict[str, Any]:
+        """The destination's upload arguments that CopyObject takes; metadata-like ones only
+        apply when they replace the source's."""
+        allowed = set(TransferManager.ALLOWED_COPY_ARGS)
+        args = {k: v for k, v in self._extra.items() if k in allowed}
+        if _REPLACES_METADATA & set(args):
+            args["MetadataDirective"] = "REPLACE"
+        if "Tagging" in args:
+            args["TaggingDirective"] = "REPLACE"
+        return args
+
+    def _copy_from(self, source: Blobs, info: BlobInfo, key: str) -> str:
+        assert isinstance(source, S3Blobs)
+        copy_source = {"Bucket": source.bucket, "Key": source._full(info.key)}
+        full = self._full(key)
+        with self._sdk(f"COPY {source.object_uri(info.key)} TO", key):
+            if info.size <= self.copy_limit:
+                resp = self._client.copy_object(CopySource=copy_source, Bucket=self.bucket,
+                                                Key=full, **self._copy_args())
+                return _strip_etag(resp["CopyObjectResult"]["ETag"])
+            config = TransferConfig(multipart_threshold=self.copy_limit,
+                                    multipart_chunksize=self.copy_part_size,
+                                    max_request_concurrency=TRANSFER_CONCURRENCY)
+            with TransferManager(self._client, config) as manager:
+                manager.copy(copy_source, self.bucket, full, extra_args=self._copy_args(),
+                             source_client=self._client).result()
+            # As for a multipart upload: CompleteMultipartUpload's answer is not passed on.
+            resp = self._client.head_object(Bucket=self.bucket, Key=full)
+        return _strip_etag(resp["ETag"])
 
     def close(self) -> None:
         self._client.close()

@@ -1,19 +1,24 @@
 """The botocore client an ``s3://`` store uses: endpoint, TLS, region and timeouts as resolved,
 credentials through :class:`~cloudtrack.credentials.s3.S3Credentials`, botocore's own retries
-off (:class:`~cloudtrack.blobs.base.Blobs` retries what is safe to repeat), and two hooks that
-save time: the fast listing parser and no ``Expect: 100-continue`` for small bodies."""
+off (:class:`~cloudtrack.blobs.base.Blobs` retries what is safe to repeat), two hooks that
+save time (the fast listing parser and no ``Expect: 100-continue`` for small bodies), and one
+that refuses an answer cut off before it said what every answer of its operation says
+(:func:`check_answer`) — for cloudtrack's own calls and s3transfer's alike."""
 
 from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Mapping
 from typing import Any
 
 import botocore.exceptions as bex
 from botocore.config import Config
+from botocore.utils import parse_timestamp
 from s3transfer.manager import TransferManager
 
 from cloudtrack.blobs.s3.listing import EVENT, parse_listing
+from cloudtrack.blobs.sdk_errors import IncompleteAnswer, entity_tag
 from cloudtrack.config import StoreConfig, redact_uri
 from cloudtrack.credentials.s3 import S3Credentials
 from cloudtrack.errors import ConfigError, MissingDependencyError
@@ -58,6 +63,81 @@ def _no_continue_for_small_bodies(request: Any, **_: Any) -> None:
         del request.headers["Expect"]
 
 
+#: What every successful answer of an operation carries (``a.b``: field b of a).  The ETag and
+#: the length come in headers, which a connection cut inside the answer's head loses: botocore
+#: then parses what is left as an answer without them, and s3transfer would treat it as done.
+ANSWER_FIELDS: Mapping[str, tuple[str, ...]] = {
+    "PutObject": ("ETag",),
+    "CreateMultipartUpload": ("UploadId",),
+    "UploadPart": ("ETag",),
+    "CompleteMultipartUpload": ("ETag",),
+    "CopyObject": ("CopyObjectResult.ETag",),
+    "UploadPartCopy": ("CopyPartResult.ETag",),
+    "GetObject": ("ETag", "ContentLength"),
+    "HeadObject": ("ETag", "ContentLength", "LastModified"),
+    # Every ListBucketResult says whether it is truncated: an empty page says false.
+    "ListObjectsV2": ("IsTruncated",),
+}
+
+
+def _has(parsed: Mapping[str, Any], path: str) -> bool:
+    value: Any = parsed
+    for part in path.split("."):
+        if not isinstance(value, Mapping) or value.get(part) in (None, ""):
+            return False
+        value = value[part]
+    return True
+
+
+#: Operations whose answer carries the ETag in a header (the others, in their XML body).
+_ETAG_IN_HEADER = frozenset({"PutObject", "UploadPart", "GetObject", "HeadObject"})
+
+
+def check_answer(http_response: Any, parsed: Mapping[str, Any], model: Any, **_: Any) -> None:
+    """botocore ``after-call`` hook: a 2xx answer without what every answer of its operation
+    carries — or with an ETag header cut short — raises :class:`IncompleteAnswer` (a transient
+    failure: the request may have been carried out), never a result made of nothing."""
+    status = int(getattr(http_response, "status_code", 0) or 0)
+    if not 200 <= status < 300:
+        return
+    what = f"HTTP {status} to {model.name}"
+    try:
+        missing = [f for f in ANSWER_FIELDS.get(model.name, ()) if not _has(parsed, f)]
+        if missing:
+            raise IncompleteAnswer(f"{what} without {', '.join(missing)}")
+        if model.name in _ETAG_IN_HEADER:  # parsed from the header as it came, quotes and all
+            entity_tag(parsed.get("ETag"), what)
+    except IncompleteAnswer:
+        body = parsed.get("Body")
+        if body is not None:
+            body.close()  # a streamed body that will not be read
+        raise
+
+
+def check_headers(operation_model: Any, response_dict: dict[str, Any], **_: Any) -> None:
+    """botocore ``before-parse`` hook: a 2xx answer whose number or date header botocore
+    cannot read — cut off inside its value, as ``Content-Length:`` with nothing after it — is
+    :class:`IncompleteAnswer`, not the bare ValueError botocore's parser would raise."""
+    status = int(response_dict.get("status_code") or 0)
+    shape = operation_model.output_shape
+    if not 200 <= status < 300 or shape is None:
+        return
+    headers = response_dict.get("headers") or {}
+    for member in shape.members.values():
+        if member.serialization.get("location") != "header" or \
+                member.type_name not in ("integer", "long", "timestamp"):
+            continue
+        name = member.serialization.get("name")
+        value = headers.get(name)
+        if value is None or str(name).lower() == "expires":  # botocore keeps a bad one aside
+            continue
+        try:
+            int(value) if member.type_name != "timestamp" else parse_timestamp(value)
+        except (ValueError, TypeError, OverflowError):
+            raise IncompleteAnswer(f"HTTP {status} to {operation_model.name} with a garbled "
+                                   f"{name} ({str(value)[:40]!r})") from None
+
+
 def sdk_verify(config: StoreConfig) -> bool | str | None:
     """``verify`` for botocore: what resolve() decided, except that the default bundle is left
     to botocore, which then also honours a profile's ``ca_bundle``."""
@@ -73,8 +153,8 @@ def make_client(config: StoreConfig, credentials: S3Credentials | None = None) -
     credentials = credentials or S3Credentials(config)
     endpoint = config.get("endpoint_url")
     client_config = Config(
-        connect_timeout=float(config.get("connect_timeout", 10)),  # type: ignore[arg-type]
-        read_timeout=float(config.get("read_timeout", 60)),  # type: ignore[arg-type]
+        connect_timeout=float(config.get("connect_timeout", 5)),  # type: ignore[arg-type]
+        read_timeout=float(config.get("read_timeout", 10)),  # type: ignore[arg-type]
         retries={"total_max_attempts": 1},
         # Callers fan out over threads (listing, parallel puts); botocore's default of 10
         # would drop and reopen connections.
@@ -97,6 +177,8 @@ def make_client(config: StoreConfig, credentials: S3Credentials | None = None) -
             "this botocore cannot send conditional S3 writes (If-Match / If-None-Match); "
             "run: pip install -U 'cloudtrack[s3]'")
     client.meta.events.register(EVENT, parse_listing)
+    client.meta.events.register("before-parse.s3", check_headers)
+    client.meta.events.register("after-call.s3", check_answer)
     client.meta.events.register("before-send.s3.PutObject", _no_continue_for_small_bodies)
     log.debug("S3 client for %s: endpoint=%s region=%s credentials=%s", config.display_uri,
               redact_uri(str(endpoint)) if endpoint else "(AWS default)",

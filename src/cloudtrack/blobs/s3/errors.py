@@ -11,7 +11,7 @@ from collections.abc import Mapping
 import botocore.exceptions as bex
 from s3transfer.exceptions import RetriesExceededError
 
-from cloudtrack.blobs.sdk_errors import ErrorFacts, ErrorTable
+from cloudtrack.blobs.sdk_errors import ErrorFacts, ErrorTable, IncompleteAnswer
 from cloudtrack.config import redact
 from cloudtrack.errors import (
     BlobError,
@@ -75,7 +75,10 @@ CODES: Mapping[str, type[BlobError]] = {
 
 #: How to fix each kind of failure.
 HINT_MISSING_BUCKET = "create the bucket, or check the URI, the endpoint and the region"
-TABLE = ErrorTable(CODES, hints={
+TABLE = ErrorTable(CODES, statuses={
+    # NotImplemented: an S3-compatible server without the operation; retrying cannot help.
+    501: BlobError,
+}, hints={
     ContainerNotFound: HINT_MISSING_BUCKET,
     PermissionDenied: "allow the s3: action on this bucket and prefix in the IAM or bucket "
                       "policy",
@@ -104,10 +107,13 @@ def _response(e: bex.ClientError) -> ErrorFacts:
 
 
 def error_facts(e: BaseException) -> ErrorFacts | None:
-    """The facts of a botocore or s3transfer error; None for anything else."""
+    """The facts of a botocore or s3transfer error, or of an answer cut off
+    (:class:`IncompleteAnswer`); None for anything else."""
     if isinstance(e, RetriesExceededError) and e.last_exception is not None:
         e = e.last_exception
     name = type(e).__name__
+    if isinstance(e, IncompleteAnswer):
+        return ErrorFacts("network", message=str(e), error=name)
     if isinstance(e, bex.ClientError):
         return _response(e)
     if isinstance(e, CREDENTIAL_ERRORS):
