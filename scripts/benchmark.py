@@ -380,8 +380,11 @@ WORKERS: dict[str, Callable[[Mapping[str, Any]], dict[str, Any]]] = {
 }
 
 
-def worker_main(kind: str, spec_json: str) -> int:
-    result = WORKERS[kind](json.loads(spec_json))
+def worker_main(kind: str, spec_json: str,
+                workers: Mapping[str, Callable[[Mapping[str, Any]], dict[str, Any]]] = WORKERS
+                ) -> int:
+    """A child's whole life: run ``workers[kind]`` and print its result after RESULT_MARK."""
+    result = workers[kind](json.loads(spec_json))
     print(RESULT_MARK + json.dumps(result), flush=True)
     return 0
 
@@ -401,10 +404,16 @@ class Target:
 
 
 class Lab:
-    """The running services, their proxies and a scratch folder; ``close()`` stops them all."""
+    """The running services, their proxies and a scratch folder; ``close()`` stops them all.
 
-    def __init__(self, latency_ms: float) -> None:
+    Children run ``script`` (default: this file) as ``script _worker KIND SPEC``, each bounded
+    by ``timeouts[KIND]`` seconds; scripts/benchmark_migrate.py brings its own of both."""
+
+    def __init__(self, latency_ms: float, *, script: Path | None = None,
+                 timeouts: Mapping[str, int] | None = None) -> None:
         self.latency_ms = latency_ms
+        self.script = script or Path(__file__).resolve()
+        self.timeouts = dict(timeouts or TIMEOUTS)
         self.workdir = Path(tempfile.mkdtemp(prefix="cloudtrack-benchmark-"))
         self.services: dict[str, Any] = {}
         self.proxies: list[Any] = []
@@ -422,13 +431,17 @@ class Lab:
             digest.update(path.read_bytes())
         return digest.hexdigest()[:12]
 
-    def start(self, names: Sequence[str]) -> None:
-        """Start ``names`` (registry names of backends.SERVICES) side by side."""
+    def start(self, names: Sequence[str] | Mapping[str, str]) -> None:
+        """Start ``names`` (registry names of backends.SERVICES) side by side; a mapping
+        starts each of its values under its key (two MLflow servers: ``{"mlflow": "mlflow",
+        "mlflow-dest": "mlflow"}``)."""
         import backends
 
+        services = dict(names) if isinstance(names, Mapping) else {n: n for n in names}
+
         def start_one(name: str) -> Any:
-            svc = backends.load(name)()
-            if name == "mlflow":
+            svc = backends.load(services[name])()
+            if services[name] == "mlflow":
                 svc.launch()
                 self.services[name] = svc  # stop() is safe from here on
                 svc.wait_ready()
@@ -437,8 +450,8 @@ class Lab:
                 self.services[name] = svc
             return svc
 
-        with ThreadPoolExecutor(len(names)) as pool:
-            futures: list[Future[Any]] = [pool.submit(start_one, n) for n in names]
+        with ThreadPoolExecutor(len(services)) as pool:
+            futures: list[Future[Any]] = [pool.submit(start_one, n) for n in services]
             errors = [f.exception() for f in futures if f.exception() is not None]
         if errors:
             raise BenchmarkError(f"a service did not start: {errors[0]}") from errors[0]
@@ -496,12 +509,12 @@ class Lab:
         uri = self.services[SERVICE_OF[backend]].new_store(name)
         return Target(backend, uri, base.env, base.direct_env, uri, base.controls)
 
-    def add_mlflow(self) -> Target:
-        svc = self.services["mlflow"]
-        env, controls = self.proxied("mlflow", svc.env)
-        self.targets["mlflow"] = Target("mlflow", env["MLFLOW_TRACKING_URI"], env,
-                                        dict(svc.env), svc.url, controls)
-        return self.targets["mlflow"]
+    def add_mlflow(self, name: str = "mlflow") -> Target:
+        svc = self.services[name]
+        env, controls = self.proxied(name, svc.env)
+        self.targets[name] = Target(name, env["MLFLOW_TRACKING_URI"], env, dict(svc.env),
+                                    svc.url, controls)
+        return self.targets[name]
 
     def child_env(self, target: Target, *, direct: bool = False,
                   extra: Mapping[str, str] | None = None) -> dict[str, str]:
@@ -522,15 +535,16 @@ class Lab:
     def run(self, kind: str, spec: Mapping[str, Any], env: Mapping[str, str]) -> dict[str, Any]:
         """Run one child to completion (bounded by TIMEOUTS) and return its result; close()
         kills the children still running."""
-        argv = [sys.executable, str(Path(__file__).resolve()), "_worker", kind, json.dumps(spec)]
+        argv = [sys.executable, str(self.script), "_worker", kind, json.dumps(spec)]
+        timeout = self.timeouts[kind]
         with tempfile.TemporaryFile("w+") as err:
             proc = subprocess.Popen(argv, env=dict(env), cwd=self.workdir, text=True,
                                     stdout=subprocess.PIPE, stderr=err, stdin=subprocess.DEVNULL)
             self.children.add(proc)
             try:
-                stdout, _ = proc.communicate(timeout=TIMEOUTS[kind])
+                stdout, _ = proc.communicate(timeout=timeout)
             except subprocess.TimeoutExpired as e:
-                raise BenchmarkError(f"{kind} child did not finish within {TIMEOUTS[kind]} s "
+                raise BenchmarkError(f"{kind} child did not finish within {timeout} s "
                                      f"({spec})") from e
             finally:
                 if proc.poll() is None:
@@ -647,13 +661,18 @@ class Results:
                 "" if r.target is None else f"<= {r.target:g}",
                 r.verdict + (f"  {r.note}" if r.note else ""),
             ))
-        widths = [max(len(line[i]) for line in lines) for i in range(len(head))]
-        out = []
-        for n, line in enumerate(lines):
-            out.append("  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)).rstrip())
-            if n == 0:
-                out.append("  ".join("-" * w for w in widths))
-        return "\n".join(out)
+        return format_table(lines)
+
+
+def format_table(lines: Sequence[Sequence[str]]) -> str:
+    """Columns padded to their widest cell; the first line is the header, ruled off."""
+    widths = [max(len(line[i]) for line in lines) for i in range(len(lines[0]))]
+    out = []
+    for n, line in enumerate(lines):
+        out.append("  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)).rstrip())
+        if n == 0:
+            out.append("  ".join("-" * w for w in widths))
+    return "\n".join(out)
 
 
 # -- the benchmark --------------------------------------------------------------------------------
@@ -867,12 +886,19 @@ def _list(value: str, allowed: Sequence[str], what: str) -> list[str]:
     return list(dict.fromkeys(items))
 
 
-def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="scripts/benchmark.py",
-                                description=__doc__.split("\n\n")[0] if __doc__ else None,
+def new_parser(script: str, doc: str | None) -> argparse.ArgumentParser:
+    """A benchmark's command line: the first paragraph of its docstring as description, and
+    ``--latency-ms``."""
+    p = argparse.ArgumentParser(prog=f"scripts/{script}",
+                                description=doc.split("\n\n")[0] if doc else None,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--latency-ms", type=float, default=20.0,
                    help="added to every round trip by the proxies (default 20)")
+    return p
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    p = new_parser("benchmark.py", __doc__)
     p.add_argument("--backends", type=lambda v: _list(v, BACKENDS, "--backends"),
                    default=list(BACKENDS), help="default: s3,azure,gcs,local")
     p.add_argument("--workloads", type=lambda v: _list(v, WORKLOADS, "--workloads"),
@@ -911,27 +937,66 @@ def _raise_interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
 
+def new_meta(latency_ms: float, **sizes: Any) -> dict[str, Any]:
+    """What a benchmark's header and JSON say of the run: when, where, what was measured
+    (``sizes``); :func:`run_lab` adds the rest."""
+    return {"date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            "cores": os.cpu_count(), "load_at_start": os.getloadavg(),
+            "latency_ms": latency_ms, **sizes, "git": _git_state()}
+
+
+def run_lab(lab: Lab, meta: dict[str, Any], body: Callable[[], None], *,
+            partial: Callable[[], str]) -> int | None:
+    """Freeze src/, run ``body`` (which starts what it needs in ``lab``), and stop every
+    service whatever happens; SIGTERM and a closed terminal clean up like Ctrl-C.
+
+    None when ``body`` finished (``meta`` then holds ``src_digest``, ``load_at_end`` and
+    ``seconds``); else the exit code: 130 when interrupted, 2 when a :class:`BenchmarkError`
+    ended it, after printing ``partial()`` (what was measured before the failure)."""
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, _raise_interrupt)
+    started = time.monotonic()
+    try:
+        meta["src_digest"] = lab.freeze_src()
+        lab.check_src()
+        body()
+    except KeyboardInterrupt:
+        _log("interrupted; stopping the services")
+        return 130
+    except BenchmarkError as e:
+        _log(f"failed: {e}")
+        print(partial())
+        return 2
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not skip cleanup
+        lab.close()
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    meta["load_at_end"] = os.getloadavg()
+    meta["seconds"] = round(time.monotonic() - started, 1)
+    return None
+
+
+def header(title: str, meta: Mapping[str, Any]) -> str:
+    """The first line of a benchmark's output: when, on what, how loaded, which source."""
+    return (f"# {title} {meta['date']}, {meta['cores']} cores, load "
+            f"{meta['load_at_start'][0]:.1f} -> {meta['load_at_end'][0]:.1f}, "
+            f"+{meta['latency_ms']:g} ms per round trip, src {meta['git']} "
+            f"({meta['src_digest']})")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["_worker"]:
         return worker_main(argv[1], argv[2])
     args = parse_args(argv)
-    # SIGTERM and a closed terminal clean up like Ctrl-C.
-    for sig in (signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, _raise_interrupt)
-    started = time.monotonic()
-    meta: dict[str, Any] = {
-        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "cores": os.cpu_count(), "load_at_start": os.getloadavg(), "latency_ms": args.latency_ms,
-        "backends": args.backends, "workloads": args.workloads, "runs": args.runs,
-        "points": args.points, "epochs": args.epochs, "artifact_files": args.artifact_files,
-        "artifact_big_mb": args.artifact_big_mb, "repeat": args.repeat, "git": _git_state(),
-    }
+    meta = new_meta(args.latency_ms, backends=args.backends, workloads=args.workloads,
+                    runs=args.runs, points=args.points, epochs=args.epochs,
+                    artifact_files=args.artifact_files, artifact_big_mb=args.artifact_big_mb,
+                    repeat=args.repeat)
     lab = Lab(args.latency_ms)
     bench = Benchmark(args, lab)
-    try:
-        meta["src_digest"] = lab.freeze_src()
-        lab.check_src()
+
+    def body() -> None:
         names = ["mlflow", *(SERVICE_OF[b] for b in args.backends)]
         if "A" in args.workloads and "s3" not in args.backends:
             names.append(SERVICE_OF["s3"])  # MLflow's S3 repository is the baseline
@@ -943,23 +1008,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         bench.populate()
         meta["populate_seconds"] = {k: round(v["seconds"], 1) for k, v in bench.populated.items()}
         bench.run()
-    except KeyboardInterrupt:
-        _log("interrupted; stopping the services")
-        return 130
-    except BenchmarkError as e:
-        _log(f"failed: {e}")
-        print(bench.results.table())  # what was measured before the failure
-        return 2
-    finally:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not skip cleanup
-        lab.close()
-        signal.signal(signal.SIGINT, signal.default_int_handler)
-    meta["load_at_end"] = os.getloadavg()
-    meta["seconds"] = round(time.monotonic() - started, 1)
+
+    failed = run_lab(lab, meta, body, partial=bench.results.table)
+    if failed is not None:
+        return failed
     results = bench.results
-    print(f"# cloudtrack benchmark {meta['date']}, {meta['cores']} cores, load "
-          f"{meta['load_at_start'][0]:.1f} -> {meta['load_at_end'][0]:.1f}, "
-          f"+{args.latency_ms:g} ms per round trip, src {meta['git']} ({meta['src_digest']})")
+    print(header("cloudtrack benchmark", meta))
     print(f"# sizes: runs={args.runs} points={args.points} epochs={args.epochs} "
           f"artifacts={args.artifact_files}x1KiB+{args.artifact_big_mb}MB repeat={args.repeat}; "
           f"total {meta['seconds']:.0f} s")

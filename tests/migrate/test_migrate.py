@@ -94,6 +94,7 @@ def test_dry_run_writes_nothing(source: str, tmp_path: Path) -> None:
     report = migrate(source, str(dest), dry_run=True)
     assert report.ok and report.copied["runs"] == 5 and report.copied["experiments"] == 2
     assert report.copied["model_versions"] == 4  # the model's 1 and 3, the prompt's 1 and 2
+    assert report.copied["artifacts"] == 6 and report.bytes == 3 * (2048 + 6) + 0 + 1 + 2
     # Opening a directory as a cloudtrack store creates it, with its marker and Default; no
     # experiment, run or artifact of the source.
     names = {p.relative_to(dest).as_posix() for p in dest.rglob("*") if p.is_file()}
@@ -176,6 +177,41 @@ def test_cloudtrack_to_cloudtrack_and_sql(pair: str, source: str, tmp_path: Path
     assert migrate(source, middle).ok
     report = migrate(middle, target, verify=True)
     assert report.ok, (report.failures, report.differences)
+    assert snapshot(target) == snapshot(source)
+
+
+def test_cloudtrack_to_cloudtrack_on_one_s3_endpoint_copies_artifacts_server_side(
+        source: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two buckets behind one endpoint, one set of keys: S3 copies every artifact itself, so
+    what crosses the wire is the records, not the artifacts' bytes."""
+    s3 = service("s3-noauth")
+    use(monkeypatch, s3.env)
+    middle, target = s3.new_store("middle"), s3.new_store("target")
+    first = migrate(source, middle)
+    assert first.ok
+    big = os.urandom(4 * 1024 * 1024)
+    with open_blobs(resolve(middle)) as blobs:
+        # artifacts/<experiment>/<run>/artifacts/<path>: a run's artifact folder.
+        folder = next(i.key.rsplit("/", 1)[0] for i in blobs.list("artifacts/")
+                      if i.key.split("/")[3:4] == ["artifacts"])
+        blobs.put(f"{folder}/weights.bin", big)
+    host, port = s3.env["MLFLOW_S3_ENDPOINT_URL"].rsplit("/", 1)[-1].rsplit(":", 1)
+    with LatencyProxy(host, int(port)) as proxy:
+        monkeypatch.setenv("MLFLOW_S3_ENDPOINT_URL", proxy.url)
+        with proxy.counting() as cost:
+            report = migrate(middle, target, verify=True)
+    use(monkeypatch, s3.env)
+    assert report.ok, (report.failures, report.differences)
+    assert report.copied["artifacts"] == first.copied["artifacts"] + 1
+    assert report.bytes == first.bytes + len(big)
+    assert cost.bytes_down < len(big) // 4 and cost.bytes_up < len(big) // 4, cost
+    with open_blobs(resolve(target)) as blobs:
+        assert blobs.get(f"{folder}/weights.bin") == big
+    with open_blobs(resolve(middle)) as blobs:
+        blobs.delete(f"{folder}/weights.bin")
+    assert snapshot(target) != snapshot(source)  # the extra artifact
+    with open_blobs(resolve(target)) as blobs:
+        blobs.delete(f"{folder}/weights.bin")
     assert snapshot(target) == snapshot(source)
 
 

@@ -4,6 +4,7 @@ there, its records pointing at the target's artifacts, its artifact bytes untouc
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 from mlflow.entities import Metric, Param, ViewType
@@ -48,5 +49,36 @@ def test_a_copied_store_is_the_same_store_on_the_target(  # type: ignore[no-unty
     assert got.info.artifact_uri == f"{store.uri}/artifacts/{exp}/{rid}/artifacts"
     assert copied.get_experiment(exp).artifact_location == f"{store.uri}/artifacts/{exp}"
     assert [r.info.run_id for r in copied.search_runs([exp], "", ViewType.ALL)] == [rid]
+    copied.close()
+    source.close()
+
+
+def test_within_one_account_the_service_copies_what_is_not_rewritten(store) -> None:  # type: ignore[no-untyped-def]
+    """Two stores of one service: the artifacts never pass through this process; the records,
+    which name the source's artifact root, are read and rewritten."""
+    source = tracking_store(store, strict=True)
+    exp = source.create_experiment("copied")
+    rid = source.create_run(exp, "u", 0, [], "r").info.run_id
+    artifact = f"{layout.ARTIFACTS}/{exp}/{rid}/artifacts/model.bin"
+    body = b"\x00weights" * 1000
+    source.blobs.put(artifact, body)
+    target_uri = store.service.new_store("target")
+    target = open_blobs(resolve(target_uri, store.env))
+    assert target.same_account(source.blobs)
+    read: list[str] = []
+    for name in ("_get", "_download_file"):
+        real = getattr(source.blobs, name)
+
+        def counted(key: str, *args: Any, _real: Any = real) -> Any:
+            read.append(key)
+            return _real(key, *args)
+
+        setattr(source.blobs, name, counted)
+    copy_store(source.blobs, target, rewrite=relocate_artifacts(store.uri, target_uri), threads=4)
+    assert artifact not in read
+    assert any(k.startswith(layout.HEADS) for k in read), "the records are read to be rewritten"
+    assert target.get(artifact) == body
+    copied = BlobTrackingStore(target_uri, config=resolve(target_uri, store.env))
+    assert copied.get_run(rid).info.artifact_uri == f"{target_uri}/artifacts/{exp}/{rid}/artifacts"
     copied.close()
     source.close()

@@ -8,7 +8,9 @@ What it writes, in an order that makes a copy safe to interrupt anywhere:
   stage and its head snapshot at the end (:meth:`CloudtrackDestination.finish_experiment`);
 * a run: its run index, its history as batches named by their place
   (``history/<run>/copy-000000.json``, :data:`BATCH_POINTS` points each, in one fixed order),
-  then its head: the write that makes it visible.  Writing a run again overwrites its batches
+  then its head: the write that makes it visible.  Index and history go out from
+  :meth:`~CloudtrackDestination.begin_run` while the caller copies the run's artifacts; the head
+  waits for both.  Writing a run again overwrites its batches
   and its head and removes any batch it did not write, so the copy's history is exactly the
   source's points;
 * a logged model: its artifacts (the caller copies them), its index, then its record;
@@ -27,7 +29,7 @@ import threading
 import uuid
 import zlib
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -120,6 +122,11 @@ class CloudtrackDestination(Destination):
         self.registry = endpoint.registry
         self.blobs = self.tracking.blobs
         self._pool = ThreadPoolExecutor(CONCURRENCY, thread_name_prefix="cloudtrack-dest")
+        # Run bodies (index and history) being written, by run id: one per run between
+        # begin_run and finish_run, so at most as many as the caller's workers.  A pool of
+        # their own: a body waits on self._pool for its history batches.
+        self._bodies: dict[str, Future[bool]] = {}
+        self._body_pool = ThreadPoolExecutor(64, thread_name_prefix="cloudtrack-dest-run")
         self._lock = threading.Lock()
         #: experiment id -> its artifact location.
         self._locations: dict[str, str] = {}
@@ -129,6 +136,7 @@ class CloudtrackDestination(Destination):
         self._models: dict[str, _Model] = {}
 
     def close(self) -> None:
+        self._body_pool.shutdown(wait=True)
         self._pool.shutdown(wait=True)
         super().close()
 
@@ -258,10 +266,15 @@ class CloudtrackDestination(Destination):
 
     def begin_run(self, copy: RunCopy, earlier: CopiedRun | None) -> RunTarget:
         location = self._location(copy.experiment_id)
+        # Ids are kept, so the history's model ids are final already.
+        body = self._body_pool.submit(self._write_body, copy)
+        with self._lock:
+            self._bodies[copy.run_id] = body
         return RunTarget(copy.run_id, append_to_uri_path(location, copy.run_id, "artifacts"))
 
-    def finish_run(self, copy: RunCopy, target: RunTarget) -> None:
-        exp_id, run_id = copy.experiment_id, target.run_id
+    def _write_body(self, copy: RunCopy) -> bool:
+        """The run's index, then its history; True when an earlier copy was there."""
+        exp_id, run_id = copy.experiment_id, copy.run_id
         with self._lock:
             again = run_id in self._copied
         if not again:
@@ -273,6 +286,13 @@ class CloudtrackDestination(Destination):
             stray = [i.key for i in self.blobs.list(layout.history(run_id))
                      if i.key not in batches]
             list(self._pool.map(self.blobs.delete, stray))
+        return again
+
+    def finish_run(self, copy: RunCopy, target: RunTarget) -> None:
+        exp_id, run_id = copy.experiment_id, target.run_id
+        with self._lock:
+            body = self._bodies.pop(run_id, None)
+        again = body.result() if body is not None else self._write_body(copy)
         head = entities.run_head_record(
             copy.run, experiment_id=exp_id, artifact_uri=target.artifact_uri,
             history=copy.history, model_ids=copy.model_ids, deleted_time=copy.deleted_time)

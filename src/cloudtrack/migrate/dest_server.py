@@ -72,7 +72,7 @@ from cloudtrack.migrate.model import (
     point_key,
     run_fingerprint,
 )
-from cloudtrack.migrate.source import IS_PROMPT, PAGE, Source
+from cloudtrack.migrate.source import IS_PROMPT, PAGE, Source, metric_history
 
 log = logging.getLogger("cloudtrack.migrate")
 
@@ -252,7 +252,7 @@ class ServerDestination(Destination):
         run = self.tracking.get_run(run_id)
         points: set[tuple[str, int, int, str]] = set()
         for key in run.data.metrics:
-            points.update(point_key(m) for m in self._history(run_id, key))
+            points.update(point_key(m) for m in metric_history(self.tracking, run_id, key))
         inputs, outputs = run.inputs, run.outputs
         return _Existing(
             params=run.data.params, tags=run.data.tags, points=points,
@@ -261,16 +261,6 @@ class ServerDestination(Destination):
             model_inputs={m.model_id for m in (inputs.model_inputs if inputs else [])},
             model_outputs={(m.model_id, int(m.step))
                            for m in (outputs.model_outputs if outputs else [])})
-
-    def _history(self, run_id: str, key: str) -> list[Metric]:
-        out: list[Metric] = []
-        token = None
-        while True:
-            page = self.tracking.get_metric_history(run_id, key, page_token=token)
-            out.extend(page)
-            token = getattr(page, "token", None)
-            if not token:
-                return out
 
     def _log_inputs_and_outputs(self, copy: RunCopy, run_id: str, have: _Existing,
                                 models: _ModelIds) -> None:

@@ -17,8 +17,9 @@ import os
 import re
 import threading
 import time
+from collections import deque
 from collections.abc import Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol
@@ -44,6 +45,9 @@ log = logging.getLogger("cloudtrack.migrate")
 
 #: Runs whose histories are read together (one SQL query; bounded memory).
 HISTORY_CHUNK = 50
+
+#: A run read from the source: the run, its earlier copy, its history, when it was deleted.
+_Read = tuple[Run, CopiedRun | None, list[Metric], int | None]
 
 
 class Progress(Protocol):
@@ -124,6 +128,10 @@ class Migration:
         self.run_artifacts: dict[str, str] = {}
         #: (run id, key, timestamp, step) -> the logged model a point was logged for.
         self.links: dict[tuple[str, str, int, int], Metric] = {}
+        self.repositories = artifacts.Repositories()
+        #: Destination experiments this migration created: no earlier copy left anything in
+        #: their artifact locations.
+        self.new_experiments: set[str] = set()
 
     # -- the whole ---------------------------------------------------------------------------
 
@@ -213,6 +221,7 @@ class Migration:
         wanted = exp.experiment_id if self.dest.keeps_ids and exp.experiment_id not in taken \
             else None
         created = self.dest.create_experiment(exp, wanted)
+        self.new_experiments.add(created.experiment_id)
         existing.append(created)
         self._count("experiments")
         return created
@@ -238,39 +247,78 @@ class Migration:
                     continue
             todo.append((run, earlier))
         if self.options.dry_run or dest_id is None:
-            for run, _ in todo:
-                self._count("runs")
-                self._count("metric_keys", len(run.data.metrics))
-                self.progress.advance()
+            self._plan(todo)
             return
+
+        def one(chunk: list[tuple[Run, CopiedRun | None]], read: list[_Read] | None) -> None:
+            for n, (run, _) in enumerate(chunk):
+                try:
+                    if read is None:
+                        read = self._read(chunk)
+                    run, earlier, history, deleted_time = read[n]
+                    self._copy_run(run, earlier, history, str(dest_id),
+                                   models.pop(run.info.run_id, []), deleted_time)
+                except Exception as e:
+                    log.debug("run %s failed", run.info.run_id, exc_info=True)
+                    self._fail("run", f"run {run.info.run_id} ({run.info.run_name})", e)
+                finally:
+                    self.progress.advance()
+
+        # A SQL source reads a chunk's histories in one query, here, while the workers write
+        # the chunks before it; any other source reads each run in the worker that writes it
+        # (a server answers one run at a time: read in parallel).  Two chunks wait at most, so
+        # memory stays flat.
+        bulk = self.source.reads_in_bulk
         with ThreadPoolExecutor(self.options.workers, thread_name_prefix="cloudtrack-migrate") \
                 as pool:
-            for chunk in _chunks(todo, HISTORY_CHUNK):
-                try:
-                    runs = self.source.complete([r for r, _ in chunk])
-                    chunk = [(run, earlier) for run, (_, earlier) in zip(runs, chunk, strict=True)]
-                    histories = self.source.histories(runs)
-                    deleted_times = self.source.deleted_times(runs)
-                except Exception as e:
-                    for run, _ in chunk:
-                        self._fail("run", f"run {run.info.run_id}", e)
-                    continue
-
-                def one(item: tuple[Run, CopiedRun | None],
-                        histories: dict[str, list[Metric]] = histories,
-                        deleted_times: dict[str, int] = deleted_times) -> None:
-                    run, earlier = item
+            waiting: deque[Future[None]] = deque()
+            for chunk in _chunks(todo, HISTORY_CHUNK if bulk else 1):
+                if not bulk:
+                    waiting.append(pool.submit(one, chunk, None))
+                else:
                     try:
-                        self._copy_run(run, earlier, histories.get(run.info.run_id, []),
-                                       str(dest_id), models.pop(run.info.run_id, []),
-                                       deleted_times.get(run.info.run_id))
+                        read = self._read(chunk)
                     except Exception as e:
-                        log.debug("run %s failed", run.info.run_id, exc_info=True)
-                        self._fail("run", f"run {run.info.run_id} ({run.info.run_name})", e)
-                    finally:
-                        self.progress.advance()
+                        for run, _ in chunk:
+                            self._fail("run", f"run {run.info.run_id} ({run.info.run_name})", e)
+                            self.progress.advance()
+                        continue
+                    waiting.extend(pool.submit(one, [item], [r]) for item, r in zip(
+                        chunk, read, strict=True))
+                while len(waiting) > 2 * HISTORY_CHUNK:
+                    waiting.popleft().result()
+            for job in waiting:
+                job.result()
 
-                list(pool.map(one, chunk))
+    def _read(self, chunk: list[tuple[Run, CopiedRun | None]]) -> list[_Read]:
+        """Each run of ``chunk`` completed, with its whole history and when it was deleted."""
+        runs = self.source.complete([r for r, _ in chunk])
+        histories = self.source.histories(runs)
+        deleted_times = self.source.deleted_times(runs)
+        return [(run, earlier, histories.get(run.info.run_id, []),
+                 deleted_times.get(run.info.run_id))
+                for run, (_, earlier) in zip(runs, chunk, strict=True)]
+
+    def _plan(self, todo: list[tuple[Run, CopiedRun | None]]) -> None:
+        """A dry run: count what would move — runs, their metrics, their artifacts and bytes
+        (one listing of each run's artifacts, read in parallel)."""
+        def sizes(run: Run) -> dict[str, int]:
+            try:
+                repo, base = self.repositories.at(run.info.artifact_uri, self.src.tracking_uri)
+                return artifacts.list_tree(repo, base or None)
+            except Exception as e:
+                self._fail("artifacts", f"artifacts of run {run.info.run_id}", e)
+                return {}
+
+        with ThreadPoolExecutor(self.options.workers, thread_name_prefix="cloudtrack-plan") \
+                as pool:
+            for (run, _), files in zip(todo, pool.map(sizes, [r for r, _ in todo]), strict=True):
+                self._count("runs")
+                self._count("metric_keys", len(run.data.metrics))
+                self._count("artifacts", len(files))
+                with self._lock:
+                    self.report.bytes += sum(max(0, n) for n in files.values())
+                self.progress.advance()
 
     def _copy_run(self, run: Run, earlier: CopiedRun | None, history: list[Metric],
                   dest_id: str, models: list[LoggedModel], deleted_time: int | None) -> None:
@@ -280,7 +328,9 @@ class Migration:
         with self._lock:
             self.run_ids[run.info.run_id] = target.run_id
             self.locations[run.info.artifact_uri] = target.artifact_uri
-        self._copy_artifacts(run.info.artifact_uri, target.artifact_uri)
+        # A run new in the destination has no artifacts there: one listing less per run.
+        empty = earlier is None and (dest_id in self.new_experiments or not self.dest.keeps_ids)
+        self._copy_artifacts(run.info.artifact_uri, target.artifact_uri, dest_empty=empty)
         for model in models:
             if model.model_id not in self.model_ids:
                 self._copy_model(model, dest_id, target.run_id)
@@ -295,12 +345,14 @@ class Migration:
         except Exception as e:
             self._fail("artifacts", f"artifacts of run {run.info.run_id}", e)
 
-    def _copy_artifacts(self, source_uri: str, dest_uri: str) -> None:
+    def _copy_artifacts(self, source_uri: str, dest_uri: str, *,
+                        dest_empty: bool = False) -> None:
         if not source_uri:
             return
         result = artifacts.copy_tree(source_uri, self.src.tracking_uri, dest_uri,
                                      self.dest.endpoint.tracking_uri,
-                                     workers=min(4, self.options.workers))
+                                     workers=min(4, self.options.workers),
+                                     repositories=self.repositories, dest_empty=dest_empty)
         self._count("artifacts", result.files)
         if result.unchanged:
             self._count("artifacts", result.unchanged, unchanged=True)

@@ -9,6 +9,7 @@ for all its metrics instead of once per metric.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -34,6 +35,13 @@ class Source:
         self.endpoint = endpoint
         self.tracking = endpoint.tracking
         self.registry = endpoint.registry
+
+    @property
+    def reads_in_bulk(self) -> bool:
+        """Whether :meth:`complete`, :meth:`histories` and :meth:`deleted_times` answer many
+        runs at once (one query each, SQL); elsewhere they read one run after the other, and a
+        caller reads runs in parallel instead."""
+        return self.endpoint.kind == "sql"
 
     # -- experiments and runs ----------------------------------------------------------------
 
@@ -166,38 +174,29 @@ class Source:
             return [entities.metric(t, run_id) for t in self.tracking._history_points(run_id)]
         points: list[Metric] = []
         for key in keys:
-            points.extend(self._metric_history(run_id, key))
+            points.extend(metric_history(self.tracking, run_id, key))
         return points
 
-    def _metric_history(self, run_id: str, key: str) -> list[Metric]:
-        # Without max_results every store answers the whole history; follow a page token
-        # should one come back anyway.
-        out: list[Metric] = []
-        token = None
-        while True:
-            page = self.tracking.get_metric_history(run_id, key, page_token=token)
-            out.extend(page)
-            token = getattr(page, "token", None)
-            if not token:
-                return out
-
     def _sql_histories(self, runs: Sequence[Run]) -> dict[str, list[Metric]]:
+        # Plain rows, not ORM objects: building, then expiring at commit, one SqlMetric per
+        # point cost ~0.1 ms a point (27 of 40 s of copying 500 runs of 500 points locally).
         from mlflow.store.tracking.dbmodels.models import SqlMetric
+        from sqlalchemy import select
 
+        table = SqlMetric.__table__
+        # Where this MLflow's table links a point to a logged model and dataset.
+        linked = [c for c in ("model_id", "dataset_name", "dataset_digest") if c in table.c]
+        query = select(table.c.key, table.c.value, table.c.timestamp, table.c.step,
+                       table.c.is_nan, table.c.run_uuid, *(table.c[c] for c in linked))
         out: dict[str, list[Metric]] = {r.info.run_id: [] for r in runs}
         ids = list(out)
         for start in range(0, len(ids), SQL_HISTORY_BATCH):
             chunk = ids[start:start + SQL_HISTORY_BATCH]
             with self.tracking.ManagedSessionMaker() as session:
-                rows = session.query(SqlMetric).filter(SqlMetric.run_uuid.in_(chunk)).all()
-                for row in rows:
-                    metric = row.to_mlflow_entity()
-                    out[row.run_uuid].append(Metric(
-                        key=metric.key, value=metric.value, timestamp=metric.timestamp,
-                        step=metric.step, run_id=row.run_uuid,
-                        model_id=getattr(row, "model_id", None),
-                        dataset_name=getattr(row, "dataset_name", None),
-                        dataset_digest=getattr(row, "dataset_digest", None)))
+                rows = session.execute(query.where(table.c.run_uuid.in_(chunk))).all()
+            for key, value, timestamp, step, is_nan, run_id, *link in rows:
+                out[run_id].append(Metric(key, math.nan if is_nan else value, timestamp, step,
+                                          run_id=run_id, **dict(zip(linked, link, strict=True))))
         return out
 
     # -- logged models -------------------------------------------------------------------------
@@ -306,6 +305,20 @@ class Source:
             return sorted(int(r["version"]) for r in self.registry._version_records(record)
                           if r.get("current_stage") == STAGE_DELETED_INTERNAL)
         return []
+
+
+def metric_history(store: Any, run_id: str, key: str) -> list[Metric]:
+    """Every point of one metric of a run, from any MLflow tracking store."""
+    # Without max_results every store answers the whole history; follow a page token should
+    # one come back anyway.
+    out: list[Metric] = []
+    token = None
+    while True:
+        page = store.get_metric_history(run_id, key, page_token=token)
+        out.extend(page)
+        token = getattr(page, "token", None)
+        if not token:
+            return out
 
 
 def is_prompt(model: RegisteredModel) -> bool:

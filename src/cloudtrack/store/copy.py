@@ -2,16 +2,15 @@
 
 The format is the same everywhere, so a copy of the objects is a copy of the store: the fast
 path for moving a store between cloudtrack stores (and for the benchmark, which populates one
-store and copies it into the others).  Objects are copied in parallel; large ones stream
-through a temporary file and never sit in memory whole.
+store and copies it into the others).  Objects are copied in parallel.  Between two stores of
+one account (:meth:`~cloudtrack.blobs.Blobs.same_account`) the service copies every object
+that is not rewritten: artifacts, and records when there is no rewrite; otherwise large
+objects stream through a temporary file and never sit in memory whole.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import tempfile
-import uuid
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -23,8 +22,9 @@ from cloudtrack.store import layout
 if TYPE_CHECKING:
     from cloudtrack.blobs import Blobs
 
-#: (key, bytes) -> the bytes to write into the target; applied to objects copied in memory
-#: (those up to MULTIPART_THRESHOLD; records are far smaller).
+#: (key, bytes) -> the bytes to write into the target; applied to records (objects outside
+#: ``artifacts/``, which are the user's bytes) up to MULTIPART_THRESHOLD: records are far
+#: smaller.
 Rewrite = Callable[[str, bytes], bytes]
 
 #: Not copied by default: snapshot entries are keyed by the source's object versions, which
@@ -63,23 +63,21 @@ def copy_store(source: Blobs, target: Blobs, *, rewrite: Rewrite | None = None,
     not look like a complete store."""
     infos = [i for i in source.list("") if not i.key.startswith(tuple(skip))]
     marker = [i for i in infos if i.key == layout.MARKER]
-    with tempfile.TemporaryDirectory(prefix="cloudtrack-copy-") as tmp:
-        def one(info: BlobInfo) -> None:
-            if info.size > MULTIPART_THRESHOLD:
-                path = os.path.join(tmp, uuid.uuid4().hex)
-                try:
-                    source.download_file(info.key, path)
-                    target.upload_file(info.key, path)
-                finally:
-                    if os.path.exists(path):
-                        os.unlink(path)
-                return
-            data = source.get(info.key)
-            target.put(info.key, rewrite(info.key, data) if rewrite is not None else data)
+    server_side = target.same_account(source)
 
-        with ThreadPoolExecutor(max(1, threads), thread_name_prefix="cloudtrack-copy") as pool:
-            for _ in pool.map(one, [i for i in infos if i.key != layout.MARKER]):
-                pass
-        for info in marker:
-            one(info)
+    def one(info: BlobInfo) -> None:
+        rewritten = rewrite is not None and not info.key.startswith(f"{layout.ARTIFACTS}/")
+        if info.size > MULTIPART_THRESHOLD or (server_side and not rewritten):
+            # Server-side, or streamed through a temporary file (Blobs.copy_from decides).
+            target.copy_from(source, info.key, info.key)
+            return
+        data = source.get(info.key)
+        target.put(info.key, rewrite(info.key, data) if rewrite is not None and rewritten
+                   else data)
+
+    with ThreadPoolExecutor(max(1, threads), thread_name_prefix="cloudtrack-copy") as pool:
+        for _ in pool.map(one, [i for i in infos if i.key != layout.MARKER]):
+            pass
+    for info in marker:
+        one(info)
     return CopyResult(objects=len(infos), bytes=sum(i.size for i in infos))
