@@ -1,6 +1,14 @@
 """The tests mirror ``src/cloudtrack``; what several test modules share is the pytest plugin in
 ``tests/fixtures/``, registered here once."""
 
+from __future__ import annotations
+
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
 pytest_plugins = [
     "tests.fixtures.services",
     "tests.fixtures.stores",
@@ -8,3 +16,16 @@ pytest_plugins = [
     "tests.fixtures.doctor",
     "tests.fixtures.faults",
 ]
+
+#: MLflow's default tracking URI (sqlite:///mlflow.db) creates this in the working directory:
+#: a test (or a code path) that reaches it without meaning to leaves it in the checkout.
+_STRAY_DB = Path(__file__).resolve().parent.parent / "mlflow.db"
+
+
+@pytest.fixture(autouse=True)
+def _no_stray_default_store(request: pytest.FixtureRequest) -> Iterator[None]:
+    before = _STRAY_DB.exists()
+    yield
+    if not before and _STRAY_DB.exists():
+        warnings.warn(f"{_STRAY_DB} appeared during {request.node.nodeid} (or a test running "
+                      "beside it): something used MLflow's default tracking URI", stacklevel=1)

@@ -81,6 +81,11 @@ log = logging.getLogger("cloudtrack.registry")
 
 _LATEST = "latest"
 
+#: A rename writes the record under the new name, then deletes the old one (docs/format.md):
+#: the old record is first marked with the new name, the new one names the old.
+RENAMED_TO = "renamed_to"
+RENAMED_FROM = "renamed_from"
+
 
 def _model_not_found(name: str) -> MlflowException:
     return MlflowException(f"Registered Model with name={name} not found", RESOURCE_DOES_NOT_EXIST)
@@ -151,9 +156,26 @@ class BlobRegistryStore(AbstractStore):
                 raise got
         return list(self._cache.vouched(listing).values())
 
+    def _renamed_away(self, rec: Record) -> bool:
+        """Whether ``rec`` is the old name of a rename that landed but did not finish (killed
+        or failed before it deleted the old record): the new record holds its id.  One GET,
+        only for a record marked by a rename."""
+        new_name = rec.get(RENAMED_TO)
+        if not new_name:
+            return False
+        got = self._read(layout.registered_model(str(new_name)))
+        return got is not None and got[0].get("id") == rec.get("id")
+
+    def _read_model(self, name: str) -> tuple[Record, str] | None:
+        """The registered model called ``name`` and its version; None when there is none."""
+        got = self._read(layout.registered_model(name))
+        if got is None or self._renamed_away(got[0]):
+            return None
+        return got
+
     def _model_record(self, name: str) -> Record:
         _validate_model_name(name)
-        got = self._read(layout.registered_model(name))
+        got = self._read_model(name)
         if got is None:
             raise _model_not_found(name)
         return got[0]
@@ -162,16 +184,30 @@ class BlobRegistryStore(AbstractStore):
         """The registered model a version call names; when there is none, the version is
         what is missing, in the words of both of MLflow's registry stores."""
         _validate_model_name(name)
-        got = self._read(layout.registered_model(name))
+        got = self._read_model(name)
         if got is None:
             raise _version_not_found(name, version)
         return got[0]
 
     def _update_model(self, name: str, change: Change) -> Record:
         _validate_model_name(name)
-        rec, _ = versioned_update(self.blobs, layout.registered_model(name), change,
+        rec, _ = versioned_update(self.blobs, layout.registered_model(name),
+                                  self._guarded(name, change),
                                   missing=lambda: _model_not_found(name))
         return rec
+
+    def _drop_predecessor(self, rec: Record, depth: int = 0) -> None:
+        """Delete the record an unfinished rename left under ``rec``'s former name (and that
+        one's, for renames that failed in a row), before ``rec`` goes (deleted or renamed
+        again): once ``rec`` is gone nothing would tell that leftover from a model."""
+        old_name = rec.get(RENAMED_FROM)
+        if not old_name or depth > 16:
+            return
+        got = self._read(layout.registered_model(str(old_name)))
+        if got is not None and got[0].get("id") == rec.get("id") \
+                and got[0].get(RENAMED_TO) == rec.get("name"):
+            self._drop_predecessor(got[0], depth + 1)
+            self.blobs.delete(layout.registered_model(str(old_name)))
 
     def _touch(self, name: str, now: int | None = None) -> Record:
         stamp = now or get_current_time_millis()
@@ -219,7 +255,12 @@ class BlobRegistryStore(AbstractStore):
                       versions: list[Record] | None = None) -> RegisteredModel:
         if versions is None:
             versions = self._version_records(model)
-        return entities.registered_model(model, versions)
+        # An alias of a deleted version is gone, as in MLflow's stores, even when the call
+        # that deleted the version failed before it could drop the alias.
+        live = {int(v["version"]) for v in versions
+                if v.get("current_stage") != STAGE_DELETED_INTERNAL}
+        aliases = {a: v for a, v in model.get("aliases", {}).items() if int(v) in live}
+        return entities.registered_model({**model, "aliases": aliases}, versions)
 
     # -- registered models ------------------------------------------------------------------
 
@@ -235,7 +276,7 @@ class BlobRegistryStore(AbstractStore):
             last_updated_timestamp=now, description=description,
             tags={t.key: t.value for t in tags or []}, deployment_job_id=deployment_job_id)
         try:
-            self.blobs.put_if_absent(layout.registered_model(name), records.dumps(rec))
+            self._put_new_model(name, rec)
         except AlreadyExists:
             existing = self._model_record(name)
             handle_resource_already_exist_error(
@@ -244,6 +285,19 @@ class BlobRegistryStore(AbstractStore):
             raise MlflowException(f"Registered Model (name={name}) already exists.",
                                   RESOURCE_ALREADY_EXISTS) from None
         return self._model_entity(rec, [])
+
+    def _put_new_model(self, name: str, rec: Record) -> None:
+        """Write a new model's record under ``name``; a leftover of an unfinished rename
+        away from ``name`` gives way.  Raises AlreadyExists."""
+        key = layout.registered_model(name)
+        try:
+            self.blobs.put_if_absent(key, records.dumps(rec))
+        except AlreadyExists:
+            got = self._read(key)
+            if got is None or not self._renamed_away(got[0]):
+                raise
+            self.blobs.delete(key)
+            self.blobs.put_if_absent(key, records.dumps(rec))
 
     def get_registered_model(self, name: str) -> RegisteredModel:
         return self._model_entity(self._model_record(name))
@@ -264,21 +318,12 @@ class BlobRegistryStore(AbstractStore):
         every version of it are stamped with the rename's time."""
         _validate_model_renaming(new_name)
         _validate_model_name(new_name)
-        rec = self._model_record(name)
+        self._model_record(name)
         now = get_current_time_millis()
         if name == new_name:
             renamed = self._touch(name, now)
         else:
-            renamed = {**rec, "name": new_name, "last_updated_timestamp": now}
-            try:
-                self.blobs.put_if_absent(layout.registered_model(new_name),
-                                         records.dumps(renamed))
-            except AlreadyExists:
-                raise MlflowException(f"Registered Model (name={new_name}) already exists.",
-                                      RESOURCE_ALREADY_EXISTS) from None
-            # Versions hang off the model's id, so the rename is complete once the old name
-            # goes.
-            self.blobs.delete(layout.registered_model(name))
+            renamed = self._move_model(name, new_name, now)
 
         def stamp(key: str) -> None:
             def change(r: Record) -> Record:
@@ -293,15 +338,70 @@ class BlobRegistryStore(AbstractStore):
         list(self._pool.map(stamp, keys))
         return self._model_entity(renamed)
 
+    def _move_model(self, name: str, new_name: str, now: int) -> Record:
+        """The record of ``name`` under ``new_name``, then the old one deleted — two objects,
+        ordered so that a failure or a kill at any point leaves one model, under one name:
+        the old record is marked with the new name first, and once a record under the new
+        name holds the model's id, the old one counts as gone (:meth:`_renamed_away`)."""
+        def mark(r: Record) -> Record:
+            r[RENAMED_TO] = new_name
+            return r
+
+        old_key, new_key = layout.registered_model(name), layout.registered_model(new_name)
+        marked, marked_version = versioned_update(self.blobs, old_key, self._guarded(name, mark),
+                                                  missing=lambda: _model_not_found(name))
+        renamed = {k: v for k, v in marked.items() if k != RENAMED_TO}
+        renamed.update({"name": new_name, "last_updated_timestamp": now, RENAMED_FROM: name})
+        try:
+            self._put_new_model(new_name, renamed)
+        except AlreadyExists:
+            def unmark(r: Record) -> Record | None:
+                return r if r.pop(RENAMED_TO, None) == new_name else None
+            try:
+                versioned_update(self.blobs, old_key, unmark)
+            except BlobNotFound:
+                pass
+            raise MlflowException(f"Registered Model (name={new_name}) already exists.",
+                                  RESOURCE_ALREADY_EXISTS) from None
+        # A change another process made to the old record after our mark, before it saw the
+        # new one, is carried over (what it wrote, under the new name).
+        got = self._read(old_key)
+        if got is not None and got[1] != marked_version and got[0].get("id") == renamed["id"]:
+            later = {k: v for k, v in got[0].items() if k not in (RENAMED_TO, RENAMED_FROM)}
+
+            def carry(r: Record) -> Record:
+                stamp = max(now, int(later.get("last_updated_timestamp") or 0))
+                return {**r, **later, "name": new_name, RENAMED_FROM: name,
+                        "last_updated_timestamp": stamp}
+
+            renamed, _ = versioned_update(self.blobs, new_key, carry)
+        # Versions hang off the model's id, so the rename is complete once the old name goes.
+        self._drop_predecessor(marked)
+        self.blobs.delete(old_key)
+        return renamed
+
+    def _guarded(self, name: str, change: Change) -> Change:
+        def unless_renamed(rec: Record) -> Record | None:
+            if self._renamed_away(rec):
+                raise _model_not_found(name)
+            return change(rec)
+        return unless_renamed
+
     def delete_registered_model(self, name: str) -> None:
         rec = self._model_record(name)
+        self._drop_predecessor(rec)
         self.blobs.delete(layout.registered_model(name))
         # Registry entries only: the runs' artifacts the versions point at stay untouched.
         keys = [i.key for i in self.blobs.list(layout.model_versions(rec["id"]))]
         list(self._pool.map(self.blobs.delete, keys))
 
     def _all_models(self) -> list[Record]:
-        return self._listed(layout.REGISTERED_MODELS, skip_corrupt=True)
+        """Every registered model once: a leftover of an unfinished rename is left out when
+        the record it was renamed to is listed with its id."""
+        found = self._listed(layout.REGISTERED_MODELS, skip_corrupt=True)
+        held = {(r.get("name"), r.get("id")) for r in found}
+        return [r for r in found
+                if not r.get(RENAMED_TO) or (r[RENAMED_TO], r.get("id")) not in held]
 
     def search_registered_models(self, filter_string: str | None = None,
                                  max_results: int | None = SEARCH_REGISTERED_MODEL_MAX_RESULTS_DEFAULT,
@@ -543,8 +643,12 @@ class BlobRegistryStore(AbstractStore):
                                       RESOURCE_DOES_NOT_EXIST)
             return self._version_entity(model, live[-1])
         version = model.get("aliases", {}).get(alias)
-        if version is None:
+        got = None if version is None else self._read(layout.model_version(model["id"],
+                                                                           int(version)))
+        if got is None or got[0].get("current_stage") == STAGE_DELETED_INTERNAL:
+            # Also an alias of a deleted version whose deletion failed before it dropped the
+            # alias: MLflow's stores delete the two together.
             raise MlflowException(f"Registered model alias {alias} not found.",
                                   INVALID_PARAMETER_VALUE)
-        return self.get_model_version(name, version)
+        return self._version_entity(model, got[0])
 

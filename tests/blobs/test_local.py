@@ -50,3 +50,24 @@ def test_a_write_names_its_temporary_file_after_its_process(tmp_path: Path,
     monkeypatch.setattr(os, "replace", spy)
     blobs.put("k", b"v")
     assert seen and seen[0].startswith(f".cloudtrack-tmp-{os.getpid()}-")
+
+
+def test_a_write_whose_folder_a_concurrent_delete_pruned_recreates_it(tmp_path: Path,
+                                                                      monkeypatch) -> None:
+    """A delete removes the folders it empties; a write that created the folder just before
+    must create it again, not fail.  The interleaving is forced by removing the folder right
+    before the first temporary file is opened (the race itself is too narrow to hit at will)."""
+    blobs = open_blobs(resolve(str(tmp_path)))
+    assert isinstance(blobs, LocalBlobs)
+    real = LocalBlobs._write_tmp
+    calls: list[str] = []
+
+    def pruned_first(self, folder: str, fill):  # type: ignore[no-untyped-def]
+        calls.append(folder)
+        if len(calls) == 1:
+            os.rmdir(folder)  # what the other process's delete did
+        return real(self, folder, fill)
+
+    monkeypatch.setattr(LocalBlobs, "_write_tmp", pruned_first)
+    blobs.put_if_absent("probe/k", b"v")
+    assert len(calls) == 2 and blobs.get("probe/k") == b"v"

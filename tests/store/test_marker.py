@@ -51,3 +51,43 @@ def test_create_then_read(tmp_path: Path) -> None:
     assert blobs.get(layout.MARKER) == first
     got = marker.read(blobs)
     assert got is not None and got.version == layout.FORMAT_VERSION and got.created
+
+
+def test_a_store_where_conditional_writes_are_ignored_is_refused_before_any_write(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue #11 item 6.  gcp-storage-emulator is a real endpoint that ignores
+    ifGenerationMatch: a user's first logging call through MLflow gets an MlflowException (the
+    UnsafeEndpoint behind it) naming the endpoint, and the bucket holds nothing afterwards —
+    the probe removed, no marker, no Default experiment.  The doctor says the same."""
+    import json
+    import urllib.request
+
+    import mlflow
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking._tracking_service import utils as tracking_utils
+
+    from backends.gcs.service import PlainGcpStorageEmulator
+
+    emulator = PlainGcpStorageEmulator()
+    emulator.start()
+    try:
+        uri = emulator.new_store("unsafe")
+        bucket = uri.removeprefix("gs://").split("/")[0]
+        for key, value in emulator.env.items():
+            monkeypatch.setenv(key, value)
+        monkeypatch.setattr(tracking_utils, "_tracking_uri", None)
+        mlflow.set_tracking_uri(uri)
+        with pytest.raises(MlflowException) as e:
+            mlflow.log_metric("m", 1.0)
+        assert isinstance(e.value.__cause__, marker.UnsafeEndpoint)
+        assert emulator.url in e.value.message and uri in e.value.message
+        assert "ignores conditional writes" in e.value.message
+        assert "Nothing was written" in e.value.message
+        with urllib.request.urlopen(f"{emulator.url}/storage/v1/b/{bucket}/o") as answer:
+            listing = json.load(answer)
+        assert listing.get("items", []) == []
+        assert mlflow.active_run() is None
+    finally:
+        if mlflow.active_run() is not None:
+            mlflow.end_run()
+        emulator.stop()

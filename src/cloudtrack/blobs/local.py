@@ -166,6 +166,21 @@ class LocalBlobs(Blobs):
             os.fsync(f.fileno())
         return tmp
 
+    def _write_tmp_into(self, folder: str, fill: bytes | str | BinaryIO) -> str:
+        """:meth:`_write_tmp`, creating ``folder`` first — again if a concurrent delete pruned
+        it in between (deletes remove the folders they empty; once the temporary file is in
+        it, the folder is no longer empty and stays)."""
+        for attempt in range(5):
+            os.makedirs(folder, exist_ok=True)
+            try:
+                return self._write_tmp(folder, fill)
+            except FileNotFoundError:
+                # Only the folder gone (nothing of ``fill`` was read yet: the temporary file
+                # is opened first) is retried; a missing source file is the caller's error.
+                if attempt == 4 or os.path.isdir(folder):
+                    raise
+        raise AssertionError("unreachable")
+
     def _stamp(self, tmp: str, previous: os.stat_result | None) -> None:
         now = time.time_ns()
         if previous is not None and now <= previous.st_mtime_ns:
@@ -179,8 +194,7 @@ class LocalBlobs(Blobs):
         folder = os.path.dirname(path)
         tmp = None
         try:
-            os.makedirs(folder, exist_ok=True)
-            tmp = self._write_tmp(folder, fill)
+            tmp = self._write_tmp_into(folder, fill)
             with self._locked(folder):
                 try:
                     previous: os.stat_result | None = os.stat(path)

@@ -3,19 +3,32 @@ allocated in order, and experiment names.
 
 The tracking store's ``create_experiment`` and ``cloudtrack migrate`` (which keeps the
 source's ids where they are free) create experiments through :func:`create_experiment`.
+
+Creating an experiment writes two objects, its record and its name claim, and no store offers
+a transaction over both.  The name claim is the commit point: the record is written first
+marked ``pending``, the name is claimed, then the mark is removed.  A pending record counts
+only when its name claim points at it (:func:`visible`), so a creator that fails or is killed
+at any point leaves either no experiment or exactly one of its name — never two.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from cloudtrack.errors import AlreadyExists
+from cloudtrack.errors import AlreadyExists, BlobNotFound, CloudtrackError
 from cloudtrack.store import build, layout, records
+from cloudtrack.store.cas import versioned_update
 from cloudtrack.store.records import Record
 
 if TYPE_CHECKING:
     from cloudtrack.blobs import Blobs
+
+log = logging.getLogger("cloudtrack.store")
+
+#: The field of an experiment record whose name claim may not have landed (docs/format.md).
+PENDING = "pending"
 
 
 class NameTaken(AlreadyExists):
@@ -33,15 +46,41 @@ def next_experiment_id(blobs: Blobs) -> int:
     return max(ids, default=0) + 1
 
 
+def visible(blobs: Blobs, rec: Record) -> bool:
+    """Whether the experiment record ``rec`` is an experiment of the store.
+
+    A settled record is (no request).  A pending one is only when its name claim points at
+    it: its creator claimed the name, then failed or died before it settled the record
+    (one GET, on that rare path only).  Otherwise its creator lost the name, failed before
+    claiming it, or is claiming it right now — and until the claim lands, the experiment
+    does not exist."""
+    if not rec.get(PENDING):
+        return True
+    try:
+        claim = records.read(blobs, layout.experiment_name(str(rec["name"])))
+    except BlobNotFound:
+        return False
+    return str(claim.get("experiment_id")) == str(rec["experiment_id"])
+
+
+def settle(rec: Record) -> Record:
+    """``rec`` without its pending mark (a visible record, about to be rewritten)."""
+    rec.pop(PENDING, None)
+    return rec
+
+
 def create_experiment(blobs: Blobs, name: str, record_for: Callable[[str], Record], *,
                       wanted: str | None = None) -> str:
     """Write the experiment record ``record_for(id)`` under a free id and claim ``name`` for
     it; return the id.
 
     The id is ``wanted`` when it is free, else the next free one: each candidate is claimed
-    with put-if-absent on its record, so concurrent creators get distinct ids.  The name is
-    claimed last; a creator that loses the name withdraws its record and raises
-    :class:`NameTaken` (as it does when the name is taken to begin with).
+    with put-if-absent on its record, so concurrent creators get distinct ids.  The record is
+    written pending and the name claimed last: a creator that loses the name withdraws its
+    record and raises :class:`NameTaken` (as it does when the name is taken to begin with);
+    one that fails otherwise leaves a pending record nobody sees, or — when its claim
+    landed — the experiment, whole.  Once the name is ours the pending mark goes; should that
+    write fail, readers still see the experiment through its claim.
     """
     name_key = layout.experiment_name(name)
     if blobs.exists(name_key):
@@ -49,17 +88,28 @@ def create_experiment(blobs: Blobs, name: str, record_for: Callable[[str], Recor
     first = int(wanted) if wanted is not None and wanted.isdigit() else None
     exp_id = first if first is not None else next_experiment_id(blobs)
     while True:
+        pending = {**record_for(str(exp_id)), PENDING: True}
         try:
-            blobs.put_if_absent(layout.experiment(str(exp_id)),
-                                records.dumps(record_for(str(exp_id))))
+            version = blobs.put_if_absent(layout.experiment(str(exp_id)),
+                                          records.dumps(pending))
             break
         except AlreadyExists:
             # Taken by another experiment (or a concurrent creator): the next free one is ours.
             exp_id = next_experiment_id(blobs) if exp_id == first else exp_id + 1
+    record_key = layout.experiment(str(exp_id))
     try:
         blobs.put_if_absent(name_key, records.dumps(build.pointer(str(exp_id))))
     except AlreadyExists:
-        # Another process claimed the name between our check and our claim: withdraw.
-        blobs.delete(layout.experiment(str(exp_id)))
+        # Another process claimed the name between our check and our claim: withdraw (a
+        # record left behind is pending, and its name points elsewhere: nobody sees it).
+        blobs.delete(record_key)
         raise NameTaken(name, blobs.object_uri(name_key)) from None
+    try:
+        # Another writer may have changed (and settled) the record since: re-read then.
+        versioned_update(blobs, record_key,
+                         lambda rec: settle(rec) if PENDING in rec else None,
+                         known=(pending, version))
+    except CloudtrackError as e:
+        log.warning("experiment %s (%s) is created; marking its record settled failed (%s): "
+                    "readers find it through its name claim", exp_id, name, e)
     return str(exp_id)

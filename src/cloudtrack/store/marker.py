@@ -70,8 +70,10 @@ class UnsafeEndpoint(CloudtrackError):
         self.endpoint = endpoint
 
 
-#: Where :func:`check_conditional_writes` puts its probe object (removed right after).
-PROBE_PREFIX = ".cloudtrack-probe/"
+#: What :func:`check_conditional_writes` names its probe object with (removed right after).
+#: At the root, not in a folder of probes: a local store prunes a folder its last object left,
+#: and a concurrent initialiser writing its probe into that folder would fail.
+PROBE_PREFIX = ".cloudtrack-probe-"
 PROBE_DATA = b"cloudtrack probe object: does this endpoint enforce conditional writes?\n"
 
 #: Settings naming the endpoint a store URI reached, in the order they win.

@@ -50,11 +50,15 @@ def _already_exists(name: str, code: int = RESOURCE_ALREADY_EXISTS) -> MlflowExc
 class ExperimentsMixin(StoreCore):
 
     def _get_experiment_record(self, experiment_id: str) -> tuple[Record, str]:
-        """The record of ``experiment_id``, an id as :func:`experiment_id_of` returns it."""
+        """The record of ``experiment_id``, an id as :func:`experiment_id_of` returns it (a
+        pending record whose name claim does not point at it is no experiment)."""
         try:
-            return records.read_versioned(self.blobs, layout.experiment(experiment_id))
+            rec, version = records.read_versioned(self.blobs, layout.experiment(experiment_id))
         except BlobNotFound:
             raise _no_experiment(experiment_id) from None
+        if not claims.visible(self.blobs, rec):
+            raise _no_experiment(experiment_id)
+        return rec, version
 
     def create_experiment(self, name: str, artifact_location: str | None = None,
                           tags: list[ExperimentTag] | None = None) -> str:
@@ -108,19 +112,30 @@ class ExperimentsMixin(StoreCore):
     def _all_experiments(self) -> list[Experiment]:
         files, _ = self.blobs.list_dir(layout.EXPERIMENTS)
         found = self._read_many((f.key, f.version) for f in files if f.key.endswith(".json"))
-        out = []
+        out: list[Experiment] = []
+        pending: list[tuple[str, Record]] = []
         for key, rec in found.items():
             if isinstance(rec, Exception):
                 if isinstance(rec, BlobNotFound):
                     continue  # withdrawn while we listed
                 log.warning("skipping experiment record %s: %s", self.blobs.object_uri(key), rec)
                 continue
-            try:
-                out.append(entities.experiment(rec))
-            except (KeyError, TypeError) as e:
-                log.warning("skipping malformed experiment record %s: %r",
-                            self.blobs.object_uri(key), e)
+            if rec.get(claims.PENDING):
+                pending.append((key, rec))  # the rare path: a creator failed or is creating
+                continue
+            self._add_experiment(out, key, rec)
+        shown = self._pool.map(lambda kr: claims.visible(self.blobs, kr[1]), pending)
+        for (key, rec), ok in zip(pending, list(shown), strict=True):
+            if ok:
+                self._add_experiment(out, key, rec)
         return out
+
+    def _add_experiment(self, out: list[Experiment], key: str, rec: Record) -> None:
+        try:
+            out.append(entities.experiment(rec))
+        except (KeyError, TypeError) as e:
+            log.warning("skipping malformed experiment record %s: %r",
+                        self.blobs.object_uri(key), e)
 
     def search_experiments(self, view_type: int = ViewType.ACTIVE_ONLY,
                            max_results: int = SEARCH_MAX_RESULTS_DEFAULT,
@@ -145,15 +160,24 @@ class ExperimentsMixin(StoreCore):
                 rec = records.read(self.blobs, layout.experiment(exp_id))
             except BlobNotFound:
                 return False
-            return bool(rec.get("lifecycle_stage") == LifecycleStage.ACTIVE)
+            return bool(rec.get("lifecycle_stage") == LifecycleStage.ACTIVE
+                        and claims.visible(self.blobs, rec))
 
         found = list(self._pool.map(active, ids))
         return sorted((i for i, ok in zip(ids, found, strict=True) if ok), key=int)
 
     def _update_experiment(self, experiment_id: str, change: Change) -> Record:
         """Change the record of ``experiment_id``, an id as :func:`experiment_id_of` returns
-        it."""
-        rec, _ = versioned_update(self.blobs, layout.experiment(experiment_id), change,
+        it.  A pending record is no experiment unless its name claim points at it; then the
+        change settles it (its creator died before it could)."""
+        def settled(rec: Record) -> Record | None:
+            if rec.get(claims.PENDING):
+                if not claims.visible(self.blobs, rec):
+                    raise _no_experiment(experiment_id)
+                return change(claims.settle(rec))
+            return change(rec)
+
+        rec, _ = versioned_update(self.blobs, layout.experiment(experiment_id), settled,
                                   missing=lambda: _no_experiment(experiment_id))
         return rec
 

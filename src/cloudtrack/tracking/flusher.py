@@ -13,8 +13,12 @@ Journal`).  Nothing it holds is ever dropped silently:
   writing starts failing and one INFO line when it works again (never a traceback per retry);
 * at exit, whatever could not be written goes to the local journal, with one message saying
   where it is and how to write it (``cloudtrack flush``).  Exit waits for the store at most
-  once: after a failure that concerns the whole store (unreachable, credentials, permissions),
-  the other runs go to the journal without another try.
+  once (one write's retry deadline): after a failure that concerns the whole store
+  (unreachable, credentials, permissions) the rest goes to the journal without another try,
+  and when writing was failing already, exit does not wait at all.
+
+The retry lines of the background thread's writes are logged at DEBUG: nobody waits on them,
+and the flusher says once that writing fails.  At exit somebody waits, and they are shown.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from __future__ import annotations
 import atexit
 import inspect
 import logging
+import os
 import threading
 import time
 import weakref
@@ -67,11 +72,13 @@ class Pending:
         return len(self.metrics) + len(self.params) + len(self.tags) + (1 if self.info else 0)
 
     def extend(self, other: Pending) -> None:
-        """Append ``other``, which was logged after these values."""
+        """Append ``other``, which was logged after these values.  A None in ``other.info``
+        keeps what is held (it keeps the run's value when written, too): a rename after a
+        failed ``end_run`` must not drop its status."""
         self.metrics.extend(other.metrics)
         self.params.update(other.params)
         self.tags.update(other.tags)
-        self.info.update(other.info)
+        self.info.update({k: v for k, v in other.info.items() if v is not None})
 
     def to_record(self) -> dict[str, Any]:
         return {"metrics": self.metrics, "params": self.params, "tags": self.tags,
@@ -89,8 +96,8 @@ class Keeper(Protocol):
     def keep(self, leftover: dict[str, Pending], cause: str) -> str:
         """Keep ``leftover`` (run id -> data); return where, for the message."""
 
-    def replay(self) -> object:
-        """Write what an earlier process kept for this store."""
+    def replay(self, stop: Callable[[], bool] | None = None) -> object:
+        """Write what an earlier process kept for this store (until ``stop()`` says so)."""
 
 
 class RunLocks:
@@ -105,6 +112,11 @@ class RunLocks:
     def __call__(self, run_id: str) -> threading.RLock:
         with self._lock:
             return self._locks.setdefault(run_id, threading.RLock())
+
+    def reset(self) -> None:
+        """New locks, in a child made by fork: the parent's threads may have held some."""
+        self._lock = threading.Lock()
+        self._locks = {}
 
 
 def _brief(error: BaseException) -> str:
@@ -140,25 +152,37 @@ class Flusher:
         self._pending: dict[str, Pending] = {}
         #: What a pass took and is writing now (journaled at exit if the pass never ends).
         self._inflight: dict[str, Pending] = {}
-        #: The error of the latest failed write (None once a write succeeds again).
+        #: The error of the latest failed write (None once a write succeeds again), and when.
         self.failing: BaseException | None = None
+        self._failed_at = 0.0
         self._failures = 0
         self._wake = threading.Event()
+        #: Set when the store closes (at exit): no new background pass, and no more waiting
+        #: for a store that failed as a whole.
         self._stopped = False
         self.closed = False
         self._thread: threading.Thread | None = None
         _FLUSHERS.add(self)
 
+    @property
+    def stopped(self) -> bool:
+        """The store is closing (at exit): what fails now is said by the journal's line."""
+        return self._stopped
+
     # -- buffering ---------------------------------------------------------------------------
 
     def add(self, run_id: str, values: Pending) -> None:
-        """Buffer ``values`` for ``run_id``; the background thread starts on first use."""
+        """Buffer ``values`` for ``run_id``; the background thread starts on first use.  After
+        :meth:`close` (something logged later at exit) they are written, or kept, at once."""
         with self._lock:
             self._pending.setdefault(run_id, Pending()).extend(values)
             if self._thread is None and not self._stopped:
                 self._thread = threading.Thread(target=self._loop, name="cloudtrack-flush",
                                                 daemon=True)
                 self._thread.start()
+                _exit_hook_in_child_process()
+        if self.closed:
+            self._finish()
 
     def pending_params(self, run_id: str) -> dict[str, str]:
         """The params buffered for ``run_id`` (or being written now), not stored yet."""
@@ -203,15 +227,33 @@ class Flusher:
         """Write the buffered data of ``run_ids`` now (raises the first error)."""
         self._pass(list(run_ids), raise_errors=True)
 
+    def _down(self, since: float) -> BaseException | None:
+        """The failure that concerns the whole store, if one happened after ``since`` (while
+        the caller waited for a run's lock: that write was its attempt) or at all once the
+        store is closing (exit waits for a store that is down at most once)."""
+        error = self.failing
+        if error is None or not isinstance(error, STORE_WIDE):
+            return None
+        return error if self._stopped or self._failed_at >= since else None
+
     def _pass(self, run_ids: list[str] | None, *, raise_errors: bool,
               stop_on_outage: bool = False) -> None:
         apply = self._apply()
         if apply is None:
             return
+        started = time.monotonic()
         with self._lock:
-            rids = run_ids if run_ids is not None else list(self._pending)
+            # A run a background pass is writing now counts too: waiting for its lock waits
+            # for that write, so flush() returns only once what was logged before it landed.
+            rids = run_ids if run_ids is not None else \
+                list(dict.fromkeys([*self._inflight, *self._pending]))
         for rid in rids:
             with self._run_lock(rid):
+                down = self._down(started)
+                if down is not None:
+                    if raise_errors:
+                        raise down
+                    return
                 p = self._take(rid)
                 if not p:
                     continue
@@ -228,7 +270,7 @@ class Flusher:
                         self._failed(rid, e, quiet=raise_errors)
                     if raise_errors:
                         raise
-                    if stop_on_outage and isinstance(e, STORE_WIDE):
+                    if (stop_on_outage or self._stopped) and isinstance(e, STORE_WIDE):
                         return
                 else:
                     self._succeeded()
@@ -240,8 +282,9 @@ class Flusher:
         itself)."""
         first = self.failing is None
         self.failing = error
+        self._failed_at = time.monotonic()
         self._failures += 1
-        if first and not quiet:
+        if first and not quiet and not self._stopped:  # at exit, the journal's line says it
             log.warning("cloudtrack: writing buffered data of run %s to %s failed (%s); it is "
                         "kept and written again every %gs", run_id, self.uri, _brief(error),
                         self.interval)
@@ -256,42 +299,73 @@ class Flusher:
     def keep_failed(self, run_id: str, values: Pending, error: BaseException) -> None:
         """A write made outside the buffer (``update_run_info``) failed with ``error``, which
         is not a verdict on it: buffer it, to be written later or kept at exit."""
-        self.add(run_id, values)
         self._failed(run_id, error, quiet=True)
+        self.add(run_id, values)
 
     def _loop(self) -> None:
+        _background.flusher = self
         if self._keeper is not None:
             try:
-                self._keeper.replay()
+                self._keeper.replay(lambda: self._stopped)
             except Exception as e:  # the journal stays; the next process tries again
                 log.warning("cloudtrack: could not write the journal of %s yet: %s", self.uri,
                             _brief(e))
         while not self._stopped:
             self._wake.wait(self.interval)
             self._wake.clear()
-            self._pass(None, raise_errors=False, stop_on_outage=self._stopped)
+            if self._stopped:
+                break  # close() makes the last pass itself, where somebody waits for it
+            self._pass(None, raise_errors=False)
+
+    def _after_fork(self) -> None:
+        """In a child made by fork: a flusher of its own, empty (what the parent buffered is
+        the parent's to write), with new locks and no thread (threads do not survive a fork;
+        the first value logged starts one)."""
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._run_lock.reset()
+        self._pending = {}
+        self._inflight = {}
+        self._thread = None
+        self.failing = None
+        self._failures = 0
 
     # -- exit ----------------------------------------------------------------------------------
 
-    def close(self) -> None:
-        """Stop the background thread after a last pass; keep what could not be written in the
-        journal (and say where), or report it lost when there is no journal."""
-        if self.closed:
-            return
+    def stop(self) -> bool:
+        """Start no new background pass, and wait (at most the longest one write takes) for the
+        one under way.  False when it is still under way after that."""
         self._stopped = True
         self._wake.set()
         thread = self._thread
         if thread is not None and thread is not threading.current_thread():
-            # Its last pass writes what is buffered; a pass ends within the retry deadline.
             thread.join(self._patience)
-        if self.failing is None or not isinstance(self.failing, STORE_WIDE):
-            self._pass(None, raise_errors=False, stop_on_outage=True)
+            return not thread.is_alive()
+        return True
+
+    def close(self) -> None:
+        """Stop the background thread, write what is buffered (unless the store is down
+        already), and keep what could not be written in the journal (and say where), or report
+        it lost when there is no journal."""
+        if self.closed:
+            return
+        self.stop()
+        self._pass(None, raise_errors=False, stop_on_outage=True)
         self.closed = True
+        self._keep_leftovers()
+
+    def _finish(self) -> None:
+        """Values that came after close(): written now, or kept."""
+        self._pass(None, raise_errors=False, stop_on_outage=True)
+        self._keep_leftovers()
+
+    def _keep_leftovers(self) -> None:
         with self._lock:
             leftover = dict(self._pending)
             for rid, p in self._inflight.items():  # a pass that never ended
                 leftover.setdefault(rid, Pending()).extend(p)
             self._pending.clear()
+            self._inflight.clear()
         if not leftover:
             return
         count = sum(len(p) for p in leftover.values())
@@ -308,13 +382,31 @@ class Flusher:
                       "exit (%s), nor keep them in its journal (%s); they are lost", count,
                       len(leftover), self.uri, cause, _brief(e))
             return
+        uri = getattr(self._keeper, "uri", None) or self.uri
         log.warning("cloudtrack could not write %d buffered values of %d run(s) to %s at exit "
                     "(%s). They are kept in %s and will be written by the next process that "
                     "logs to this store, or now with: cloudtrack flush %s", count,
-                    len(leftover), self.uri, cause, where, self.uri)
+                    len(leftover), self.uri, cause, where, uri)
 
 
 _FLUSHERS: weakref.WeakSet[Flusher] = weakref.WeakSet()
+
+#: ``flusher``: set in a flusher's background thread.
+_background = threading.local()
+
+
+class _QuietBackground(logging.Filter):
+    """Retry lines of a background write go to DEBUG while nobody waits on it (the flusher
+    says once that writing fails, and once that it works again); at exit, somebody waits."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        flusher = getattr(_background, "flusher", None)
+        if flusher is not None and not flusher._stopped and record.levelno == logging.WARNING:
+            record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+        return True
+
+
+logging.getLogger("cloudtrack.retry").addFilter(_QuietBackground())
 
 
 def _end_active_run() -> None:
@@ -331,10 +423,43 @@ def _end_active_run() -> None:
 
 @atexit.register
 def _flush_all_at_exit() -> None:
-    if not list(_FLUSHERS):
+    flushers = list(_FLUSHERS)
+    if not flushers:
         return
     started = time.monotonic()
-    _end_active_run()
-    for f in list(_FLUSHERS):
+    # The background passes end first (a write under way holds its run's lock), so that
+    # ending the run below neither waits for them nor races them.
+    stopped = all([f.stop() for f in flushers])
+    if stopped:
+        _end_active_run()
+    else:
+        log.warning("cloudtrack: a background write still runs at exit; the active run is not "
+                    "ended (its data is kept in the journal)")
+    for f in flushers:
         f.close()
     log.debug("cloudtrack: buffers closed in %.1fs at exit", time.monotonic() - started)
+
+
+def _after_fork_in_child() -> None:
+    for f in list(_FLUSHERS):
+        f._after_fork()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+_hooked_pid: int | None = None
+
+
+def _exit_hook_in_child_process() -> None:
+    """Worker processes of ``multiprocessing`` (fork and forkserver) end with ``os._exit``:
+    the interpreter's exit hooks never run there, only multiprocessing's own finalizers.  So
+    in such a process the buffers are also closed as one of those, once per process."""
+    global _hooked_pid
+    import multiprocessing
+    import multiprocessing.util
+
+    if _hooked_pid == os.getpid() or multiprocessing.parent_process() is None:
+        return
+    _hooked_pid = os.getpid()
+    multiprocessing.util.Finalize(None, _flush_all_at_exit, exitpriority=100)

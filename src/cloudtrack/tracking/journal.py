@@ -10,9 +10,14 @@ it, under the user's cache directory::
         refused/…                                      entries the store refused for good
 
 Directories are 0700, files 0600, each entry written whole (a temporary file renamed into
-place).  An entry holds one run's data and names the store (its URI without secrets, and its
-endpoint) — never a credential.  ``<store>`` is derived from the same two, so a journal is
-replayed only into the store it was written for.
+place).  An entry holds one run's data and names the store (its URI without secrets — a local
+store by its absolute path — and its endpoint), never a credential.  ``<store>`` is derived
+from the same two, and each entry is checked against the store before it is written: a journal
+is replayed only into the store it was written for.
+
+Entries of a newer journal version are left alone (a newer cloudtrack writes them); an entry
+that cannot be read, or that the store refuses for good (its run no longer exists), is set
+aside in ``refused/`` with an ERROR line, so that it never blocks the others.
 
 Replay (:meth:`Journal.replay`: the next process that logs to the store, or ``cloudtrack
 flush``) writes the entries oldest first, each under an exclusive lock on its file, and removes
@@ -81,11 +86,15 @@ def journal_root(environ: Mapping[str, str] | None = None) -> Path:
 
 
 def store_identity(config: StoreConfig) -> dict[str, str | None]:
-    """What names a store for the journal: its URI and endpoint, secrets removed."""
+    """What names a store for the journal: its URI and endpoint, secrets removed.  A local
+    store is named by its absolute path (``file:./mlruns`` names another store elsewhere)."""
     endpoint = next((str(config.get(name)) for name in ENDPOINT_SETTINGS
                      if config.get(name) is not None), None)
-    return {"store": config.display_uri.rstrip("/"),
-            "endpoint": redact_uri(endpoint) if endpoint else None}
+    if config.backend == "file":
+        uri = "file://" + "/".join(p for p in (config.container, config.prefix) if p)
+    else:
+        uri = config.display_uri
+    return {"store": uri.rstrip("/"), "endpoint": redact_uri(endpoint) if endpoint else None}
 
 
 def store_folder(identity: Mapping[str, str | None]) -> str:
@@ -96,7 +105,9 @@ def store_folder(identity: Mapping[str, str | None]) -> str:
 
 
 def _private_dirs(path: Path, top: Path) -> None:
-    """Create ``path`` and the folders between ``top``'s parent and it, each 0700."""
+    """Create ``path`` and the folders between ``top``'s parent and it, each 0700 (the cache
+    directory above, as the system would make it)."""
+    top.parent.mkdir(parents=True, exist_ok=True)
     todo = []
     p = path
     while True:
@@ -234,48 +245,42 @@ class Journal:
 
     def entries(self) -> list[Path]:
         """The entries waiting, oldest first."""
-        try:
-            names = [e.name for e in os.scandir(self.folder)
-                     if e.is_file() and e.name.endswith(".json") and e.name != STORE_FILE
-                     and not e.name.startswith(".")]
-        except (FileNotFoundError, NotADirectoryError):
-            return []
-        return [self.folder / n for n in sorted(names)]
+        return _entries(self.folder)
 
-    def replay(self) -> ReplayReport:
-        """Write every entry into the store, oldest first; see the module docstring."""
+    def replay(self, stop: Callable[[], bool] | None = None) -> ReplayReport:
+        """Write every entry into the store, oldest first, until ``stop()`` is true; see the
+        module docstring."""
         report = ReplayReport(self.uri, str(self.folder))
         entries = self.entries()
         write = self._write()
         if not entries or write is None:
             return report
-        for path in entries:
+        for n, path in enumerate(entries):
+            if stop is not None and stop():
+                report.left += len(entries) - n
+                break
             with _claimed(path) as claim:
                 if claim is None:
                     continue  # another process is replaying it, or did
-                try:
-                    entry = json.loads(claim.read_bytes())
-                    run_id = str(entry["run_id"])
-                    pending = Pending.from_record(entry["data"])
-                except (OSError, ValueError, KeyError, TypeError) as e:
-                    report.left += 1
-                    report.error = f"unreadable journal entry {claim}: {e}"
-                    log.warning("cloudtrack: %s", report.error)
+                entry = self._read(claim, report)
+                if entry is None:
                     continue
+                run_id, pending = entry
                 try:
                     write(run_id, pending)
                 except Exception as e:
                     if isinstance(e, MlflowException) and e.error_code in REFUSED:
-                        self._set_aside(claim, str(e))
+                        self._set_aside(claim, f"{self.uri} refused it: {_one_line(e)}")
                         report.refused += 1
                         continue
                     report.left += 1
-                    report.error = " ".join(str(getattr(e, "brief", None) or e).split())
+                    report.error = _one_line(e)
                     if isinstance(e, STORE_WIDE):
-                        report.left += len(entries) - entries.index(path) - 1
+                        report.left += len(entries) - n - 1
                         break
                     continue
-                claim.unlink()
+                with contextlib.suppress(FileNotFoundError):
+                    claim.unlink()
                 report.written += 1
                 report.values += len(pending)
                 if run_id not in report.runs:
@@ -283,34 +288,103 @@ class Journal:
         if report.written:
             log.info("cloudtrack: wrote %d values of %d run(s) kept in the journal %s to %s",
                      report.values, len(report.runs), self.folder, self.uri)
-        if report.refused:
-            log.error("cloudtrack: %s refused %d journal entries for good (their runs are "
-                      "gone); they are kept in %s", self.uri, report.refused,
-                      self.folder / REFUSED_DIR)
+        if report.left and report.error:
+            log.warning("cloudtrack: %d entries of the journal %s are not written to %s yet "
+                        "(%s); they are kept for the next try", report.left, self.folder,
+                        self.uri, report.error)
         return report
 
-    def _set_aside(self, path: Path, why: str) -> None:
+    def _read(self, path: Path, report: ReplayReport) -> tuple[str, Pending] | None:
+        """The run id and data of the entry at ``path``, if it is one for this store that this
+        version reads; else None, with the entry left (a newer version, another store) or set
+        aside (unreadable)."""
+        try:
+            entry = json.loads(path.read_bytes())
+            if not isinstance(entry, dict) or entry.get("format") != FORMAT:
+                raise ValueError(f"not a {FORMAT} entry")
+            version = entry.get("version")
+            if not isinstance(version, int) or version < 1:
+                raise ValueError(f"no journal version ({version!r})")
+        except (OSError, ValueError) as e:
+            self._set_aside(path, f"unreadable: {e}", raw=True)
+            report.refused += 1
+            return None
+        if version > VERSION:
+            report.left += 1
+            report.error = (f"{path.name} is of journal version {version}, written by a newer "
+                            f"cloudtrack (this one reads up to {VERSION}): write it with that "
+                            "version's `cloudtrack flush`")
+            log.warning("cloudtrack: %s", report.error)
+            return None
+        written_for = {"store": entry.get("store"), "endpoint": entry.get("endpoint")}
+        if written_for != self.identity:
+            report.left += 1
+            report.error = (f"{path} was written for {written_for['store']} (endpoint "
+                            f"{written_for['endpoint']}), not for {self.uri} (endpoint "
+                            f"{self.identity['endpoint']}): left where it is")
+            log.warning("cloudtrack: %s", report.error)
+            return None
+        try:
+            return str(entry["run_id"]), Pending.from_record(entry["data"])
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
+            self._set_aside(path, f"unreadable: {type(e).__name__}: {e}", raw=True)
+            report.refused += 1
+            return None
+
+    def _set_aside(self, path: Path, why: str, *, raw: bool = False) -> None:
+        """Move the entry to ``refused/`` (its reason inside it, or beside it when it cannot be
+        read), with an ERROR line: it is never tried again, nor lost."""
         aside = self.folder / REFUSED_DIR
-        _private_dirs(aside, self.root.parent)
-        entry = json.loads(path.read_bytes())
-        entry["refused"] = redact(why)
-        _write_private(aside / path.name, json.dumps(entry).encode())
-        path.unlink()
+        try:
+            _private_dirs(aside, self.root.parent)
+            if raw:
+                _write_private(aside / (path.name + ".reason.txt"), redact(why).encode())
+                os.replace(path, aside / path.name)
+            else:
+                entry = json.loads(path.read_bytes())
+                entry["refused"] = redact(why)
+                _write_private(aside / path.name, json.dumps(entry).encode())
+                path.unlink()
+        except OSError as e:
+            log.error("cloudtrack: could not set aside the journal entry %s (%s): %s", path,
+                      why, e)
+            return
+        log.error("cloudtrack: the journal entry %s is set aside in %s and will not be "
+                  "written: %s", path.name, aside, redact(why))
 
 
-def journaled_stores(root: Path | None = None) -> list[dict[str, str | None]]:
-    """The identities of the stores that have a journal folder under ``root``."""
+def _one_line(error: BaseException) -> str:
+    return " ".join(str(getattr(error, "brief", None) or error).split())
+
+
+def journaled_stores(root: Path | None = None) -> list[dict[str, Any]]:
+    """The stores that have a journal folder under ``root``: their identity (``store``,
+    ``endpoint``), ``folder``, and how many ``entries`` wait in it and are ``refused``."""
     base = root if root is not None else journal_root()
-    out = []
+    out: list[dict[str, Any]] = []
     try:
         folders = sorted(p for p in base.iterdir() if p.is_dir())
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):
         return []
     for folder in folders:
         try:
             rec = json.loads((folder / STORE_FILE).read_bytes())
         except (OSError, ValueError):
             continue
-        if rec.get("format") == FORMAT:
-            out.append({"store": rec.get("store"), "endpoint": rec.get("endpoint")})
+        if not isinstance(rec, dict) or rec.get("format") != FORMAT:
+            continue
+        out.append({"store": rec.get("store"), "endpoint": rec.get("endpoint"),
+                    "folder": str(folder), "entries": len(_entries(folder)),
+                    "refused": len(_entries(folder / REFUSED_DIR))})
     return out
+
+
+def _entries(folder: Path) -> list[Path]:
+    """The entries in ``folder``, oldest first (their names start with the time)."""
+    try:
+        names = [e.name for e in os.scandir(folder)
+                 if e.is_file() and e.name.endswith(".json") and e.name != STORE_FILE
+                 and not e.name.startswith(".")]
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    return [folder / n for n in sorted(names)]

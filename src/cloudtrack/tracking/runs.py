@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import copy
+import logging
 import uuid
 
 from mlflow.entities import LifecycleStage, Run, RunInfo, RunStatus, RunTag
@@ -23,8 +25,10 @@ from cloudtrack.tracking.core import (
     check_experiment_active,
     experiment_id_of,
 )
-from cloudtrack.tracking.flusher import Pending
+from cloudtrack.tracking.flusher import STORE_WIDE, Pending
 from cloudtrack.tracking.logging import apply_info
+
+log = logging.getLogger("cloudtrack.tracking")
 
 
 def _status_string(run_status: int) -> str:
@@ -83,8 +87,11 @@ class RunsMixin(StoreCore):
         stores (``update_run_info(run_id, None, None, "new")`` only renames).
 
         The run's buffered data is written first.  In buffered mode a change that fails for
-        a reason that is not a verdict on it (the store unreachable) still raises, and is
-        kept with the run's data: written later, or kept in the journal at exit."""
+        a reason that concerns the store, not the change (unreachable, credentials,
+        permissions) is kept with the run's data — written later, or kept in the journal at
+        exit — and, as logging calls in that mode, does not raise once this process has read
+        the run (``end_run`` at the end of a job whose network went down ends quietly, with
+        one WARNING line); other failures raise."""
         info = {"status": _status_string(run_status) if run_status is not None else None,
                 "end_time": end_time, "run_name": run_name or None}
         terminated = run_status is not None and RunStatus.is_terminated(run_status)
@@ -101,9 +108,20 @@ class RunsMixin(StoreCore):
                 self._flusher.flush(run_id)
                 head = self._update_head(run_id, change)
             except CloudtrackError as e:
-                if not self.strict:
-                    self._flusher.keep_failed(run_id, Pending(info=info), e)
-                raise
+                if self.strict:
+                    raise
+                told = self._flusher.failing is not None or self._flusher.stopped
+                self._flusher.keep_failed(run_id, Pending(info=info), e)
+                known = self._heads.get(run_id)
+                if known is None or not isinstance(e, STORE_WIDE):
+                    raise
+                # Said once: the flusher's line says writing fails, the journal's at exit.
+                log.log(logging.DEBUG if told else logging.WARNING,
+                        "cloudtrack: could not change run %s on %s (%s); the change is kept "
+                        "with its buffered data", run_id, self.store_uri,
+                        getattr(e, "brief", None) or e)
+                head = copy.deepcopy(known[0])
+                apply_info(head, info)
         return entities.run(head).info
 
     def _set_run_lifecycle(self, run_id: str, stage: str) -> None:
