@@ -11,7 +11,10 @@ plain script — and the second printed a ~120-line traceback per background ret
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 import textwrap
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -112,3 +115,47 @@ def test_a_store_killed_mid_run_is_reported_once_not_per_background_pass(
     assert len(retries) <= 4, "one write's retries at most (5 attempts)"
     assert "kept in" in kept and kept.endswith(f"cloudtrack flush {uri}")
     assert done.seconds < 4 + float(QUICK["CLOUDTRACK_RETRY_DEADLINE"]) + SLACK, done.seconds
+
+
+WITH_SCRIPT = textwrap.dedent("""
+    import sys
+    import mlflow
+
+    with mlflow.start_run() as run:
+        mlflow.log_param("alpha", "0.5")
+        mlflow.log_metric("loss", 1.0, step=0)
+        print(run.info.run_id, flush=True)
+        sys.stdin.readline()
+        mlflow.log_metric("loss", 0.5, step=1)
+    print("after the with block", flush=True)
+""")
+
+
+def test_ending_a_run_in_a_with_block_with_the_store_gone_keeps_it_quietly(
+        own_moto: MotoS3, tmp_path: Path) -> None:
+    """Default mode: ``end_run`` at the end of a ``with`` block, the store gone — the status
+    change is kept with the run's data (journal at exit), the script goes on and exits 0
+    with one WARNING line and the journal's line, no traceback.  Until this stop it raised
+    one 81-line chained traceback and the script exited 1."""
+    uri = own_moto.new_store("with")
+    env = script_env(uri, own_moto.env, tmp_path / "cache")
+    proc = subprocess.Popen([sys.executable, "-c", WITH_SCRIPT], env=env, stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None and proc.stdin is not None
+        run_id = proc.stdout.readline().strip()
+        time.sleep(1.2)
+        own_moto.stop()
+        proc.stdin.write("\n")
+        proc.stdin.flush()
+        out, err = proc.communicate(timeout=TIMEOUT)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, err
+    assert "after the with block" in out and "Traceback" not in err, err
+    lines = [line for line in err.splitlines() if line.strip() and not _retry_line(uri).match(line)]
+    assert any(run_id in line and "kept" in line for line in lines), err
+    assert lines[-1].endswith(f"cloudtrack flush {uri}"), err
+    assert len(lines) <= 3, err

@@ -103,6 +103,8 @@ class RunsMixin(StoreCore):
             apply_info(head, info)
             return head
 
+        # Whether the user heard already that writing fails (then it is not said again).
+        told = self._flusher.failing is not None or self._flusher.stopped
         with self._run_locks(run_id):
             try:
                 self._flusher.flush(run_id)
@@ -110,7 +112,6 @@ class RunsMixin(StoreCore):
             except CloudtrackError as e:
                 if self.strict:
                     raise
-                told = self._flusher.failing is not None or self._flusher.stopped
                 self._flusher.keep_failed(run_id, Pending(info=info), e)
                 known = self._heads.get(run_id)
                 if known is None or not isinstance(e, STORE_WIDE):
