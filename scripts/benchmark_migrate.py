@@ -2,7 +2,7 @@
 
     .venv/bin/python scripts/benchmark_migrate.py [--latency-ms 20] [--runs 2000] [--points 100]
         [--compare-runs 300] [--memory-runs 2000,20000]
-        [--quick] [--json out.json]
+        [--cases throughput,compare,memory] [--quick] [--json out.json] [--profile DIR]
 
 The services come from ``backends/`` and the plumbing from ``scripts/benchmark.py``: moto (s3),
 Azurite (azure), the GCS emulator (gcs) and two ``mlflow server --workers 1`` on sqlite (a
@@ -40,6 +40,7 @@ What is measured:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -49,7 +50,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -76,6 +77,7 @@ from benchmark import (
 
 EXPORT_IMPORT = "mlflow-export-import==1.2.0"
 DESTS = ("s3", "gcs", "azure")
+CASES = ("throughput", "compare", "memory")
 #: The experiment every source holds, and the server's smaller one for the comparison.
 EXPERIMENT = "bench"
 COMPARE_EXPERIMENT = "bench-compare"
@@ -208,13 +210,50 @@ def kept(source: str, experiment: str, dest: str, dest_experiment: str) -> dict[
     return out
 
 
+@contextlib.contextmanager
+def _profiled(path: str | None) -> Iterator[None]:
+    """cProfile every thread of the block (the migration works in pools) into ``path``."""
+    if not path:
+        yield
+        return
+    import cProfile
+    import pstats
+    import threading
+
+    profiles: list[cProfile.Profile] = []
+    plain_run = threading.Thread.run
+
+    def run(self: threading.Thread) -> None:
+        profile = cProfile.Profile()
+        profiles.append(profile)
+        profile.enable()
+        try:
+            plain_run(self)
+        finally:
+            profile.disable()
+
+    threading.Thread.run = run  # type: ignore[method-assign]
+    main = cProfile.Profile()
+    main.enable()
+    try:
+        yield
+    finally:
+        main.disable()
+        threading.Thread.run = plain_run  # type: ignore[method-assign]
+        stats = pstats.Stats(main)
+        for profile in profiles:
+            with contextlib.suppress(TypeError):  # a thread still running: no stats yet
+                stats.add(profile)
+        stats.dump_stats(path)
+
+
 def work_migrate(spec: Mapping[str, Any]) -> dict[str, Any]:
     """One ``cloudtrack.migrate.migrate`` call, timed, with its requests and peak RSS."""
     from cloudtrack.migrate import migrate
 
     out: dict[str, Any] = {"base_rss_mb": _peak_rss_mb()}
     cpu = _cpu_seconds()
-    with _timed(out):
+    with _timed(out), _profiled(spec.get("profile")):
         report = migrate(spec["source"], spec["dest"], experiments=spec["experiments"])
     out["cpu_s"] = _cpu_seconds() - cpu
     out["peak_rss_mb"] = _peak_rss_mb()
@@ -333,6 +372,10 @@ class MigrateBenchmark:
         self.sqlite = f"sqlite:///{lab.workdir / 'source.db'}"
         self.export_import_dir = lab.workdir / "mlflow-export-import"
 
+    @property
+    def comparing(self) -> bool:
+        return "compare" in self.args.cases and self.args.compare_runs > 0
+
     # -- set-up -------------------------------------------------------------------------------
 
     def install_export_import(self) -> None:
@@ -348,16 +391,19 @@ class MigrateBenchmark:
     def populate(self) -> None:
         a = self.args
         server = self.lab.services["mlflow"].workdir
-        jobs = [
-            {"db": self.sqlite, "artifact_root": (self.lab.workdir / "source-artifacts").as_uri(),
-             "artifact_dir": str(self.lab.workdir / "source-artifacts"),
-             "experiments": [(EXPERIMENT, a.runs, a.points)]},
-            {"db": f"sqlite:///{server / 'mlflow.db'}", "artifact_root": "mlflow-artifacts:/",
-             "artifact_dir": str(server / "artifacts"),
-             "experiments": [(EXPERIMENT, a.runs, a.points)]
-             + ([(COMPARE_EXPERIMENT, a.compare_runs, a.points)] if a.compare_runs else [])},
-        ]
-        for n in a.memory_runs:
+        jobs = []
+        if "throughput" in a.cases:
+            jobs.append({"db": self.sqlite,
+                         "artifact_root": (self.lab.workdir / "source-artifacts").as_uri(),
+                         "artifact_dir": str(self.lab.workdir / "source-artifacts"),
+                         "experiments": [(EXPERIMENT, a.runs, a.points)]})
+        on_server = ([(EXPERIMENT, a.runs, a.points)] if "throughput" in a.cases else []) \
+            + ([(COMPARE_EXPERIMENT, a.compare_runs, a.points)] if self.comparing else [])
+        if on_server:
+            jobs.append({"db": f"sqlite:///{server / 'mlflow.db'}",
+                         "artifact_root": "mlflow-artifacts:/",
+                         "artifact_dir": str(server / "artifacts"), "experiments": on_server})
+        for n in (a.memory_runs if "memory" in a.cases else []):
             jobs.append({"db": self.memory_source(n),
                          "artifact_root": (self.lab.workdir / f"memory-{n}").as_uri(),
                          "artifact_dir": str(self.lab.workdir / f"memory-{n}"),
@@ -393,9 +439,14 @@ class MigrateBenchmark:
     def migrate(self, source: str, dest: str, env: dict[str, str], runs: int, *,
                 experiment: str = EXPERIMENT, rerun: bool = False,
                 with_kept: bool = False) -> dict[str, Any]:
+        profile = None
+        if self.args.profile is not None:
+            self.args.profile.mkdir(parents=True, exist_ok=True)
+            name = f"{source.split(':')[0]}-{dest.split(':')[0]}{'-rerun' if rerun else ''}"
+            profile = str(self.args.profile.resolve() / f"{name}-{runs}.prof")
         return self.lab.run("migrate", {"source": source, "dest": dest, "runs": runs,
                                         "experiments": [experiment], "rerun": rerun,
-                                        "kept": with_kept}, env)
+                                        "kept": with_kept, "profile": profile}, env)
 
     def add(self, case: str, tool: str, pair: str, runs: int, result: dict[str, Any],
             **kw: Any) -> Row:
@@ -432,7 +483,7 @@ class MigrateBenchmark:
         experiment of the source server into the destination server (as experiments of
         different names)."""
         a = self.args
-        if not a.compare_runs:
+        if not self.comparing:
             return None
         source, dest = self.lab.targets["mlflow"], self.lab.targets["mlflow-dest"]
         pair = "server -> server"
@@ -501,9 +552,11 @@ class MigrateBenchmark:
                     row.baseline = "the first migration's time"
 
     def run(self) -> None:
-        self.measure_throughput()
+        if "throughput" in self.args.cases:
+            self.measure_throughput()
         base = self.measure_comparison()
-        self.measure_memory()
+        if "memory" in self.args.cases:
+            self.measure_memory()
         self.relate(base)
 
     def table(self) -> str:
@@ -533,10 +586,16 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                    help="sizes of the memory case's sources (default 2000,20000)")
     p.add_argument("--memory-points", type=int, default=10,
                    help="points of each metric in the memory case's sources (default 10)")
+    p.add_argument("--cases", type=lambda v: _list(v, CASES, "--cases"), default=list(CASES),
+                   help="what to measure (default: throughput,compare,memory; throughput "
+                        "includes the re-run)")
     p.add_argument("--quick", action="store_true",
                    help="tiny sizes: checks that everything runs, measures nothing worth "
                         "reading (" + ", ".join(f"{k}={v}" for k, v in QUICK.items()) + ")")
     p.add_argument("--json", type=Path, default=None, help="also write the results here")
+    p.add_argument("--profile", type=Path, default=None,
+                   help="cProfile every thread of each cloudtrack migration into this folder "
+                        "(slows them down: for finding costs, not for the table)")
     args = p.parse_args(argv)
     if args.quick:
         for key, value in QUICK.items():
@@ -556,7 +615,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if argv[:1] == ["_worker"]:
         return worker_main(argv[1], argv[2], WORKERS)
     args = parse_args(argv)
-    meta = new_meta(args.latency_ms, runs=args.runs, points=args.points, dests=args.dests,
+    meta = new_meta(args.latency_ms, cases=args.cases, runs=args.runs, points=args.points,
+                    dests=args.dests,
                     compare_runs=args.compare_runs, memory_runs=args.memory_runs,
                     memory_points=args.memory_points)
     lab = Lab(args.latency_ms, script=Path(__file__).resolve(), timeouts=TIMEOUTS)
@@ -564,38 +624,41 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     def body() -> None:
         # Keyed as scripts/benchmark.py's Lab finds them (SERVICE_OF).
-        services = {"mlflow": "mlflow", SERVICE_OF["s3"]: SERVICE_OF["s3"], "local": "local"}
-        services.update({SERVICE_OF[d]: SERVICE_OF[d] for d in args.dests})
-        if args.compare_runs:
+        services = {"mlflow": "mlflow", "local": "local"}
+        if "throughput" in args.cases:
+            services[SERVICE_OF["s3"]] = SERVICE_OF["s3"]
+            services.update({SERVICE_OF[d]: SERVICE_OF[d] for d in args.dests})
+        if bench.comparing:
             services["mlflow-dest"] = "mlflow"
         _log(f"starting {', '.join(services)}; proxies add {args.latency_ms:g} ms per round trip")
         with ThreadPoolExecutor(2) as pool:
-            installing = pool.submit(bench.install_export_import) if args.compare_runs \
-                else None
+            installing = pool.submit(bench.install_export_import) if bench.comparing else None
             lab.start(services)
             if installing is not None:
                 installing.result()
         lab.add_mlflow()
-        if args.compare_runs:
+        if bench.comparing:
             lab.add_mlflow("mlflow-dest")
         bench.populate()
         bench.run()
 
     failed = run_lab(lab, meta, body, partial=bench.table)
-    if failed is not None:
-        return failed
-    print(header("cloudtrack migrate benchmark", meta))
-    print(f"# sizes: runs={args.runs} x ({PARAMS} params, {TAGS} tags, {METRICS} metrics x "
-          f"{args.points} points, {len(ARTIFACTS)} artifacts) compare={args.compare_runs} "
-          f"memory={','.join(map(str, args.memory_runs))} x {args.memory_points} points; "
-          f"total {meta['seconds']:.0f} s")
-    print(bench.table())
-    if args.json is not None:
-        args.json.write_text(json.dumps({"meta": meta, "rows": [
+    if failed is None:
+        print(header("cloudtrack migrate benchmark", meta))
+        print(f"# cases: {','.join(args.cases)}; sizes: runs={args.runs} x ({PARAMS} params, "
+              f"{TAGS} tags, {METRICS} metrics x {args.points} points, {len(ARTIFACTS)} "
+              f"artifacts) compare={args.compare_runs} "
+              f"memory={','.join(map(str, args.memory_runs))} x {args.memory_points} points; "
+              f"total {meta['seconds']:.0f} s")
+        print(bench.table())
+    elif failed == 130 and bench.rows:  # interrupted: what was measured is still worth keeping
+        print(bench.table())
+    if args.json is not None and (failed is None or bench.rows):
+        # Also after a failure or an interruption: the rows measured until then.
+        args.json.write_text(json.dumps({"meta": meta, "complete": failed is None, "rows": [
             {**asdict(r), "seconds": r.seconds, "runs_per_s": r.rate, "verdict": r.verdict}
-            for r in bench.rows]}, indent=2) + "\n")
-    return 0
-
+            for r in bench.rows]}, indent=2, default=str) + "\n")
+    return 0 if failed is None else failed
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -87,6 +87,14 @@ RENAMED_TO = "renamed_to"
 RENAMED_FROM = "renamed_from"
 
 
+def current_models(found: list[Record]) -> list[Record]:
+    """The registered-model records of a listing, each model once: the leftover of an
+    unfinished rename is left out when the record it was renamed to is listed with its id."""
+    held = {(r.get("name"), r.get("id")) for r in found}
+    return [r for r in found
+            if not r.get(RENAMED_TO) or (r[RENAMED_TO], r.get("id")) not in held]
+
+
 def _model_not_found(name: str) -> MlflowException:
     return MlflowException(f"Registered Model with name={name} not found", RESOURCE_DOES_NOT_EXIST)
 
@@ -398,10 +406,7 @@ class BlobRegistryStore(AbstractStore):
     def _all_models(self) -> list[Record]:
         """Every registered model once: a leftover of an unfinished rename is left out when
         the record it was renamed to is listed with its id."""
-        found = self._listed(layout.REGISTERED_MODELS, skip_corrupt=True)
-        held = {(r.get("name"), r.get("id")) for r in found}
-        return [r for r in found
-                if not r.get(RENAMED_TO) or (r[RENAMED_TO], r.get("id")) not in held]
+        return current_models(self._listed(layout.REGISTERED_MODELS, skip_corrupt=True))
 
     def search_registered_models(self, filter_string: str | None = None,
                                  max_results: int | None = SEARCH_REGISTERED_MODEL_MAX_RESULTS_DEFAULT,

@@ -133,22 +133,31 @@ def copy_tree(source_uri: str, source_tracking: str | None, dest_uri: str,
     todo = {p: s for p, s in files.items() if present.get(p) != s or s < 0}
     if not todo:
         return TreeCopy(0, 0, unchanged=len(files))
-    tmp = tempfile.mkdtemp(prefix="cloudtrack-migrate-")
+    # Files of a local source are uploaded from where they are: no temporary copy.
+    local_root = _local_root(src)
+    tmp = None if local_root is not None else tempfile.mkdtemp(prefix="cloudtrack-migrate-")
     try:
         def one(item: tuple[str, int]) -> int:
             path, _ = item
-            folder = os.path.join(tmp, os.urandom(8).hex())
-            os.makedirs(folder)
-            local = os.path.join(folder, posixpath.basename(path))
-            try:
-                # The repository's own single-file download: one GET, streamed to disk (the
-                # public download_artifacts would first ask whether the path is a folder).
-                src._download_file(posixpath.join(src_base, path), local)
+            parent = posixpath.join(dst_base, posixpath.dirname(path)).rstrip("/")
+            if local_root is not None:
+                local = os.path.join(local_root, *posixpath.join(src_base, path).split("/"))
                 size = os.path.getsize(local)
-                parent = posixpath.join(dst_base, posixpath.dirname(path)).rstrip("/")
                 dst.log_artifact(local, parent or None)
-            finally:
-                shutil.rmtree(folder, ignore_errors=True)
+            else:
+                assert tmp is not None
+                folder = os.path.join(tmp, os.urandom(8).hex())
+                os.makedirs(folder)
+                local = os.path.join(folder, posixpath.basename(path))
+                try:
+                    # The repository's own single-file download: one GET, streamed to disk
+                    # (the public download_artifacts would first ask whether the path is a
+                    # folder).
+                    src._download_file(posixpath.join(src_base, path), local)
+                    size = os.path.getsize(local)
+                    dst.log_artifact(local, parent or None)
+                finally:
+                    shutil.rmtree(folder, ignore_errors=True)
             if on_file is not None:
                 on_file(size)
             return size
@@ -157,8 +166,18 @@ def copy_tree(source_uri: str, source_tracking: str | None, dest_uri: str,
                                 thread_name_prefix="cloudtrack-artifacts") as pool:
             sizes = list(pool.map(one, sorted(todo.items())))
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
     return TreeCopy(len(sizes), sum(sizes), unchanged=len(files) - len(todo))
+
+
+def _local_root(repo: Any) -> str | None:
+    """The folder of MLflow's local artifact repository, whose files need no download."""
+    from mlflow.store.artifact.local_artifact_repo import LocalArtifactRepository
+
+    if isinstance(repo, LocalArtifactRepository):
+        return str(repo.artifact_dir)
+    return None
 
 
 def same_account_stores(source_uri: str, dest_uri: str) -> tuple[Blobs, Blobs] | None:

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Iterator, Sequence
-from typing import Any
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
 
 from mlflow.entities import Experiment, LoggedModel, Metric, Run, ViewType
 from mlflow.entities.model_registry import ModelVersion, RegisteredModel
@@ -25,7 +26,16 @@ log = logging.getLogger("cloudtrack.migrate")
 PAGE = 1000
 #: Runs whose histories a SQL source answers in one query.
 SQL_HISTORY_BATCH = 200
+#: A server's bulk history: one metric of up to 100 runs, 25,000 points at most per answer
+#: (``mlflow.server.handlers.get_metric_history_bulk_handler``).
+SERVER_HISTORY_PATH = "/ajax-api/2.0/mlflow/metrics/get-history-bulk"
+SERVER_HISTORY_RUNS = 100
+SERVER_HISTORY_POINTS = 25_000
+#: Requests a server source answers at once.
+SERVER_READERS = 8
 IS_PROMPT = "mlflow.prompt.is_prompt"
+
+T = TypeVar("T")
 
 
 class Source:
@@ -35,13 +45,30 @@ class Source:
         self.endpoint = endpoint
         self.tracking = endpoint.tracking
         self.registry = endpoint.registry
+        #: False once a server refused its bulk history (an older or a proxied MLflow).
+        self._bulk_history = True
+        self._readers: ThreadPoolExecutor | None = None
+
+    def close(self) -> None:
+        if self._readers is not None:
+            self._readers.shutdown(wait=True)
+
+    def _map(self, fn: Callable[[Any], T], items: Sequence[Any]) -> list[T]:
+        """``fn`` over ``items``, a server's requests in parallel."""
+        if len(items) < 2:
+            return [fn(i) for i in items]
+        if self._readers is None:
+            self._readers = ThreadPoolExecutor(SERVER_READERS,
+                                               thread_name_prefix="cloudtrack-source")
+        return list(self._readers.map(fn, items))
 
     @property
     def reads_in_bulk(self) -> bool:
         """Whether :meth:`complete`, :meth:`histories` and :meth:`deleted_times` answer many
-        runs at once (one query each, SQL); elsewhere they read one run after the other, and a
+        runs at once (SQL: one query each; a server: its requests in parallel, histories a
+        metric of 100 runs at a time); elsewhere they read one run after the other, and a
         caller reads runs in parallel instead."""
-        return self.endpoint.kind == "sql"
+        return self.endpoint.kind in ("sql", "server")
 
     # -- experiments and runs ----------------------------------------------------------------
 
@@ -83,6 +110,55 @@ class Source:
             if not token:
                 return
 
+    def light_runs(self, experiment_id: str) -> list[Run] | None:
+        """The experiment's runs as a search returns them but for their inputs and outputs —
+        enough for their fingerprints —, read straight from a SQL store's tables (a few plain
+        queries instead of MLflow's ORM search, whose objects cost ~5 ms a run: most of a
+        re-run over an unchanged source).  None where the store is not SQL."""
+        if self.endpoint.kind != "sql":
+            return None
+        from mlflow.entities import Param, RunData, RunInfo, RunTag
+
+        with self.tracking.ManagedSessionMaker() as session:
+            rows = _select_in(session, "runs", ["run_uuid", "name", "experiment_id", "user_id",
+                                                "status", "start_time", "end_time",
+                                                "lifecycle_stage", "artifact_uri"],
+                              "experiment_id", [int(experiment_id)])
+            ids = [r[0] for r in rows]
+            tags: dict[str, list[RunTag]] = {i: [] for i in ids}
+            params: dict[str, list[Param]] = {i: [] for i in ids}
+            latest: dict[str, list[Metric]] = {i: [] for i in ids}
+            nan = math.nan
+            for start in range(0, len(ids), SQL_HISTORY_BATCH):
+                chunk = ids[start:start + SQL_HISTORY_BATCH]
+                for key, value, run_id in _select_in(session, "tags", ["key", "value", "run_uuid"],
+                                                     "run_uuid", chunk):
+                    tags[run_id].append(RunTag(key, value))
+                for key, value, run_id in _select_in(session, "params",
+                                                     ["key", "value", "run_uuid"],
+                                                     "run_uuid", chunk):
+                    params[run_id].append(Param(key, value))
+                for key, value, timestamp, step, is_nan, run_id in _select_in(
+                        session, "latest_metrics",
+                        ["key", "value", "timestamp", "step", "is_nan", "run_uuid"],
+                        "run_uuid", chunk):
+                    latest[run_id].append(Metric(key, nan if is_nan else value, timestamp,
+                                                 step))
+        runs = []
+        for run_id, name, exp_id, user, status, start_time, end_time, stage, uri in rows:
+            # As MLflow's SqlRun.to_mlflow_entity builds it.
+            info = RunInfo(run_id=run_id, run_name=name, experiment_id=str(exp_id),
+                           user_id=user, status=status, start_time=start_time,
+                           end_time=end_time, lifecycle_stage=stage, artifact_uri=uri)
+            run_tags = tags[run_id]
+            if not name:
+                tagged = next((t.value for t in run_tags if t.key == "mlflow.runName"), None)
+                if tagged:
+                    info._set_run_name(tagged)
+            runs.append(Run(info, RunData(metrics=latest[run_id], params=params[run_id],
+                                          tags=run_tags)))
+        return runs
+
     def count_runs(self, experiment_id: str) -> int:
         """How many runs the experiment has, as cheaply as the store allows (for progress)."""
         if self.endpoint.kind == "cloudtrack":
@@ -102,7 +178,7 @@ class Source:
         answers no model inputs, which only ``get_run`` adds.  A SQL source reads them for all
         the runs in one query; a server answers one ``get_run`` per run."""
         if self.endpoint.kind == "server":
-            return [self.tracking.get_run(r.info.run_id) for r in runs]
+            return self._map(lambda r: self.tracking.get_run(r.info.run_id), runs)
         if self.endpoint.kind != "sql" or not runs:
             return list(runs)
         from mlflow.entities import LoggedModelInput, RunInputs
@@ -157,6 +233,8 @@ class Source:
             return {}
         if self.endpoint.kind == "sql":
             return self._sql_histories(runs)
+        if self.endpoint.kind == "server" and self._bulk_history:
+            return self._server_histories(runs)
         out: dict[str, list[Metric]] = {}
         for run in runs:
             out[run.info.run_id] = self.history(run)
@@ -178,26 +256,84 @@ class Source:
         return points
 
     def _sql_histories(self, runs: Sequence[Run]) -> dict[str, list[Metric]]:
-        # Plain rows, not ORM objects: building, then expiring at commit, one SqlMetric per
-        # point cost ~0.1 ms a point (27 of 40 s of copying 500 runs of 500 points locally).
+        # Plain DBAPI rows: ORM objects cost ~0.1 ms a point, and SQLAlchemy's result rows
+        # with their type processing still several times the query itself (of ~60 ms of CPU
+        # per run of 500 points, 25 were here).
         from mlflow.store.tracking.dbmodels.models import SqlMetric
-        from sqlalchemy import select
 
         table = SqlMetric.__table__
         # Where this MLflow's table links a point to a logged model and dataset.
         linked = [c for c in ("model_id", "dataset_name", "dataset_digest") if c in table.c]
-        query = select(table.c.key, table.c.value, table.c.timestamp, table.c.step,
-                       table.c.is_nan, table.c.run_uuid, *(table.c[c] for c in linked))
         out: dict[str, list[Metric]] = {r.info.run_id: [] for r in runs}
         ids = list(out)
+        nan = math.nan
         for start in range(0, len(ids), SQL_HISTORY_BATCH):
             chunk = ids[start:start + SQL_HISTORY_BATCH]
             with self.tracking.ManagedSessionMaker() as session:
-                rows = session.execute(query.where(table.c.run_uuid.in_(chunk))).all()
-            for key, value, timestamp, step, is_nan, run_id, *link in rows:
-                out[run_id].append(Metric(key, math.nan if is_nan else value, timestamp, step,
-                                          run_id=run_id, **dict(zip(linked, link, strict=True))))
+                rows = _select_in(session, table.name,
+                                  ["key", "value", "timestamp", "step", "is_nan", "run_uuid",
+                                   *linked], "run_uuid", chunk)
+            if linked:
+                for key, value, timestamp, step, is_nan, run_id, *link in rows:
+                    out[run_id].append(Metric(key, nan if is_nan else value, timestamp, step,
+                                              run_id=run_id, **dict(zip(linked, link,
+                                                                        strict=True))))
+            else:
+                for key, value, timestamp, step, is_nan, run_id in rows:
+                    out[run_id].append(Metric(key, nan if is_nan else value, timestamp, step,
+                                              run_id=run_id))
         return out
+
+    def _server_histories(self, runs: Sequence[Run]) -> dict[str, list[Metric]]:
+        """A server's histories one metric of up to 100 runs per request (the bulk history the
+        MLflow UI charts from) instead of one request per metric of each run.  A run whose
+        answer may have been cut at the server's limit is read one metric at a time, and so is
+        everything once a server refuses the bulk request."""
+        out: dict[str, list[Metric]] = {r.info.run_id: [] for r in runs}
+        by_key: dict[str, list[str]] = {}
+        for run in runs:
+            for key in run.data.metrics:
+                by_key.setdefault(key, []).append(run.info.run_id)
+        jobs = [(key, ids[i:i + SERVER_HISTORY_RUNS]) for key, ids in by_key.items()
+                for i in range(0, len(ids), SERVER_HISTORY_RUNS)]
+        try:
+            answers = self._map(self._bulk_history_page, jobs)
+        except MlflowException as e:
+            log.info("%s answers no bulk metric history (%s); reading one metric of one run "
+                     "at a time", self.endpoint.shown, e.message)
+            self._bulk_history = False
+            return self.histories(runs)
+        retry: list[tuple[str, str]] = []
+        for (key, ids), points in zip(jobs, answers, strict=True):
+            if points is None:
+                retry.extend((run_id, key) for run_id in ids)
+                continue
+            for m in points:
+                out[str(m.run_id)].append(m)
+            # A run that has the metric has a point of it: any answered without is read alone.
+            answered = {m.run_id for m in points}
+            retry.extend((run_id, key) for run_id in ids if run_id not in answered)
+        for (run_id, _), points in zip(retry, self._map(
+                lambda job: metric_history(self.tracking, *job), retry), strict=True):
+            out[run_id].extend(points)
+        return out
+
+    def _bulk_history_page(self, job: tuple[str, list[str]]) -> list[Metric] | None:
+        """One metric of some runs from a server's bulk history; None when the answer may be
+        cut at the server's limit."""
+        from mlflow.utils.rest_utils import http_request, verify_rest_response
+
+        key, run_ids = job
+        response = http_request(self.tracking.get_host_creds(), SERVER_HISTORY_PATH, "GET",
+                                params={"run_id": run_ids, "metric_key": key,
+                                        "max_results": SERVER_HISTORY_POINTS})
+        verify_rest_response(response, SERVER_HISTORY_PATH)
+        found = response.json().get("metrics") or []
+        if len(found) >= SERVER_HISTORY_POINTS:
+            return None
+        wanted = set(run_ids)
+        return [Metric(m["key"], float(m["value"]), int(m["timestamp"]), int(m.get("step") or 0),
+                       run_id=m["run_id"]) for m in found if m.get("run_id") in wanted]
 
     # -- logged models -------------------------------------------------------------------------
 
@@ -305,6 +441,36 @@ class Source:
             return sorted(int(r["version"]) for r in self.registry._version_records(record)
                           if r.get("current_stage") == STAGE_DELETED_INTERNAL)
         return []
+
+
+def _select_in(session: Any, table: str, columns: Sequence[str], column: str,
+               values: Sequence[Any]) -> list[tuple[Any, ...]]:
+    """``SELECT columns FROM table WHERE column IN values`` on the session's DBAPI connection,
+    names quoted and placeholders written as its dialect wants them (``key`` is a reserved
+    word in MySQL)."""
+    connection = session.connection()
+    dialect = connection.dialect
+    quote = dialect.identifier_preparer.quote
+    style = dialect.paramstyle
+    if style == "qmark":
+        marks, params = ["?"] * len(values), list(values)
+    elif style in ("format", "pyformat"):
+        marks, params = ["%s"] * len(values), list(values)
+    elif style == "numeric":
+        marks, params = [f":{i + 1}" for i in range(len(values))], list(values)
+    elif style == "numeric_dollar":
+        marks, params = [f"${i + 1}" for i in range(len(values))], list(values)
+    else:  # named
+        marks = [f":p{i}" for i in range(len(values))]
+        params = {f"p{i}": v for i, v in enumerate(values)}  # type: ignore[assignment]
+    sql = (f"SELECT {', '.join(quote(c) for c in columns)} FROM {quote(table)} "
+           f"WHERE {quote(column)} IN ({', '.join(marks)})")
+    cursor = connection.connection.dbapi_connection.cursor()
+    try:
+        cursor.execute(sql, params)
+        return list(cursor.fetchall())
+    finally:
+        cursor.close()
 
 
 def metric_history(store: Any, run_id: str, key: str) -> list[Metric]:
