@@ -213,3 +213,59 @@ def test_a_creator_killed_around_the_name_claim(store: Store, when: str) -> None
     got = clean.get_experiment_by_name("killed")
     assert got is not None and got.experiment_id == exp_id
     clean.close()
+
+
+# -- renames cut short ---------------------------------------------------------------------------
+#
+# rename_experiment writes three things: the new name's claim, the record, the old claim's
+# delete.  The states a renamer killed between them leaves are made here by failing the step
+# after (a raise from the blob call: what a kill leaves on the store is what was written).
+
+
+@pytest.mark.parametrize("store", ["local", "s3"], indirect=True)
+def test_a_rename_cut_before_the_old_claim_went_frees_the_old_name(
+        store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    s = tracking(store.uri, store.env)
+    exp_id = s.create_experiment("before")
+    real_delete = s.blobs.delete
+
+    def killed(key: str) -> None:
+        if key == layout.experiment_name("before"):
+            raise KeyboardInterrupt("killed before the old claim's delete")
+        real_delete(key)
+
+    monkeypatch.setattr(s.blobs, "delete", killed)
+    with pytest.raises(KeyboardInterrupt):
+        s.rename_experiment(exp_id, "after")
+    monkeypatch.undo()
+
+    clean = tracking(store.uri, store.env)
+    assert clean.get_experiment(exp_id).name == "after"
+    assert clean.get_experiment_by_name("before") is None
+    new_id = clean.create_experiment("before")  # the name the rename gave up is free
+    assert clean.get_experiment_by_name("before").experiment_id == new_id
+    assert clean.get_experiment_by_name("after").experiment_id == exp_id
+    assert named(clean, "before") == [new_id] and named(clean, "after") == [exp_id]
+
+
+@pytest.mark.parametrize("store", ["local", "s3"], indirect=True)
+def test_a_rename_cut_after_its_first_claim_frees_the_new_name_once_the_claim_is_old(
+        store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    s = tracking(store.uri, store.env)
+    exp_id = s.create_experiment("kept")
+    # The renamer's first write landed; it died before it changed the record.
+    s.blobs.put_if_absent(layout.experiment_name("wanted"),
+                          records.dumps({"experiment_id": exp_id}))
+
+    clean = tracking(store.uri, store.env)
+    assert clean.get_experiment_by_name("wanted") is None
+    with pytest.raises(MlflowException, match="already exists"):
+        clean.create_experiment("wanted")  # as long as the rename may still be under way
+    monkeypatch.setattr(claims, "STALE_RENAME_SECONDS", -1.0)  # ... and once it cannot be
+    new_id = clean.create_experiment("wanted")
+    assert clean.get_experiment_by_name("wanted").experiment_id == new_id
+    assert clean.get_experiment_by_name("kept").experiment_id == exp_id
+    assert named(clean, "wanted") == [new_id] and named(clean, "kept") == [exp_id]
+    other = clean.create_experiment("third")
+    with pytest.raises(MlflowException, match="already exists"):
+        clean.rename_experiment(other, "wanted")  # a claim taken over is an ordinary claim

@@ -15,9 +15,10 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from datetime import datetime, timezone
 from typing import TYPE_CHECKING
 
-from cloudtrack.errors import AlreadyExists, BlobNotFound, CloudtrackError
+from cloudtrack.errors import AlreadyExists, BlobNotFound, CloudtrackError, PreconditionFailed
 from cloudtrack.store import build, layout, records
 from cloudtrack.store.cas import versioned_update
 from cloudtrack.store.records import Record
@@ -29,6 +30,14 @@ log = logging.getLogger("cloudtrack.store")
 
 #: The field of an experiment record whose name claim may not have landed (docs/format.md).
 PENDING = "pending"
+#: The field of an experiment record naming the name it had before its latest rename: once
+#: the record carries it, the old name's claim is a leftover the rename meant to delete.
+RENAMED_FROM = "renamed_from"
+#: A name claim pointing at an experiment of another name that was not renamed from it is a
+#: rename under way — or the first write of a renamer killed before its second.  Once the
+#: claim is this old (a rename's writes take seconds, each bounded by the retry deadline) it
+#: is the latter, and the name may be claimed again.
+STALE_RENAME_SECONDS = 600.0
 
 
 class NameTaken(AlreadyExists):
@@ -63,6 +72,52 @@ def visible(blobs: Blobs, rec: Record) -> bool:
     return str(claim.get("experiment_id")) == str(rec["experiment_id"])
 
 
+def stale_claim(blobs: Blobs, name: str) -> str | None:
+    """The version of the claim of ``name`` when it is the leftover of an unfinished rename
+    (and may be replaced with a conditional write), else None: the name is free, or taken.
+
+    Read only on the rare path where a creator or renamer finds the name claimed."""
+    key = layout.experiment_name(name)
+    try:
+        claim, version = records.read_versioned(blobs, key)
+        rec: Record | None = records.read(blobs, layout.experiment(str(claim["experiment_id"])))
+    except BlobNotFound:
+        rec = None
+        try:
+            version = blobs.stat(key).version
+        except BlobNotFound:
+            return None
+    if rec is not None and rec.get("name") == name:
+        return None  # taken (a pending creation too: its claim makes it whole)
+    if rec is not None and rec.get(RENAMED_FROM) == name:
+        return version  # renamed away: deleting this claim was the rename's last step
+    try:
+        modified = blobs.stat(key).modified
+    except BlobNotFound:
+        return None
+    age = (datetime.now(timezone.utc) - modified).total_seconds()
+    return version if age > STALE_RENAME_SECONDS else None
+
+
+def claim_name(blobs: Blobs, name: str, experiment_id: str) -> None:
+    """Claim ``name`` for ``experiment_id``, taking over the leftover claim of an unfinished
+    rename (:func:`stale_claim`); :class:`NameTaken` when another experiment holds it."""
+    key = layout.experiment_name(name)
+    pointer = records.dumps(build.pointer(experiment_id))
+    try:
+        blobs.put_if_absent(key, pointer)
+        return
+    except AlreadyExists:
+        stale = stale_claim(blobs, name)
+    if stale is None:
+        raise NameTaken(name, blobs.object_uri(key))
+    try:
+        blobs.put_if_version(key, pointer, stale)
+    except (PreconditionFailed, BlobNotFound):
+        raise NameTaken(name, blobs.object_uri(key)) from None
+    log.info("experiment name %r: took over the claim an unfinished rename left", name)
+
+
 def settle(rec: Record) -> Record:
     """``rec`` without its pending mark (a visible record, about to be rewritten)."""
     rec.pop(PENDING, None)
@@ -83,7 +138,7 @@ def create_experiment(blobs: Blobs, name: str, record_for: Callable[[str], Recor
     write fail, readers still see the experiment through its claim.
     """
     name_key = layout.experiment_name(name)
-    if blobs.exists(name_key):
+    if blobs.exists(name_key) and stale_claim(blobs, name) is None:
         raise NameTaken(name, blobs.object_uri(name_key))
     first = int(wanted) if wanted is not None and wanted.isdigit() else None
     exp_id = first if first is not None else next_experiment_id(blobs)
@@ -98,8 +153,8 @@ def create_experiment(blobs: Blobs, name: str, record_for: Callable[[str], Recor
             exp_id = next_experiment_id(blobs) if exp_id == first else exp_id + 1
     record_key = layout.experiment(str(exp_id))
     try:
-        blobs.put_if_absent(name_key, records.dumps(build.pointer(str(exp_id))))
-    except AlreadyExists:
+        claim_name(blobs, name, str(exp_id))
+    except NameTaken:
         # Another process claimed the name between our check and our claim: withdraw (a
         # record left behind is pending, and its name points elsewhere: nobody sees it).
         blobs.delete(record_key)

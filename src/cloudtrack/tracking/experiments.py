@@ -23,7 +23,7 @@ from mlflow.utils.validation import (
     _validate_experiment_tag,
 )
 
-from cloudtrack.errors import AlreadyExists, BlobNotFound
+from cloudtrack.errors import BlobNotFound
 from cloudtrack.store import build, claims, entities, layout, records
 from cloudtrack.store.cas import Change, versioned_update
 from cloudtrack.store.records import Record
@@ -231,6 +231,9 @@ class ExperimentsMixin(StoreCore):
         old_name = rec["name"]
 
         def change(r: Record) -> Record:
+            if r["name"] != new_name:
+                # Marks the old name's claim as a leftover until the last step deletes it.
+                r[claims.RENAMED_FROM] = r["name"]
             r["name"] = new_name
             r["last_update_time"] = get_current_time_millis()
             return r
@@ -238,10 +241,12 @@ class ExperimentsMixin(StoreCore):
         if old_name == new_name:
             self._update_experiment(experiment_id, change)  # stamped, as MLflow's SQL store does
             return
+        # Three writes: the new name's claim, the record, the old claim's delete.  A renamer
+        # killed after the first leaves a claim that ages into a free name; after the second,
+        # the record's renamed_from frees the old name at once (claims.stale_claim).
         try:
-            self.blobs.put_if_absent(layout.experiment_name(new_name),
-                                     records.dumps(build.pointer(experiment_id)))
-        except AlreadyExists:
+            claims.claim_name(self.blobs, new_name, experiment_id)
+        except claims.NameTaken:
             raise _already_exists(new_name, BAD_REQUEST) from None
         try:
             self._update_experiment(experiment_id, change)
