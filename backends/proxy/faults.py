@@ -123,10 +123,9 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
-from backends._common import LOOPBACK
+from backends.proxy.server import CHUNK, LoopServer
 
 #: Streaming piece size and the longest head or chunk-size line accepted.
-CHUNK = 1 << 20
 
 #: Every fault kind, in a fixed order (the order weights are laid out in for the draw).
 KINDS = ("503", "500", "429", "reset_before", "lost_answer_503", "lost_answer_reset",
@@ -482,9 +481,11 @@ class _Conn:
         self.server_r = self.server_w = None
 
 
-class FaultProxy:
+class FaultProxy(LoopServer):
     """Forward ``127.0.0.1:<port>`` to ``target_host:target_port``, injecting faults per
     request (module docstring); runs its own event loop in a daemon thread."""
+
+    thread_prefix = "fault-proxy"
 
     def __init__(self, target_host: str, target_port: int, *, rate: float = 0.0,
                  seed: int | None = 0, kinds: Mapping[str, float] | Iterable[str] | None = None,
@@ -496,7 +497,7 @@ class FaultProxy:
                  control: bool = True, name: str = "faults") -> None:
         self.target_host = target_host
         self.target_port = int(target_port)
-        self.name = name
+        self._init_server(name, control)
         self.tls = tls
         self.upstream_tls = upstream_tls
         self._config = _validated(FaultConfig(
@@ -512,93 +513,6 @@ class FaultProxy:
         self._stats = FaultStats()
         self._events: collections.deque[FaultEvent] = collections.deque(maxlen=MAX_EVENTS)
         self._lock = threading.Lock()
-        self._control_enabled = control
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
-        self._server: asyncio.AbstractServer | None = None
-        self._control: asyncio.AbstractServer | None = None
-        self._tasks: set[asyncio.Task[Any]] = set()
-        self._port = 0
-        self._control_port = 0
-
-    # -- life cycle -------------------------------------------------------------------------
-
-    def start(self) -> None:
-        if self._loop is not None:
-            return
-        loop = asyncio.new_event_loop()
-        self._loop = loop
-        self._thread = threading.Thread(target=loop.run_forever, daemon=True,
-                                        name=f"fault-proxy-{self.name}")
-        self._thread.start()
-        try:
-            asyncio.run_coroutine_threadsafe(self._open(), loop).result(timeout=10)
-        except BaseException:
-            self.stop()
-            raise
-
-    async def _open(self) -> None:
-        # Port 0: the kernel picks a free port and nobody can take it between pick and bind.
-        self._server = await asyncio.start_server(self._on_client, LOOPBACK, 0, backlog=1024,
-                                                  limit=CHUNK, ssl=self.tls)
-        self._port = self._server.sockets[0].getsockname()[1]
-        if self._control_enabled:
-            self._control = await asyncio.start_server(self._on_control, LOOPBACK, 0)
-            self._control_port = self._control.sockets[0].getsockname()[1]
-
-    def stop(self) -> None:
-        """Close the listeners and every open connection (held ones too), then end the loop."""
-        loop, self._loop = self._loop, None
-        if loop is None:
-            return
-        if loop.is_running():
-            with contextlib.suppress(Exception):
-                asyncio.run_coroutine_threadsafe(self._close(), loop).result(timeout=10)
-            loop.call_soon_threadsafe(loop.stop)
-        if self._thread is not None:
-            self._thread.join(timeout=10)
-            self._thread = None
-        if not loop.is_running():  # a thread that would not stop keeps its loop
-            loop.close()
-
-    async def _close(self) -> None:
-        for server in (self._server, self._control):
-            if server is not None:
-                server.close()
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        for server in (self._server, self._control):
-            if server is not None:
-                with contextlib.suppress(asyncio.TimeoutError):
-                    await asyncio.wait_for(server.wait_closed(), 2)
-
-    def __enter__(self) -> FaultProxy:
-        self.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    # -- what clients need ------------------------------------------------------------------
-
-    @property
-    def port(self) -> int:
-        return self._port
-
-    @property
-    def host(self) -> str:
-        return LOOPBACK
-
-    @property
-    def url(self) -> str:
-        return f"{'https' if self.tls else 'http'}://{LOOPBACK}:{self._port}"
-
-    @property
-    def control_url(self) -> str:
-        if not self._control_port:
-            raise RuntimeError("this proxy was created with control=False or is not started")
-        return f"http://{LOOPBACK}:{self._control_port}"
 
     # -- counters and settings --------------------------------------------------------------
 

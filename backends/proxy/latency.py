@@ -46,11 +46,9 @@ import time
 import urllib.request
 from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass
-from typing import Any
 
-from backends._common import LOOPBACK
+from backends.proxy.server import CHUNK, LoopServer
 
-CHUNK = 1 << 20
 #: The first bytes of an interim ``100 Continue`` response (HTTP/1.0 and 1.1).
 _CONTINUE = (b"HTTP/1.1 100", b"HTTP/1.0 100")
 
@@ -79,9 +77,11 @@ class _Turns:
         self.sent_at: float | None = None  # when this turn's first bytes went to the service
 
 
-class LatencyProxy:
+class LatencyProxy(LoopServer):
     """Forward ``127.0.0.1:<port>`` to ``target_host:target_port`` with ``latency_ms`` added to
     each round trip; runs its own event loop in a daemon thread."""
+
+    thread_prefix = "latency-proxy"
 
     def __init__(self, target_host: str, target_port: int, latency_ms: float = 0.0, *,
                  connect_latency_ms: float | None = None, control: bool = True,
@@ -91,96 +91,9 @@ class LatencyProxy:
         self.latency = max(0.0, latency_ms) / 1000
         self.connect_latency = (self.latency if connect_latency_ms is None
                                 else max(0.0, connect_latency_ms) / 1000)
-        self.name = name
-        self._control_enabled = control
+        self._init_server(name, control)
         self._stats = ProxyStats()
         self._lock = threading.Lock()
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
-        self._server: asyncio.AbstractServer | None = None
-        self._control: asyncio.AbstractServer | None = None
-        self._tasks: set[asyncio.Task[Any]] = set()
-        self._port = 0
-        self._control_port = 0
-
-    # -- life cycle -------------------------------------------------------------------------
-
-    def start(self) -> None:
-        if self._loop is not None:
-            return
-        loop = asyncio.new_event_loop()
-        self._loop = loop
-        self._thread = threading.Thread(target=loop.run_forever, daemon=True,
-                                        name=f"latency-proxy-{self.name}")
-        self._thread.start()
-        try:
-            asyncio.run_coroutine_threadsafe(self._open(), loop).result(timeout=10)
-        except BaseException:
-            self.stop()
-            raise
-
-    async def _open(self) -> None:
-        # Port 0: the kernel picks a free port and nobody can take it between pick and bind.
-        self._server = await asyncio.start_server(self._on_client, LOOPBACK, 0, backlog=1024,
-                                                  limit=CHUNK)
-        self._port = self._server.sockets[0].getsockname()[1]
-        if self._control_enabled:
-            self._control = await asyncio.start_server(self._on_control, LOOPBACK, 0)
-            self._control_port = self._control.sockets[0].getsockname()[1]
-
-    def stop(self) -> None:
-        """Close the listeners and every open connection, then end the loop's thread."""
-        loop, self._loop = self._loop, None
-        if loop is None:
-            return
-        if loop.is_running():
-            with contextlib.suppress(Exception):
-                asyncio.run_coroutine_threadsafe(self._close(), loop).result(timeout=10)
-            loop.call_soon_threadsafe(loop.stop)
-        if self._thread is not None:
-            self._thread.join(timeout=10)
-            self._thread = None
-        if not loop.is_running():  # a thread that would not stop keeps its loop
-            loop.close()
-
-    async def _close(self) -> None:
-        for server in (self._server, self._control):
-            if server is not None:
-                server.close()
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        for server in (self._server, self._control):
-            if server is not None:
-                with contextlib.suppress(asyncio.TimeoutError):
-                    await asyncio.wait_for(server.wait_closed(), 2)
-
-    def __enter__(self) -> LatencyProxy:
-        self.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    # -- what clients need ------------------------------------------------------------------
-
-    @property
-    def port(self) -> int:
-        return self._port
-
-    @property
-    def host(self) -> str:
-        return LOOPBACK
-
-    @property
-    def url(self) -> str:
-        return f"http://{LOOPBACK}:{self._port}"
-
-    @property
-    def control_url(self) -> str:
-        if not self._control_port:
-            raise RuntimeError("this proxy was created with control=False or is not started")
-        return f"http://{LOOPBACK}:{self._control_port}"
 
     def stats(self) -> dict[str, int]:
         with self._lock:
