@@ -19,18 +19,11 @@ from mlflow.entities import (
     ViewType,
 )
 
-from cloudtrack.tracking import BlobTrackingStore
-from tests.fixtures.reference import MlflowReference, Recorder, assert_same_calls
+from tests.fixtures.reference import Recorder, same_as_sqlite
 
 T0 = 1_700_000_000_000
 NO_RUN = "0" * 32
 
-
-def same_as_sqlite(scenario: Callable[[Any], list[Any]],
-                   mlflow_reference: Callable[[], MlflowReference],
-                   cloud_store: BlobTrackingStore) -> None:
-    expected = scenario(mlflow_reference().tracking_store())
-    assert_same_calls(expected, scenario(cloud_store), "MLflow's sqlite store")
 
 
 def exp_view(e: Any) -> Any:

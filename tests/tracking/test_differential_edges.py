@@ -10,7 +10,7 @@ FileStore and say so.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -35,17 +35,11 @@ from mlflow.models import Model
 from mlflow.store.tracking.file_store import FileStore
 
 from cloudtrack.tracking import BlobTrackingStore
-from tests.fixtures.reference import MlflowReference, Recorder, assert_same_calls
+from tests.fixtures.reference import Recorder, assert_same_calls, same_as_sqlite
 
 T0 = 1_700_000_000_000
 MISSING_MODEL = "m-" + "0" * 32
 
-
-def same_as_sqlite(scenario: Callable[[Any], list[Any]],
-                   mlflow_reference: Callable[[], MlflowReference],
-                   cloud_store: BlobTrackingStore) -> None:
-    expected = scenario(mlflow_reference().tracking_store())
-    assert_same_calls(expected, scenario(cloud_store), "MLflow's sqlite store")
 
 
 def info_view(info: Any) -> tuple[Any, ...]:
