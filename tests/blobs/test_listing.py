@@ -127,3 +127,35 @@ def test_gcs_timestamps_with_nanoseconds() -> None:
                                                               tzinfo=timezone.utc)
     assert timestamp("2026-11-26T12:00:00.123456789Z") == datetime(
         2026, 11, 26, 12, 0, 0, 123456, tzinfo=timezone.utc)
+
+
+def test_spread_listing_finds_exactly_what_a_plain_listing_finds(blobs) -> None:  # type: ignore[no-untyped-def]
+    """``list_spread`` reads a large prefix as one listing per next character, in parallel:
+    every backend, keys of every first character an id may have, the first page ending inside
+    one character's keys."""
+    import concurrent.futures
+    import uuid
+
+    keys = [f"heads/7/{uuid.UUID(int=(i * 0x9E3779B97F4A7C15) % 2**128).hex}.json"
+            for i in range(1, 160)]
+    keys += ["heads/7/A-upper.json", "heads/7/Zz.json", "heads/7/g-after-hex.json",
+             "heads/7/zz.json", "heads/70-not-under-the-prefix.json", "heads/8/other.json"]
+    with concurrent.futures.ThreadPoolExecutor(16) as pool:
+        list(pool.map(lambda k: blobs.put(k, b"{}"), keys))
+    if hasattr(blobs, "page_size"):
+        blobs.page_size = 7
+    calls: list[str] = []
+    real = blobs._list_page
+
+    def counted(prefix: str, token: str | None) -> Any:
+        calls.append(prefix)
+        return real(prefix, token)
+
+    blobs._list_page = counted
+    with concurrent.futures.ThreadPoolExecutor(16) as pool:
+        spread = blobs.list_spread("heads/7/", pool.map)
+    plain = list(blobs.list("heads/7/"))
+    assert _fields(spread) == _fields(plain)
+    assert len(plain) == 159 + 4
+    if hasattr(blobs, "page_size"):  # the object stores: the rest read per first character
+        assert len(set(calls)) > 16, calls

@@ -57,6 +57,29 @@ MAX_KEY_BYTES = 1024
 T = TypeVar("T")
 
 
+#: The characters an id may begin with (MLflow's run ids begin with a letter or a digit;
+#: the ids MLflow and cloudtrack make are lowercase hex), in byte order.
+ID_ALPHABET = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+#: :meth:`Blobs.list_spread` reads on alone while at most this many pages seem left.
+SPREAD_MIN_PAGES = 2
+
+#: ``map`` of a thread pool, or the builtin.
+MapFn = Callable[[Callable[[str], "builtins.list[BlobInfo]"], "builtins.list[str]"],
+                 Iterator["builtins.list[BlobInfo]"]]
+
+
+def _worth_spreading(rest: str, page_len: int) -> bool:
+    """Do more than SPREAD_MIN_PAGES pages seem left after a first page ending at ``rest``?
+
+    Guessed from where the page ended, reading ids as hex (what MLflow and cloudtrack make);
+    anything else is read on page by page."""
+    head = rest[:4]
+    if len(head) < 4 or not all(c in "0123456789abcdef" for c in head):
+        return False
+    covered = (int(head, 16) + 1) / 16 ** 4
+    return page_len / covered - page_len > SPREAD_MIN_PAGES * page_len
+
+
 def copy_refused(error: BlobError) -> bool:
     """Whether a server-side copy that failed with ``error`` is done again as a streamed one.
 
@@ -247,6 +270,40 @@ class Blobs(abc.ABC):
             yield from page
             if not token:
                 return
+
+    def list_spread(self, prefix: str, map_fn: MapFn,
+                    alphabet: str = ID_ALPHABET) -> builtins.list[BlobInfo]:
+        """Like :meth:`list`, for a large prefix whose keys continue with an id (uniformly
+        spread over ``alphabet``, which must be in byte order): the first page is read alone;
+        when more than ``SPREAD_MIN_PAGES`` pages seem left, the rest is read as one listing
+        per next character, in parallel through ``map_fn`` (a pool's ``map``).  A key whose
+        next character is not in ``alphabet`` and sorts after the first page is not seen.
+
+        A listing is ``pages`` sequential round trips; spread, it is about ``pages / len(
+        alphabet)`` plus one, at the price of a LIST for each character no key begins with.
+        """
+        validate_key(prefix, what="prefix", allow_empty=True)
+
+        def page(token: str | None) -> tuple[builtins.list[BlobInfo], str | None]:
+            return self._retry(lambda _: self._list_page(prefix, token),
+                               f"LIST {self.object_uri(prefix)}")
+
+        first, token = page(None)
+        if not token or not first:
+            return first
+        last = first[-1].key
+        rest = last[len(prefix):]
+        if not _worth_spreading(rest, len(first)):
+            out = list(first)
+            while token:
+                more, token = page(token)
+                out += more
+            return out
+        subs = [prefix + c for c in alphabet if c >= rest[:1]]
+        out = list(first)
+        for part in map_fn(lambda p: builtins.list(self.list(p)), subs):
+            out += (i for i in part if i.key > last)
+        return out
 
     def list_dir(self, prefix: str) -> tuple[builtins.list[BlobInfo], builtins.list[str]]:
         """Objects directly under ``prefix`` (a folder, '/'-terminated or empty) and the names

@@ -42,6 +42,11 @@ class VersionedCache:
             return {key: hit[1] for key, version in listing
                     if (hit := self._entries.get(key)) is not None and hit[0] == version}
 
+    def entries(self, keys: Iterable[str]) -> dict[str, tuple[str, Record]]:
+        """key -> (version, record) of the given keys this cache holds."""
+        with self._lock:
+            return {key: hit for key in keys if (hit := self._entries.get(key)) is not None}
+
     def merge(self, entries: Mapping[str, tuple[str, Record]]) -> None:
         """Take every entry whose version differs from the cached one (a listing decides later
         which of them to use)."""

@@ -22,6 +22,7 @@ HISTORY = "history/"
 LOGGED_MODELS = "logged-models/"
 LOGGED_MODEL_INDEX = "logged-model-index/"
 SNAPSHOTS = "snapshots/"
+INDEX = "index/"
 REGISTERED_MODELS = "registry/models/"
 MODEL_VERSIONS = "registry/versions/"
 ARTIFACTS = "artifacts"
@@ -60,6 +61,16 @@ def head(exp_id: str, run_id: str) -> str:
 def head_snapshot(exp_id: str) -> str:
     """A gzip'd cache of an experiment's run heads, each with the version it was read at."""
     return f"{SNAPSHOTS}heads/{exp_id}.json.gz"
+
+
+def head_pages(exp_id: str) -> str:
+    """The experiment's head pages (:mod:`cloudtrack.store.pages`), written by writers."""
+    return f"{INDEX}heads/{exp_id}/"
+
+
+def logged_model_pages(exp_id: str) -> str:
+    """The experiment's logged-model pages (:mod:`cloudtrack.store.pages`)."""
+    return f"{INDEX}logged-models/{exp_id}/"
 
 
 def history(run_id: str) -> str:

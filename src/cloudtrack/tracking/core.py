@@ -4,9 +4,10 @@ many records at once, and access to run heads (the one record a run's writers sh
 from __future__ import annotations
 
 import concurrent.futures
+import logging
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from mlflow.entities import Experiment, LifecycleStage, Run
@@ -21,15 +22,22 @@ from mlflow.utils.validation import _parse_experiment_id, _validate_run_id
 from cloudtrack.blobs import open_blobs
 from cloudtrack.config import StoreConfig, resolve
 from cloudtrack.errors import AlreadyExists, BlobNotFound
-from cloudtrack.store import build, layout, marker, records
+from cloudtrack.store import build, layout, marker, pages, records
 from cloudtrack.store.cache import VersionedCache
 from cloudtrack.store.cas import Change, versioned_update
 from cloudtrack.store.records import Record
 from cloudtrack.tracking.flusher import FLUSH_INTERVAL, Flusher, Pending, RunLocks
 from cloudtrack.tracking.journal import Journal, ReplayReport
+from cloudtrack.tracking.pagewriter import PageWriter, is_finished
 
 #: Parallel GETs when a search or a history read must fetch many objects.
 READ_CONCURRENCY = 32
+#: A read missing this many records in its cache looks for them in the pages.
+PAGES_MIN_MISSES = 4
+#: A read that had to GET this many records one by one puts them into the pages.
+UPGRADE_MIN_MISSES = 16
+
+log = logging.getLogger("cloudtrack.tracking")
 
 
 def not_found(message: str) -> MlflowException:
@@ -133,8 +141,8 @@ class StoreCore(AbstractStore):
         self._heads: dict[str, tuple[Record, str]] = {}
         #: head key -> (version, Run): the entity built from that version of the head.
         self._entities: dict[str, tuple[str, Run]] = {}
-        #: Experiments whose head snapshot a background thread is rewriting.
-        self._snapshots_in_flight: set[str] = set()
+        #: Finished runs' heads this process wrote, on their way into the head pages.
+        self._page_writer = PageWriter(self.blobs)
         self._run_locks = RunLocks()
         #: Where buffered data that cannot be written at exit is kept (journal.py).
         self.journal = Journal(self.config, self._write_journaled)
@@ -198,6 +206,45 @@ class StoreCore(AbstractStore):
         """Every listed (key, version): cached at that version, else a GET (in parallel)."""
         return self._cache.read_many(self.blobs, listing, self._pool.map)
 
+    def _list_pages(self, folder: str) -> pages.PageMap:
+        try:
+            return pages.list_pages(self.blobs, folder)
+        except Exception as e:  # pages only save requests: go on with the records
+            log.debug("could not list the pages in %s: %r", self.blobs.object_uri(folder), e)
+            return pages.PageMap(())
+
+    def _read_paged(self, listing: list[tuple[str, str]], folder: str,
+                    listed_pages: concurrent.futures.Future[pages.PageMap] | None = None,
+                    ) -> tuple[dict[str, Record | Exception], list[str], pages.PageMap]:
+        """Every listed record, like :meth:`_read_many`, the ones this process does not hold
+        taken from the pages in ``folder`` (:mod:`cloudtrack.store.pages`) when that is fewer
+        GETs; also the keys that had to be read one by one (queued for the pages when they
+        are many) and the pages found."""
+        page_map = (listed_pages.result() if listed_pages is not None
+                    else self._list_pages(folder))
+        missing = self._cache.missing(listing)
+        if len(missing) >= PAGES_MIN_MISSES:
+            needed = {bits for key in missing
+                      if (bits := page_map.page_of(layout.id_from_key(key))) is not None}
+            if needed and len(needed) < len(missing):
+                wanted = set(missing).__contains__
+                for found in self._pool.map(
+                        lambda b: pages.read_entries(self.blobs, folder, b, wanted),
+                        sorted(needed)):
+                    self._cache.merge(found)
+                missing = self._cache.missing(listing)
+        return self._read_many(listing), missing, page_map
+
+    def _page_later(self, folder: str, keys: list[str], done: Callable[[Record], bool]) -> None:
+        """Records a read had to GET one by one go into the pages (in the background), so the
+        next process does not: how a store written before pages, or pages a writer could not
+        keep, catch up."""
+        if len(keys) < UPGRADE_MIN_MISSES:
+            return
+        for key, (version, rec) in self._cache.entries(keys).items():
+            if done(rec):
+                self._page_writer.add(folder, key, version, records.dumps(rec))
+
     # -- run heads -------------------------------------------------------------------------
 
     def _experiment_of(self, run_id: str) -> str:
@@ -234,6 +281,9 @@ class StoreCore(AbstractStore):
         head, version = versioned_update(self.blobs, key, change, known=known,
                                          missing=lambda: run_not_found(run_id))
         self._heads[run_id] = (head, version)
+        if is_finished(head):
+            self._page_writer.add(layout.head_pages(head["info"]["experiment_id"]), key,
+                                  version, records.dumps(head))
         return head
 
     def _update_head(self, run_id: str, change: Change) -> Record:
@@ -270,6 +320,7 @@ class StoreCore(AbstractStore):
 
     def close(self) -> None:
         self._flusher.close()
+        self._page_writer.close()
         self._pool.shutdown(wait=False)
         self.blobs.close()
 

@@ -437,6 +437,10 @@ def _flush_all_at_exit() -> None:
                     "ended (its data is kept in the journal)")
     for f in flushers:
         f.close()
+    # After the data: the runs ended just now are the ones the next reader looks for.
+    from cloudtrack.tracking import pagewriter
+
+    pagewriter.close_all()
     log.debug("cloudtrack: buffers closed in %.1fs at exit", time.monotonic() - started)
 
 

@@ -100,8 +100,12 @@ class LoggedModelsMixin(StoreCore):
                 raise _model_not_found(model_id)
             return change(rec)
 
-        rec, _ = versioned_update(self.blobs, layout.logged_model(exp, model_id), guarded,
-                                  missing=lambda: _model_not_found(model_id))
+        key = layout.logged_model(exp, model_id)
+        rec, version = versioned_update(self.blobs, key, guarded,
+                                        missing=lambda: _model_not_found(model_id))
+        if _settled(rec):
+            self._page_writer.add(layout.logged_model_pages(exp), key, version,
+                                  records.dumps(rec))
         return rec
 
     def get_logged_model(self, model_id: str, allow_deleted: bool = False) -> LoggedModel:
@@ -206,8 +210,12 @@ class LoggedModelsMixin(StoreCore):
         self._flusher.flush()
         models: list[LoggedModel] = []
         for exp_id in exp_ids:
+            folder = layout.logged_model_pages(exp_id)
+            listed_pages = self._pool.submit(self._list_pages, folder)
             listing = [(i.key, i.version) for i in self.blobs.list(layout.logged_models(exp_id))]
-            for key, rec in self._read_many(listing).items():
+            found, fetched, _ = self._read_paged(listing, folder, listed_pages)
+            self._page_later(folder, fetched, _settled)
+            for key, rec in found.items():
                 if isinstance(rec, Exception):
                     if not isinstance(rec, BlobNotFound):
                         log.warning("skipping logged model %s: %s", self.blobs.object_uri(key), rec)
@@ -225,6 +233,12 @@ class LoggedModelsMixin(StoreCore):
                 offset=offset + max_results, experiment_ids=experiment_ids,
                 filter_string=filter_string, order_by=order_by).encode()
         return PagedList(rows[:max_results], next_token)
+
+
+def _settled(rec: Record) -> bool:
+    """Worth a page entry: a model no longer pending changes rarely (a running training's
+    model is read directly)."""
+    return rec.get("status") != LoggedModelStatus.PENDING.value
 
 
 def _decode_page_token(page_token: str) -> SearchLoggedModelsPaginationToken:

@@ -1,8 +1,9 @@
-"""``search_runs``: one LIST of an experiment's heads (about one request per 1,000 runs), then
-GETs only for heads this process has not seen at the listed version.  A first search that
-misses many seeds its cache from the experiment's head snapshot
-(:mod:`cloudtrack.store.snapshots`), and a search that had to fetch many heads rewrites that
-snapshot in the background, so the next process's first search is cheap too."""
+"""``search_runs``: a listing of an experiment's heads (about one request per 1,000 runs, read
+in parallel key ranges when large), then only the heads this process has not seen at the
+listed version: from the head pages writers keep (:mod:`cloudtrack.store.pages`, about one GET
+per few hundred finished runs), and one GET each for the rest (running runs, and heads changed
+since their page entry).  Heads a search had to GET one by one go into the pages for the next
+process."""
 
 from __future__ import annotations
 
@@ -19,13 +20,13 @@ from mlflow.utils.search_utils import SearchUtils
 from cloudtrack.errors import BlobNotFound
 from cloudtrack.store import entities, layout, snapshots
 from cloudtrack.tracking.core import StoreCore, check_max_results, distinct_experiment_ids
+from cloudtrack.tracking.pagewriter import is_finished
 
 log = logging.getLogger("cloudtrack.tracking")
 
-#: A search missing this many heads in its cache first reads the experiment's snapshot.
+#: A search missing this many heads of an experiment without head pages first reads the
+#: snapshot older versions wrote.
 SNAPSHOT_MIN_MISSES = 64
-#: A search that had to fetch this many heads rewrites the snapshot (in the background).
-SNAPSHOT_REFRESH_MISSES = 256
 
 _gc_lock = threading.Lock()
 _gc_pauses = 0
@@ -59,31 +60,17 @@ def _gc_paused() -> Iterator[None]:
 
 class SearchMixin(StoreCore):
 
-    def _refresh_snapshot_later(self, experiment_id: str, listing: list[tuple[str, str]]) -> None:
-        if experiment_id in self._snapshots_in_flight:
-            return
-        self._snapshots_in_flight.add(experiment_id)
-
-        def work() -> None:
-            try:
-                snapshots.write(self.blobs, experiment_id, self._cache, listing)
-            except Exception:
-                log.warning("could not refresh the head snapshot of experiment %s",
-                            experiment_id, exc_info=True)
-            finally:
-                self._snapshots_in_flight.discard(experiment_id)
-
-        threading.Thread(target=work, name="cloudtrack-snapshot", daemon=True).start()
-
     def _runs_of(self, experiment_id: str) -> list[Run]:
-        listing = [(i.key, i.version) for i in self.blobs.list(layout.heads(experiment_id))]
-        misses = len(self._cache.missing(listing))
-        if misses >= SNAPSHOT_MIN_MISSES:
+        folder = layout.head_pages(experiment_id)
+        listed_pages = self._pool.submit(self._list_pages, folder)
+        infos = self.blobs.list_spread(layout.heads(experiment_id), self._pool.map)
+        listing = [(i.key, i.version) for i in infos]
+        if not listed_pages.result().bits and \
+                len(self._cache.missing(listing)) >= SNAPSHOT_MIN_MISSES:
+            # A store written before head pages: the snapshot its readers left, if any.
             snapshots.load_into(self._cache, self.blobs, experiment_id)
-            misses = len(self._cache.missing(listing))
-        found = self._read_many(listing)
-        if misses >= SNAPSHOT_REFRESH_MISSES:
-            self._refresh_snapshot_later(experiment_id, listing)
+        found, fetched, _ = self._read_paged(listing, folder, listed_pages)
+        self._page_later(folder, fetched, is_finished)
         runs = []
         for key, version in listing:
             rec = found[key]

@@ -1,0 +1,242 @@
+"""Head pages: an experiment's finished run heads packed by the writers that finish them
+(``index/heads/<exp>/p<bits>.gz``, docs/format.md "Head pages").
+
+A run's page is named by the leading bits of the SHA-256 of its id: at least ``MIN_BITS``
+bits (16 pages), one bit more wherever a page outgrows ``MAX_ENTRIES`` (the page is split in
+two and left behind as a tombstone).  So pages stay small, a reader needs about one page per
+few hundred runs, and writers finishing runs at once spread over many objects.
+
+Nothing here is trusted blindly: every entry carries the version its head had when the entry
+was written, and a reader takes an entry only when a fresh listing of the heads reports that
+same version.  A missing, stale, damaged or half-split page costs requests, never
+correctness, and losing a race for a page costs the writer nothing but the entry (after a few
+attempts it gives up: no writer waits on another for long).
+
+A page is gzip of lines: a JSON header (``{"page": 1}``, or ``{"page": 1, "split": true}``
+for a tombstone), then one line per head, ``<head key> TAB <version> TAB <head JSON>``.  Lines
+let a writer merge without decoding the heads it does not touch.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+import logging
+import random
+import time
+import zlib
+from collections.abc import Callable, Iterable, Mapping
+from typing import TYPE_CHECKING
+
+from cloudtrack.errors import AlreadyExists, BlobNotFound, PreconditionFailed
+from cloudtrack.store import layout
+from cloudtrack.store.records import Record
+
+if TYPE_CHECKING:
+    from cloudtrack.blobs import Blobs
+
+log = logging.getLogger("cloudtrack.store")
+
+#: Every experiment starts with 2**MIN_BITS pages, so concurrent writers rarely meet.
+MIN_BITS = 4
+#: A page holding more heads than this is split in two.
+MAX_ENTRIES = 600
+#: Attempts at one page before a writer gives its entries up (they are only a cache).
+ATTEMPTS = 4
+
+_HEADER = b'{"page":1}'
+_TOMBSTONE = b'{"page":1,"split":true}'
+
+#: head key -> (version, head bytes)
+RawEntries = Mapping[str, tuple[str, bytes]]
+
+
+def run_bits(run_id: str, depth: int) -> str:
+    """The first ``depth`` bits of SHA-256(run id), as '0'/'1' characters."""
+    digest = hashlib.sha256(run_id.encode("utf-8")).digest()
+    return "".join(f"{b:08b}" for b in digest[:(depth + 7) // 8])[:depth]
+
+
+def page_key(folder: str, bits: str) -> str:
+    """The page ``bits`` in ``folder`` (``layout.head_pages(exp)``, ``layout.logged_model_pages(exp)``)."""
+    return f"{folder}p{bits}.gz"
+
+
+def bits_of(key: str) -> str | None:
+    """``index/heads/3/p0110.gz`` -> ``0110``; None for a key that is not a page."""
+    name = key.rsplit("/", 1)[-1]
+    if not (name.startswith("p") and name.endswith(".gz")):
+        return None
+    bits = name[1:-3]
+    return bits if len(bits) >= MIN_BITS and set(bits) <= {"0", "1"} else None
+
+
+class PageMap:
+    """The pages a listing found, for finding the page that holds a run."""
+
+    def __init__(self, bits: Iterable[str]) -> None:
+        self.bits = set(bits)
+        self.depth = max((len(b) for b in self.bits), default=MIN_BITS)
+
+    def page_of(self, run_id: str) -> str | None:
+        """The deepest listed page on the run's path (None if none is listed)."""
+        path = run_bits(run_id, self.depth)
+        for depth in range(len(path), MIN_BITS - 1, -1):
+            if path[:depth] in self.bits:
+                return path[:depth]
+        return None
+
+    def target_of(self, run_id: str) -> str:
+        """Where a writer puts the run: its deepest listed page, or a new top-level one."""
+        return self.page_of(run_id) or run_bits(run_id, MIN_BITS)
+
+
+def list_pages(blobs: Blobs, folder: str) -> PageMap:
+    return PageMap(b for i in blobs.list(folder) if (b := bits_of(i.key)) is not None)
+
+
+# -- the page's bytes ------------------------------------------------------------------------
+
+def pack(entries: RawEntries, *, split: bool = False) -> bytes:
+    gz = zlib.compressobj(3, zlib.DEFLATED, 31)  # wbits 31: the gzip container
+    out = [gz.compress((_TOMBSTONE if split else _HEADER) + b"\n")]
+    for key in sorted(entries):
+        version, head = entries[key]
+        out.append(gz.compress(b"\t".join((key.encode(), version.encode(), head)) + b"\n"))
+    out.append(gz.flush())
+    return b"".join(out)
+
+
+def unpack(data: bytes) -> tuple[bool, dict[str, tuple[str, bytes]]]:
+    """(split, entries) of a page's bytes; raises ValueError on anything malformed."""
+    try:
+        text = gzip.decompress(data)
+    except (OSError, EOFError, zlib.error) as e:
+        raise ValueError(f"not a gzip page: {e}") from e
+    lines = text.split(b"\n")
+    header = json.loads(lines[0])
+    if not isinstance(header, dict) or header.get("page") != 1:
+        raise ValueError("not a head page")
+    entries: dict[str, tuple[str, bytes]] = {}
+    for line in lines[1:]:
+        if not line:
+            continue
+        key, version, head = line.split(b"\t", 2)
+        entries[key.decode()] = (version.decode(), head)
+    return bool(header.get("split")), entries
+
+
+def read_entries(blobs: Blobs, folder: str, bits: str,
+                 wanted: Callable[[str], bool]) -> dict[str, tuple[str, Record]]:
+    """The entries of one page that ``wanted`` asks for, heads decoded; empty when the page is
+    missing or unreadable (a reader is then only slower)."""
+    key = page_key(folder, bits)
+    try:
+        _, entries = unpack(blobs.get(key))
+    except BlobNotFound:
+        return {}
+    except Exception as e:  # a damaged page is only a slower search
+        log.warning("ignoring unreadable head page %s: %r", blobs.object_uri(key), e)
+        return {}
+    out: dict[str, tuple[str, Record]] = {}
+    for head_key, (version, head) in entries.items():
+        if wanted(head_key):
+            try:
+                out[head_key] = (version, json.loads(head))
+            except ValueError:
+                continue
+    return out
+
+
+# -- writing ---------------------------------------------------------------------------------
+
+def merge(blobs: Blobs, folder: str, entries: RawEntries,
+          pages: PageMap | None = None) -> int:
+    """Put ``entries`` into their pages; the number of entries given up (lost races, errors).
+
+    ``pages`` is what the caller last listed (refreshed here when a page turns out split)."""
+    if not entries:
+        return 0
+    if pages is None:
+        pages = list_pages(blobs, folder)
+    groups: dict[str, dict[str, tuple[str, bytes]]] = {}
+    for key, entry in entries.items():
+        groups.setdefault(pages.target_of(layout.id_from_key(key)), {})[key] = entry
+    lost = 0
+    for bits, group in groups.items():
+        lost += _merge_page(blobs, folder, bits, group)
+    return lost
+
+
+def _merge_page(blobs: Blobs, folder: str, bits: str,
+                entries: dict[str, tuple[str, bytes]]) -> int:
+    key = page_key(folder, bits)
+    for attempt in range(ATTEMPTS):
+        try:
+            data, version = blobs.get_versioned(key)
+        except BlobNotFound:
+            data, version = None, None
+        stored: dict[str, tuple[str, bytes]] = {}
+        if data is not None:
+            try:
+                split, stored = unpack(data)
+            except ValueError as e:
+                log.warning("rewriting unreadable head page %s: %s", blobs.object_uri(key), e)
+                split, stored = False, {}
+            if split:
+                return _merge_children(blobs, folder, bits, entries)
+        merged = {**stored, **entries}
+        try:
+            if len(merged) > MAX_ENTRIES:
+                _split(blobs, folder, bits, merged, version)
+            elif version is None:
+                blobs.put_if_absent(key, pack(merged))
+            else:
+                blobs.put_if_version(key, pack(merged), version)
+            return 0
+        except (PreconditionFailed, AlreadyExists):
+            # Another writer got there first: read again, with a little random patience so
+            # that writers that met once do not meet again.
+            time.sleep(random.uniform(0.01, 0.05) * (attempt + 1))
+    log.debug("gave up %d entries of head page %s after %d lost races", len(entries),
+              blobs.object_uri(key), ATTEMPTS)
+    return len(entries)
+
+
+def _merge_children(blobs: Blobs, folder: str, bits: str,
+                    entries: Mapping[str, tuple[str, bytes]]) -> int:
+    halves: dict[str, dict[str, tuple[str, bytes]]] = {bits + "0": {}, bits + "1": {}}
+    for key, entry in entries.items():
+        halves[run_bits(layout.id_from_key(key), len(bits) + 1)][key] = entry
+    return sum(_merge_page(blobs, folder, child, part)
+               for child, part in halves.items() if part)
+
+
+def _split(blobs: Blobs, folder: str, bits: str,
+           merged: dict[str, tuple[str, bytes]], version: str | None) -> None:
+    """Move the page's heads into its two halves, then leave a tombstone.
+
+    The halves are written first, so at no point is an entry only in a page nobody reads; the
+    tombstone is written only over the version read, so entries another writer added to the
+    page meanwhile are not dropped (the caller reads again and moves them too)."""
+    lost = _merge_children(blobs, folder, bits, merged)
+    if lost:
+        log.debug("a split of head page %s left %d entries out", bits, lost)
+    key = page_key(folder, bits)
+    if version is None:
+        blobs.put_if_absent(key, pack({}, split=True))
+    else:
+        blobs.put_if_version(key, pack({}, split=True), version)
+
+
+def entries_from(heads: Iterable[tuple[str, str, bytes]]) -> dict[str, tuple[str, bytes]]:
+    """(head key, version, head bytes) -> entries, for :func:`merge`."""
+    return {key: (version, head) for key, version, head in heads}
+
+
+def write_all(blobs: Blobs, folder: str,
+              heads: Iterable[tuple[str, str, bytes]]) -> int:
+    """Pages for a whole experiment written at once (``cloudtrack migrate``): the heads given
+    are merged into whatever pages exist.  Returns the entries given up."""
+    return merge(blobs, folder, entries_from(heads))

@@ -1,0 +1,312 @@
+"""Head pages (src/cloudtrack/store/pages.py): writers keep them, so the first search after a
+sweep costs a few requests per thousand runs, whoever searched before; and readers never trust
+them blindly (a stale, damaged, half-split or missing page costs requests, never a wrong
+answer).  Every backend, real services; the differential parts compare with MLflow's sqlite
+store."""
+
+from __future__ import annotations
+
+import collections
+import concurrent.futures
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from mlflow.entities import Metric, Param, RunStatus, RunTag, ViewType
+
+from cloudtrack.store import layout, pages, records
+from cloudtrack.tracking import BlobTrackingStore
+from tests.fixtures.reference import MlflowReference
+from tests.fixtures.stores import tracking_store
+from tests.tracking.test_request_budget import Requests
+
+QUERIES: list[tuple[str, list[str] | None]] = [
+    ("", None),
+    ("metrics.m0 > 0.5 and params.p1 = '3'", ["metrics.m2 DESC"]),
+    ("params.p0 != '1'", ["params.p2 ASC", "attributes.run_name DESC"]),
+    ("attributes.status = 'RUNNING'", ["attributes.start_time ASC"]),
+    ("tags.t0 LIKE 'x%'", ["metrics.m1 ASC"]),
+]
+
+
+def log_run(s: Any, exp: str, i: int, *, finish: bool = True) -> str:
+    """Run ``i`` of a sweep: 10 params, 10 metrics, 5 tags, the same on every store."""
+    rid: str = s.create_run(exp, "u", 1_000 + i, [], f"run-{i:04d}").info.run_id
+    s.log_batch(rid, [Metric(f"m{k}", ((i * 7 + k * 13) % 100) / 100, 5 + i, 0) for k in range(10)],
+                [Param(f"p{k}", str((i + k) % 10)) for k in range(10)],
+                [RunTag(f"t{k}", f"x{(i * k) % 7}") for k in range(5)])
+    if finish:
+        s.update_run_info(rid, RunStatus.FINISHED, 2_000 + i, None)
+    return rid
+
+
+def summary(runs: list[Any]) -> list[Any]:
+    """What a search answered, without the ids each store makes up."""
+    return [(r.info.run_name, r.info.status, r.info.start_time, r.info.end_time,
+             sorted(r.data.params.items()), sorted(r.data.metrics.items()),
+             sorted((k, v) for k, v in r.data.tags.items() if not k.startswith("mlflow.")))
+            for r in runs]
+
+
+def search(s: Any, exp: str, query: tuple[str, list[str] | None]) -> list[Any]:
+    return s.search_runs([exp], query[0], ViewType.ALL, max_results=None, order_by=query[1])
+
+
+def sweep(store: Any, exp: str, n: int, writers: int = 8,
+          running: Callable[[int], bool] = lambda i: False) -> list[str]:
+    """``n`` runs logged by ``writers`` stores of their own (as processes would), closed after:
+    what a sweep leaves behind."""
+    def work(w: int) -> list[str]:
+        s = tracking_store(store, strict=True)
+        try:
+            return [log_run(s, exp, i, finish=not running(i)) for i in range(w, n, writers)]
+        finally:
+            s.close()
+
+    with concurrent.futures.ThreadPoolExecutor(writers) as pool:
+        return [rid for part in pool.map(work, range(writers)) for rid in part]
+
+
+def page_entries(s: BlobTrackingStore, exp: str) -> dict[str, dict[str, Any]]:
+    """bits -> (split, entries) of every page, read straight from the store."""
+    out = {}
+    for info in s.blobs.list(layout.head_pages(exp)):
+        split, entries = pages.unpack(s.blobs.get(info.key))
+        out[pages.bits_of(info.key)] = {"split": split, "keys": set(entries)}
+    return out
+
+
+def test_first_search_after_a_sweep_reads_pages_not_heads(store, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """No search before: the writers' pages alone make the first search of a new process cheap,
+    and the count of GETs follows the pages, not the runs."""
+    monkeypatch.setattr(pages, "MAX_ENTRIES", 12)  # splits at this small size too
+    setup = tracking_store(store, strict=True)
+    exp = setup.create_experiment("sweep")
+    ids = sweep(store, exp, 240)
+    found = page_entries(setup, exp)
+    live = {b: v for b, v in found.items() if not v["split"]}
+    assert any(v["split"] for v in found.values()), "240 runs over 16 pages of 12 must split"
+    covered = set().union(*(v["keys"] for v in live.values()))
+    assert covered == {layout.head(exp, r) for r in ids}
+    assert all(len(v["keys"]) <= 12 for v in live.values())
+    # Each run's entry sits in the deepest page on its path, where writers and readers look.
+    page_map = pages.PageMap(found)
+    for bits, v in live.items():
+        assert all(page_map.page_of(layout.id_from_key(k)) == bits for k in v["keys"])
+
+    reader = tracking_store(store, strict=True)
+    counter = Requests(reader)
+    runs = reader.search_runs([exp], "", ViewType.ALL, max_results=None)
+    calls = collections.Counter(counter.take())
+    assert len(runs) == 240
+    assert calls["_get"] <= len(live), f"{calls}: one GET per live page, no head"
+    assert calls["_list_page"] <= 3, calls
+
+
+def test_search_results_equal_mlflow_with_pages_and_running_runs(
+        store, mlflow_reference: Callable[[], MlflowReference], monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.setattr(pages, "MAX_ENTRIES", 10)
+    n = 90
+
+    def running(i: int) -> bool:
+        return i % 9 == 0
+
+    sqlite = mlflow_reference().tracking_store()
+    sexp = sqlite.create_experiment("same")
+    for i in range(n):
+        log_run(sqlite, sexp, i, finish=not running(i))
+    setup = tracking_store(store, strict=True)
+    exp = setup.create_experiment("same")
+    sweep(store, exp, n, running=running)
+    for q in QUERIES:
+        fresh = tracking_store(store, strict=True)
+        assert summary(search(fresh, exp, q)) == summary(search(sqlite, sexp, q)), q
+        fresh.close()
+    # Pagination as MLflow pages.
+    fresh = tracking_store(store, strict=True)
+    token, ours = None, []
+    while True:
+        page = fresh.search_runs([exp], "", ViewType.ALL, max_results=7,
+                                 order_by=["metrics.m3 DESC"], page_token=token)
+        ours += page
+        token = page.token
+        if not token:
+            break
+    assert summary(ours) == summary(search(sqlite, sexp, ("", ["metrics.m3 DESC"])))
+
+
+def test_stale_damaged_and_missing_pages_never_change_results(store, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.setattr(pages, "MAX_ENTRIES", 10)
+    setup = tracking_store(store, strict=True)
+    exp = setup.create_experiment("untrusted")
+    ids = sweep(store, exp, 60)
+    truth = summary(search(tracking_store(store, strict=True), exp, QUERIES[1]))
+
+    # Stale: a finished run changed behind the writers' backs (the head rewritten directly,
+    # so no page entry follows it): the listing's version differs, the head is read again.
+    key = layout.head(exp, ids[0])
+    head, version = records.read_versioned(setup.blobs, key)
+    head["metrics"]["m0"][1] = 0.999
+    head["params"]["p1"] = "3"
+    setup.blobs.put_if_version(key, records.dumps(head), version)
+    reader = tracking_store(store, strict=True)
+    counter = Requests(reader)
+    got = search(reader, exp, QUERIES[1])
+    assert ids[0] in {r.info.run_id for r in got}
+    assert collections.Counter(counter.take())["_get"] <= len(page_entries(setup, exp)) + 1
+    truth = summary(got)
+
+    # Damaged: every page garbage.
+    for info in setup.blobs.list(layout.head_pages(exp)):
+        setup.blobs.put(info.key, b"not a page")
+    assert summary(search(tracking_store(store, strict=True), exp, QUERIES[1])) == truth
+
+    # Entries that lie: a page claiming another version for a head.
+    bits = pages.run_bits(ids[1], pages.MIN_BITS)
+    setup.blobs.put(pages.page_key(exp, bits), pages.pack(
+        {layout.head(exp, ids[1]): ('"not-its-version"', b'{"info": {}}')}))
+    assert summary(search(tracking_store(store, strict=True), exp, QUERIES[1])) == truth
+
+    # Missing: the whole index deleted.
+    setup.blobs.delete_prefix(layout.head_pages(exp))
+    assert summary(search(tracking_store(store, strict=True), exp, QUERIES[1])) == truth
+
+
+def test_a_store_without_pages_is_served_and_upgraded_by_its_first_search(store) -> None:  # type: ignore[no-untyped-def]
+    """A store written by the previous version has heads and no pages: the first search GETs
+    the heads (correct), and leaves pages behind so the next process does not."""
+    setup = tracking_store(store, strict=True)
+    exp = setup.create_experiment("old")
+    sweep(store, exp, 40)
+    setup.blobs.delete_prefix(layout.head_pages(exp))  # what the previous version wrote
+
+    first = tracking_store(store, strict=True)
+    counter = Requests(first)
+    expected = summary(search(first, exp, ("", ["attributes.run_name ASC"])))
+    assert len(expected) == 40
+    assert collections.Counter(counter.take())["_get"] >= 40
+    first.close()  # the upgrade is written by now (at exit for a process)
+    assert page_entries(setup, exp), "the first search left pages behind"
+
+    second = tracking_store(store, strict=True)
+    counter = Requests(second)
+    assert summary(search(second, exp, ("", ["attributes.run_name ASC"]))) == expected
+    assert collections.Counter(counter.take())["_get"] <= 16
+
+
+@pytest.mark.slow
+def test_searches_while_writers_finish_never_miss_an_acknowledged_run(
+        store, mlflow_reference: Callable[[], MlflowReference], monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """8 writers finish runs (and leave some running) while readers, each a fresh store as a
+    new process would be, search: no search misses a run whose writes were acknowledged
+    before it began, or shows one twice; at the end the answer equals MLflow's for the same
+    data."""
+    monkeypatch.setattr(pages, "MAX_ENTRIES", 8)
+    n, writers = 96, 8
+
+    def running(i: int) -> bool:
+        return i % 11 == 0
+
+    setup = tracking_store(store, strict=True)
+    exp = setup.create_experiment("live")
+    acked: list[tuple[float, str]] = []
+    lock = threading.Lock()
+    done = threading.Event()
+    problems: list[str] = []
+
+    def write(w: int) -> None:
+        s = tracking_store(store, strict=True)
+        try:
+            for i in range(w, n, writers):
+                rid = log_run(s, exp, i, finish=not running(i))
+                with lock:
+                    acked.append((time.monotonic(), rid))
+        finally:
+            s.close()
+
+    def read() -> int:
+        searches = 0
+        while not done.is_set():
+            began = time.monotonic()
+            with lock:
+                before = {rid for t, rid in acked if t < began}
+            r = tracking_store(store, strict=True)
+            got = [x.info.run_id for x in r.search_runs([exp], "", ViewType.ALL, max_results=None)]
+            r.close()
+            if len(got) != len(set(got)):
+                problems.append(f"a run twice in one answer: {len(got)} vs {len(set(got))}")
+            if missed := before - set(got):
+                problems.append(f"search {searches} missed {len(missed)} acknowledged runs")
+            searches += 1
+        return searches
+
+    with concurrent.futures.ThreadPoolExecutor(writers + 2) as pool:
+        readers = [pool.submit(read) for _ in range(2)]
+        list(pool.map(write, range(writers)))
+        done.set()
+        assert sum(f.result() for f in readers) >= 2
+    assert not problems, problems[:5]
+
+    sqlite = mlflow_reference().tracking_store()
+    sexp = sqlite.create_experiment("live")
+    for i in range(n):
+        log_run(sqlite, sexp, i, finish=not running(i))
+    for q in QUERIES:
+        assert summary(search(tracking_store(store, strict=True), exp, q)) == \
+            summary(search(sqlite, sexp, q)), q
+
+
+def test_first_search_cost_does_not_grow_with_the_runs(store) -> None:  # type: ignore[no-untyped-def]
+    """The budget: a first search after a sweep of N runs is not O(N) requests.  With pages of
+    the default size, 50 and 300 finished runs both cost the listing plus at most one GET per
+    top-level page."""
+    costs = []
+    for n in (50, 300):
+        setup = tracking_store(store, strict=True)
+        exp = setup.create_experiment(f"budget-{n}")
+        sweep(store, exp, n)
+        reader = tracking_store(store, strict=True)
+        counter = Requests(reader)
+        assert len(reader.search_runs([exp], "", ViewType.ALL, max_results=None)) == n
+        costs.append(len(counter.take()))
+    assert costs[1] <= 2 ** pages.MIN_BITS + 3, costs
+    assert costs[1] < 300 / 10, costs
+
+
+def test_logged_models_are_paged_too(store, mlflow_reference: Callable[[], MlflowReference]) -> None:  # type: ignore[no-untyped-def]
+    """search_logged_models of a new process reads the pages writers kept for the models they
+    finalized (a pending one directly), and answers as MLflow's sqlite store does."""
+    from mlflow.entities import LoggedModelParameter, LoggedModelStatus
+
+    def populate(s: Any, exp: str, first: int, count: int) -> None:
+        for i in range(first, first + count):
+            m = s.create_logged_model(exp, name=f"model-{i:03d}",
+                                      params=[LoggedModelParameter("i", str(i))])
+            if i % 10:
+                s.finalize_logged_model(m.model_id, LoggedModelStatus.READY)
+
+    def show(models: Any) -> list[Any]:
+        return [(m.name, str(m.status), sorted(m.params.items())) for m in models]
+
+    sqlite = mlflow_reference().tracking_store()
+    sexp = sqlite.create_experiment("models")
+    populate(sqlite, sexp, 0, 60)
+    setup = tracking_store(store, strict=True)
+    exp = setup.create_experiment("models")
+
+    def write(w: int) -> None:
+        s = tracking_store(store, strict=True)
+        populate(s, exp, w * 15, 15)
+        s.close()
+
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        list(pool.map(write, range(4)))
+    order = [{"field_name": "name", "ascending": True}]
+    reader = tracking_store(store, strict=True)
+    counter = Requests(reader)
+    got = reader.search_logged_models([exp], order_by=order, max_results=100)
+    calls = collections.Counter(counter.take())
+    assert show(got) == show(sqlite.search_logged_models([sexp], order_by=order, max_results=100))
+    assert calls["_get"] <= 16 + 6, f"{calls}: pages plus the 6 pending models"
