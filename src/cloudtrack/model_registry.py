@@ -21,6 +21,7 @@ import concurrent.futures
 import logging
 import urllib.parse
 import uuid
+from collections.abc import Iterable
 from typing import Any, TypeVar
 
 from mlflow.entities.model_registry import (
@@ -85,6 +86,57 @@ _LATEST = "latest"
 #: the old record is first marked with the new name, the new one names the old.
 RENAMED_TO = "renamed_to"
 RENAMED_FROM = "renamed_from"
+
+#: A transition that archives the versions already in its stage commits on the model record
+#: (docs/format.md): ``archived_before[<stage>] = {"version": <n>, "at": <ms>}`` says that
+#: version n entered the stage at ``at`` and every other version that entered it before is
+#: archived.  A version record's ``stage_since`` says when it entered its current stage.
+ARCHIVED_BEFORE = "archived_before"
+STAGE_SINCE = "stage_since"
+
+
+def effective_version(model: Record, rec: Record) -> Record:
+    """Version record ``rec`` as readers see it under its model's record ``model``.
+
+    The last transition into a stage that archived the versions there (``archived_before``)
+    is committed on the model record before the version records are written: a version it
+    moved counts as in that stage until its record says it entered a stage later, and one
+    that entered the stage before it counts as archived (at the transition's time).  Records
+    without ``stage_since`` entered their stage before any such transition.  The same record
+    when the model's record claims nothing about it."""
+    stage = rec.get("current_stage", build.STAGE_NONE)
+    claims = model.get(ARCHIVED_BEFORE)
+    if not claims or stage == STAGE_DELETED_INTERNAL:
+        return rec
+    number, since = int(rec["version"]), rec.get(STAGE_SINCE)
+
+    def before(at: int) -> bool:
+        return since is None or int(since) < at
+
+    moved = [(int(c["at"]), s) for s, c in claims.items()
+             if int(c["version"]) == number and before(int(c["at"]))]
+    if moved:
+        at, stage = max(moved)
+    else:
+        claim = claims.get(stage)
+        if claim is None or int(claim["version"]) == number or not before(int(claim["at"])):
+            return rec
+        at, stage = int(claim["at"]), STAGE_ARCHIVED
+    return {**rec, "current_stage": stage, STAGE_SINCE: at,
+            "last_updated_timestamp": max(int(rec.get("last_updated_timestamp") or 0), at)}
+
+
+def _transition_time(model: Record, versions: Iterable[Record] = ()) -> int:
+    """A transition's time: now, yet later than every transition the model record names and
+    than the ``stage_since`` of ``versions``, so that what it archives and what moves after
+    it follow the order of the writes even where the writers' clocks disagree."""
+    seen = [int(c["at"]) for c in (model.get(ARCHIVED_BEFORE) or {}).values()]
+    seen += [int(v[STAGE_SINCE]) for v in versions if v.get(STAGE_SINCE) is not None]
+    return max([get_current_time_millis(), *(t + 1 for t in seen)])
+
+
+class _ArchivedMeanwhile(Exception):
+    """Another transition archiving the same stage committed between our read and write."""
 
 
 def current_models(found: list[Record]) -> list[Record]:
@@ -236,14 +288,19 @@ class BlobRegistryStore(AbstractStore):
             raise _version_not_found(model["name"], version)
         return got
 
-    def _update_version(self, name: str, version: Any, change: Change) -> Record:
+    def _update_version(self, name: str, version: Any, change: Change,
+                        model: Record | None = None) -> Record:
+        """Apply ``change`` to the version as readers see it (the write also stores its stage
+        when an archiving transition left that unwritten: :func:`effective_version`).
+        ``model``: the model's record, when the caller has just read it."""
         version = _validate_model_version(version)
-        model = self._model_of_version(name, version)
+        if model is None:
+            model = self._model_of_version(name, version)
 
         def guarded(rec: Record) -> Record | None:
             if rec.get("current_stage") == STAGE_DELETED_INTERNAL:
                 raise _version_not_found(name, version)
-            return change(rec)
+            return change(effective_version(model, rec))
 
         rec, _ = versioned_update(self.blobs, layout.model_version(model["id"], int(version)),
                                   guarded, missing=lambda: _version_not_found(name, version))
@@ -251,13 +308,18 @@ class BlobRegistryStore(AbstractStore):
 
     # -- entities ---------------------------------------------------------------------------
 
+    # Every version a reader gets is built here, from the model's record and the version's,
+    # as :func:`effective_version` resolves them.
+
     def _version_entity(self, model: Record, rec: Record, *,
                         with_aliases: bool = True) -> ModelVersion:
-        return entities.model_version(model, rec, with_aliases=with_aliases)
+        return entities.model_version(model, effective_version(model, rec),
+                                      with_aliases=with_aliases)
 
     def _latest(self, model: Record, versions: list[Record],
                 stages: list[str] | None = None) -> list[ModelVersion]:
-        return entities.latest_versions(model, versions, stages)
+        return entities.latest_versions(model, [effective_version(model, v) for v in versions],
+                                        stages)
 
     def _model_entity(self, model: Record,
                       versions: list[Record] | None = None) -> RegisteredModel:
@@ -268,7 +330,8 @@ class BlobRegistryStore(AbstractStore):
         live = {int(v["version"]) for v in versions
                 if v.get("current_stage") != STAGE_DELETED_INTERNAL}
         aliases = {a: v for a, v in model.get("aliases", {}).items() if int(v) in live}
-        return entities.registered_model({**model, "aliases": aliases}, versions)
+        return entities.registered_model({**model, "aliases": aliases},
+                                         [effective_version(model, v) for v in versions])
 
     # -- registered models ------------------------------------------------------------------
 
@@ -335,6 +398,7 @@ class BlobRegistryStore(AbstractStore):
 
         def stamp(key: str) -> None:
             def change(r: Record) -> Record:
+                r = effective_version(renamed, r)
                 r["last_updated_timestamp"] = now
                 return r
             try:
@@ -530,27 +594,93 @@ class BlobRegistryStore(AbstractStore):
                 "Model version transition cannot archive existing model versions because "
                 f"'{stage}' is not an Active stage. Valid stages are "
                 f"{DEFAULT_STAGES_FOR_GET_LATEST_VERSIONS}")
-        now = get_current_time_millis()
+        if archive_existing_versions:
+            return self._transition_archiving(name, int(version), canonical)
+        model = self._model_of_version(name, version)
+        # Later than the model's archiving transitions: none of them archives this one.
+        now = _transition_time(model)
 
         def change(rec: Record) -> Record:
-            rec["current_stage"] = canonical
-            rec["last_updated_timestamp"] = now
+            rec.update({"current_stage": canonical, STAGE_SINCE: now,
+                        "last_updated_timestamp": now})
             return rec
 
-        rec = self._update_version(name, version, change)
-        model = self._model_record(name)
-        if archive_existing_versions:
-            for other in self._version_records(model):
-                if int(other["version"]) != int(version) and other.get("current_stage") == canonical:
-                    def archive(r: Record) -> Record | None:
-                        if r.get("current_stage") != canonical:
-                            return None
-                        r["current_stage"] = STAGE_ARCHIVED
-                        r["last_updated_timestamp"] = now
-                        return r
-                    self._update_version(name, other["version"], archive)
-        model = self._touch(name, now)
-        return self._version_entity(model, rec)
+        rec = self._update_version(name, version, change, model)
+        return self._version_entity(self._touch(name, now), rec)
+
+    def _transition_archiving(self, name: str, version: int, stage: str) -> ModelVersion:
+        """Move ``version`` to ``stage`` and archive the other versions there, as one change:
+        committed by one write, the model record's ``archived_before[stage]``.  The version
+        records are written after it, to say what readers already see (docs/format.md), so a
+        call that fails or is killed at any point leaves the transition not done or done —
+        never two versions in the stage that only one of them should hold."""
+        _validate_model_name(name)
+        committed = None
+        while committed is None:
+            committed = self._commit_archiving(name, version, stage)
+        model, versions = committed
+        # Done: from here on only the stored stages catch up with what readers see.
+        moved = self._materialise(model, version)
+        for number, rec in versions.items():
+            if number != version and effective_version(model, rec) != rec:
+                self._materialise(model, number)
+        if moved is None or build.is_tombstone(moved):
+            raise _version_not_found(name, version)  # deleted meanwhile
+        return self._version_entity(model, moved)
+
+    def _commit_archiving(self, name: str, version: int,
+                          stage: str) -> tuple[Record, dict[int, Record]] | None:
+        """The commit of :meth:`_transition_archiving`: the model record as written and the
+        version records as read before; None when another transition archiving ``stage``
+        committed between our read and our write (read again)."""
+        got = self._read_model(name)
+        if got is None:
+            raise _version_not_found(name, version)
+        model = got[0]
+        versions = {int(r["version"]): r for r in self._version_records(model)}
+        if version not in versions or build.is_tombstone(versions[version]):
+            raise _version_not_found(name, version)
+        replaced = (model.get(ARCHIVED_BEFORE) or {}).get(stage)
+        if replaced is not None:
+            # The transition ours replaces on the model record may have been cut short before
+            # it wrote its version, which readers see in the stage: it must say so itself
+            # before ours archives it.
+            landed = self._materialise(model, int(replaced["version"]))
+            if landed is not None:
+                versions[int(replaced["version"])] = landed
+        now = _transition_time(model, versions.values())
+
+        def commit(rec: Record) -> Record:
+            nonlocal now
+            claims = dict(rec.get(ARCHIVED_BEFORE) or {})
+            if claims.get(stage) != replaced:
+                raise _ArchivedMeanwhile
+            now = max(now, _transition_time(rec))
+            claims[stage] = {"version": version, "at": now}
+            rec.update({ARCHIVED_BEFORE: claims, "last_updated_timestamp": now})
+            return rec
+
+        try:
+            written, _ = versioned_update(self.blobs, layout.registered_model(name),
+                                          self._guarded(name, commit), known=got,
+                                          missing=lambda: _model_not_found(name))
+        except _ArchivedMeanwhile:
+            return None
+        return written, versions
+
+    def _materialise(self, model: Record, version: int) -> Record | None:
+        """Store version ``version`` as readers see it under ``model`` (a no-op when its record
+        says so already); its record as stored, None when there is none."""
+        def change(rec: Record) -> Record | None:
+            seen = effective_version(model, rec)
+            return None if seen == rec else seen
+
+        try:
+            rec, _ = versioned_update(self.blobs, layout.model_version(model["id"], version),
+                                      change)
+        except BlobNotFound:
+            return None
+        return rec
 
     def delete_model_version(self, name: str, version: Any) -> None:
         version = _validate_model_version(version)
