@@ -94,7 +94,7 @@ def test_first_search_after_a_sweep_reads_pages_not_heads(store, monkeypatch) ->
     # Each run's entry sits in the deepest page on its path, where writers and readers look.
     page_map = pages.PageMap(found)
     for bits, v in live.items():
-        assert all(page_map.page_of(layout.id_from_key(k)) == bits for k in v["keys"])
+        assert all(page_map.page_of(k) == bits for k in v["keys"])
 
     reader = tracking_store(store, strict=True)
     counter = Requests(reader)
@@ -164,7 +164,7 @@ def test_stale_damaged_and_missing_pages_never_change_results(store, monkeypatch
     assert summary(search(tracking_store(store, strict=True), exp, QUERIES[1])) == truth
 
     # Entries that lie: a page claiming another version for a head.
-    bits = pages.run_bits(ids[1], pages.MIN_BITS)
+    bits = pages.key_bits(layout.head(exp, ids[1]), pages.MIN_BITS)
     setup.blobs.put(pages.page_key(exp, bits), pages.pack(
         {layout.head(exp, ids[1]): ('"not-its-version"', b'{"info": {}}')}))
     assert summary(search(tracking_store(store, strict=True), exp, QUERIES[1])) == truth

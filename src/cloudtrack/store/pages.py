@@ -1,7 +1,9 @@
-"""Head pages: an experiment's finished run heads packed by the writers that finish them
-(``index/heads/<exp>/p<bits>.gz``, docs/format.md "Head pages").
+"""Pages: records packed by the writers that write them, so that a reader GETs a few hundred
+per request (docs/format.md, "Head pages"): finished runs' heads (``index/heads/<exp>/``),
+settled logged models (``index/logged-models/<exp>/``), registry records
+(``index/registry/…``).
 
-A run's page is named by the leading bits of the SHA-256 of its id: at least ``MIN_BITS``
+A record's page is named by the leading bits of the SHA-256 of its key: at least ``MIN_BITS``
 bits (16 pages), one bit more wherever a page outgrows ``MAX_ENTRIES`` (the page is split in
 two and left behind as a tombstone).  So pages stay small, a reader needs about one page per
 few hundred runs, and writers finishing runs at once spread over many objects.
@@ -30,7 +32,6 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING
 
 from cloudtrack.errors import AlreadyExists, BlobNotFound, PreconditionFailed
-from cloudtrack.store import layout
 from cloudtrack.store.records import Record
 
 if TYPE_CHECKING:
@@ -52,14 +53,14 @@ _TOMBSTONE = b'{"page":1,"split":true}'
 RawEntries = Mapping[str, tuple[str, bytes]]
 
 
-def run_bits(run_id: str, depth: int) -> str:
-    """The first ``depth`` bits of SHA-256(run id), as '0'/'1' characters."""
-    digest = hashlib.sha256(run_id.encode("utf-8")).digest()
+def key_bits(key: str, depth: int) -> str:
+    """The first ``depth`` bits of SHA-256(the record's key), as '0'/'1' characters."""
+    digest = hashlib.sha256(key.encode("utf-8")).digest()
     return "".join(f"{b:08b}" for b in digest[:(depth + 7) // 8])[:depth]
 
 
 def page_key(folder: str, bits: str) -> str:
-    """The page ``bits`` in ``folder`` (``layout.head_pages(exp)``, ``layout.logged_model_pages(exp)``)."""
+    """The page ``bits`` in ``folder`` (``layout.head_pages(exp)`` and the like)."""
     return f"{folder}p{bits}.gz"
 
 
@@ -79,17 +80,17 @@ class PageMap:
         self.bits = set(bits)
         self.depth = max((len(b) for b in self.bits), default=MIN_BITS)
 
-    def page_of(self, run_id: str) -> str | None:
-        """The deepest listed page on the run's path (None if none is listed)."""
-        path = run_bits(run_id, self.depth)
+    def page_of(self, key: str) -> str | None:
+        """The deepest listed page on the record's path (None if none is listed)."""
+        path = key_bits(key, self.depth)
         for depth in range(len(path), MIN_BITS - 1, -1):
             if path[:depth] in self.bits:
                 return path[:depth]
         return None
 
-    def target_of(self, run_id: str) -> str:
-        """Where a writer puts the run: its deepest listed page, or a new top-level one."""
-        return self.page_of(run_id) or run_bits(run_id, MIN_BITS)
+    def target_of(self, key: str) -> str:
+        """Where a writer puts the record: its deepest listed page, or a new top-level one."""
+        return self.page_of(key) or key_bits(key, MIN_BITS)
 
 
 def list_pages(blobs: Blobs, folder: str) -> PageMap:
@@ -162,7 +163,7 @@ def merge(blobs: Blobs, folder: str, entries: RawEntries,
         pages = list_pages(blobs, folder)
     groups: dict[str, dict[str, tuple[str, bytes]]] = {}
     for key, entry in entries.items():
-        groups.setdefault(pages.target_of(layout.id_from_key(key)), {})[key] = entry
+        groups.setdefault(pages.target_of(key), {})[key] = entry
     lost = 0
     for bits, group in groups.items():
         lost += _merge_page(blobs, folder, bits, group)
@@ -208,7 +209,7 @@ def _merge_children(blobs: Blobs, folder: str, bits: str,
                     entries: Mapping[str, tuple[str, bytes]]) -> int:
     halves: dict[str, dict[str, tuple[str, bytes]]] = {bits + "0": {}, bits + "1": {}}
     for key, entry in entries.items():
-        halves[run_bits(layout.id_from_key(key), len(bits) + 1)][key] = entry
+        halves[key_bits(key, len(bits) + 1)][key] = entry
     return sum(_merge_page(blobs, folder, child, part)
                for child, part in halves.items() if part)
 

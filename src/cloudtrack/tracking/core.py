@@ -225,7 +225,7 @@ class StoreCore(AbstractStore):
         missing = self._cache.missing(listing)
         if len(missing) >= PAGES_MIN_MISSES:
             needed = {bits for key in missing
-                      if (bits := page_map.page_of(layout.id_from_key(key))) is not None}
+                      if (bits := page_map.page_of(key)) is not None}
             if needed and len(needed) < len(missing):
                 wanted = set(missing).__contains__
                 for found in self._pool.map(
