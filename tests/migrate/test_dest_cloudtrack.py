@@ -34,9 +34,16 @@ from mlflow.exceptions import MlflowException
 
 import backends
 from cloudtrack.migrate.dest_cloudtrack import REFUSED_BY, CloudtrackDestination
-from cloudtrack.migrate.destination import open_destination
+from cloudtrack.migrate.destination import CopiedModel, open_destination
 from cloudtrack.migrate.endpoints import open_endpoint
-from cloudtrack.migrate.model import ModelCopy, RunCopy, point_key, run_fingerprint, stored_value
+from cloudtrack.migrate.model import (
+    ModelCopy,
+    RunCopy,
+    model_fingerprint,
+    point_key,
+    run_fingerprint,
+    stored_value,
+)
 from cloudtrack.migrate.source import Source
 from cloudtrack.model_registry import BlobRegistryStore
 from cloudtrack.store import build, layout, records
@@ -326,7 +333,9 @@ def test_logged_models_read_back_exactly(copied: Copy, source: Populated) -> Non
             for m in theirs.metrics]
     assert ours.artifact_location == (f"{copied.dest.tracking.artifact_root_uri}/{source.exp}"
                                       f"/models/{source.model_id}/artifacts")
-    assert copied.dest.copied_models([source.exp]) == {source.model_id: source.model_id}
+    # What a re-run compares: the copy's fingerprint is its source's.
+    assert copied.dest.copied_models([source.exp]) == {source.model_id: CopiedModel(
+        source.model_id, source.model_id, model_fingerprint(theirs))}
 
 
 def version_view(v: Any) -> tuple[Any, ...]:
@@ -404,11 +413,14 @@ def test_second_migration_writes_nothing(copied: Copy, source: Populated) -> Non
     calls = counters[0].take()
     assert [c for c in calls if c.startswith(("_put", "_delete"))] == []
     # Reads only: the experiments (one LIST), per experiment its heads (one LIST, one GET of
-    # the snapshot where there are any) and its logged models (one LIST), then the registry
-    # (one LIST of the models, per model one GET and one LIST, one GET per version).
+    # the snapshot where there are any) and its logged models (one LIST, one GET per model, for
+    # its fingerprint), then the registry (one LIST of the models, per model one GET and one
+    # LIST, one GET per version).
     kinds = Requests.kinds(calls)
     assert (kinds.count("_list_dir"), kinds.count("_list_page")) == (1, 3 + 3 + 1 + 3), calls
-    assert kinds.count("_get") == 2 + 3 + 6, calls
+    assert kinds.count("_get") == 2 + 1 + 3 + 6, calls
+    assert [c for c in calls if c.startswith("_get logged-models/")] == [
+        f"_get {layout.logged_model(source.exp, source.model_id)}"]
 
 
 # -- re-writing runs -------------------------------------------------------------------------

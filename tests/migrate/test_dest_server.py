@@ -34,7 +34,7 @@ from mlflow.entities import (
     ViewType,
 )
 from mlflow.entities.model_registry import ModelVersion, ModelVersionTag, RegisteredModel
-from mlflow.exceptions import MlflowException
+from mlflow.exceptions import MlflowException, RestException
 from mlflow.protos.service_pb2 import LogBatch
 from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
 from mlflow.utils.proto_json_utils import message_to_json
@@ -49,12 +49,14 @@ from cloudtrack.migrate.dest_server import (
     VersionNumberError,
     log_batches,
 )
+from cloudtrack.migrate.destination import CopiedModel
 from cloudtrack.migrate.endpoints import open_endpoint
 from cloudtrack.migrate.model import (
     SOURCE_MODEL_TAG,
     SOURCE_RUN_TAG,
     ModelCopy,
     RunCopy,
+    model_fingerprint,
     point_key,
     run_fingerprint,
 )
@@ -210,7 +212,8 @@ def copy_all(source_uri: str, dest: ServerDestination, *, again: bool = False) -
             else:
                 target = dest.create_experiment(exp, None)
             earlier = dest.copied_runs(target.experiment_id)
-            copied.model_ids.update(dest.copied_models([target.experiment_id]))
+            copied.model_ids.update((k, c.model_id) for k, c in dest.copied_models(
+                [target.experiment_id]).items())
             models = source.logged_models([exp.experiment_id])
             by_run: dict[str, list[LoggedModel]] = {}
             for m in models:
@@ -355,7 +358,9 @@ def test_everything_reads_back_as_in_the_source(
             assert {k: c.fingerprint for k, c in found.items()} == {
                 r.info.run_id: run_fingerprint(r) for page in src.runs(exp.experiment_id)
                 for r in page}
-        assert dest.copied_models([dest_exp.experiment_id]) == {ids["model"]: model_id}
+        [source_model] = src.logged_models([ids["experiment"]])
+        assert dest.copied_models([dest_exp.experiment_id]) == {ids["model"]: CopiedModel(
+            ids["model"], model_id, model_fingerprint(source_model))}
     finally:
         src.endpoint.close()
         dest.close()
@@ -515,7 +520,8 @@ def test_an_interrupted_logged_model_is_finished_not_duplicated(
     given: list[str] = []
     try:
         model_id = later.write_logged_model(ModelCopy(model, exp_id, run_id), given.append)
-        assert later.copied_models([exp_id]) == {ids["model"]: model_id}
+        assert {k: c.model_id for k, c in later.copied_models([exp_id]).items()} == {
+            ids["model"]: model_id}
     finally:
         later.close()
     [copy] = client.search_logged_models([exp_id])
@@ -641,3 +647,170 @@ def test_through_basic_auth(servers: dict[str, MlflowServer], source: tuple[str,
     with pytest.raises(MlflowException):
         client.search_runs([target_exp.experiment_id])  # the server does ask
 
+
+
+# -- a server whose connection pool is exhausted -----------------------------------------------
+
+#: What MLflow's server answers when SQLAlchemy's pool gave it no connection in time.
+POOL_EXHAUSTED = {
+    "error_code": "BAD_REQUEST",
+    "message": "(sqlalchemy.exc.TimeoutError) QueuePool limit of size 5 overflow 10 reached, "
+               "connection timed out, timeout 30.00 (Background on this error at: "
+               "https://sqlalche.me/e/20/3o7r)"}
+
+
+def exhaust(mp: pytest.MonkeyPatch, cls: type, method: str, *, times: int | None = 1,
+            after: bool = True) -> list[int]:
+    """The first ``times`` calls (every call: None) of ``cls.method`` answer as a server whose
+    connection pool is exhausted — ``after`` the request did its work on the server.
+
+    Injected: a real server gives that answer only after its pool's timeout (30 s), and never
+    once it wrote; here it comes at an exact request, fast, and in the worst case for a retry
+    (tests/migrate/test_migrate.py has a real server run out of connections)."""
+    real = getattr(cls, method)
+    calls = [0]
+
+    def call(self: Any, *args: Any, **kwargs: Any) -> Any:
+        calls[0] += 1
+        if times is None or calls[0] <= times:
+            if after:
+                real(self, *args, **kwargs)
+            raise RestException(POOL_EXHAUSTED)
+        return real(self, *args, **kwargs)
+
+    mp.setattr(cls, method, call)
+    return calls
+
+
+def _copy_runs_into_new_experiment(dest: ServerDestination, source_uri: str,
+                                   run_ids: list[str]) -> tuple[str, dict[str, str]]:
+    """``run_ids`` and the logged models of their experiment, written as the runner writes
+    them, into a new experiment; its id and the model ids."""
+    src = Source(open_endpoint(source_uri, role="source"))
+    try:
+        runs = [src.tracking.get_run(r) for r in run_ids]
+        exp = src.tracking.get_experiment(runs[0].info.experiment_id)
+        models = src.logged_models([exp.experiment_id])
+        histories = with_model_links(src.histories(runs), models)
+    finally:
+        src.endpoint.close()
+    target = dest.create_experiment(
+        Experiment(exp.experiment_id, f"busy-{uuid.uuid4().hex[:8]}", exp.artifact_location,
+                   exp.lifecycle_stage, [ExperimentTag(k, v) for k, v in exp.tags.items()]),
+        None)
+    model_ids = {m.model_id: dest.write_logged_model(
+        ModelCopy(m, target.experiment_id, None), lambda location: None) for m in models}
+    for run in runs:
+        copy = RunCopy(run, histories[run.info.run_id], target.experiment_id, model_ids)
+        dest.finish_run(copy, dest.begin_run(copy, None))
+    return target.experiment_id, model_ids
+
+
+@pytest.mark.parametrize(("method", "after"), [
+    ("create_experiment", True),
+    ("create_run", False),
+    ("create_run", True),
+    ("log_batch", True),
+    ("log_inputs", True),          # model inputs: the server keeps a repeat
+    ("log_outputs", True),         # so it does model outputs
+    ("create_logged_model", True),
+    ("update_run_info", True),
+])
+def test_an_exhausted_pool_is_retried_and_nothing_is_duplicated(
+        server: MlflowServer, source: tuple[str, dict[str, Any]], method: str, after: bool,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from mlflow.store.tracking.rest_store import RestStore
+
+    source_uri, ids = source
+    run_ids = ids["runs"][:2]  # the model's output, a model input, datasets
+    with monkeypatch.context() as mp:
+        calls = exhaust(mp, RestStore, method, after=after)
+        dest = open_dest(server.url)
+        try:
+            exp_id, model_ids = _copy_runs_into_new_experiment(dest, source_uri, run_ids)
+        finally:
+            dest.close()
+    # The copy went through, though the first answer said it failed.
+    assert calls[0] >= 1, f"{method} was never called"
+    client = MlflowClient(tracking_uri=server.url)
+    copies = copies_of(client, exp_id)  # asserts one copy per source run
+    assert sorted(copies) == sorted(run_ids)
+    assert len(client.search_runs([exp_id], run_view_type=ViewType.ALL)) == 2
+    [model] = client.search_logged_models([exp_id])
+    assert model.model_id == model_ids[ids["model"]] and str(model.status) == "READY"
+    assert sorted((m.key, m.step) for m in model.metrics) == [("acc", 1), ("acc", 2)]
+    src = MlflowClient(tracking_uri=source_uri)
+    for run_id, copy in copies.items():
+        theirs, ours = src.get_run(run_id), client.get_run(copy.info.run_id)
+        assert run_fingerprint(ours) == run_fingerprint(theirs)
+        assert points(client, ours) == source_points(source_uri, run_id)
+        assert [(m.model_id, m.step) for m in ours.outputs.model_outputs] == [
+            (model_ids[m.model_id], m.step) for m in theirs.outputs.model_outputs]
+        assert [m.model_id for m in ours.inputs.model_inputs] == [
+            model_ids[m.model_id] for m in theirs.inputs.model_inputs]
+        assert len(ours.inputs.dataset_inputs) == len(theirs.inputs.dataset_inputs)
+
+
+@pytest.mark.parametrize("method", ["create_registered_model", "create_model_version"])
+def test_an_exhausted_pool_creates_no_second_model_or_version(
+        server: MlflowServer, tmp_path: Path, method: str,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from mlflow.store.model_registry.rest_store import RestStore
+
+    name = f"busy-{uuid.uuid4().hex[:8]}"
+    source_uri = _registry_source(tmp_path, name)
+    with monkeypatch.context() as mp:
+        calls = exhaust(mp, RestStore, method)
+        dest = open_dest(server.url)
+        try:
+            _write_registry(source_uri, dest, [2, 4])
+        finally:
+            dest.close()
+    assert calls[0] >= 1, f"{method} was never called"
+    client = MlflowClient(tracking_uri=server.url, registry_uri=server.url)
+    assert sorted(int(v.version) for v in client.search_model_versions(f"name='{name}'")) == [1, 3]
+    v3 = client.get_model_version(name, "3")
+    assert (v3.current_stage, v3.description, v3.tags) == ("Staging", "v3", {"n": "3"})
+    assert client.get_registered_model(name).aliases == {"best": "3"}
+
+
+def test_a_pool_that_stays_exhausted_fails_the_runs_by_name_and_copies_nothing_twice(
+        server: MlflowServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from mlflow.store.tracking.rest_store import RestStore
+
+    from cloudtrack.migrate import migrate
+
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
+    monkeypatch.setenv("CLOUDTRACK_MAX_ATTEMPTS", "2")
+    source_uri = f"sqlite:///{tmp_path}/busy.db"
+    name = f"busy-{uuid.uuid4().hex[:8]}"
+    client = MlflowClient(tracking_uri=source_uri)
+    exp = client.create_experiment(name, artifact_location=(tmp_path / "art").as_uri())
+    run_ids = []
+    for i in range(3):
+        run_id = client.create_run(exp, start_time=T0 + i, run_name=f"r{i}").info.run_id
+        client.log_metric(run_id, "loss", 1.0 / (i + 1), timestamp=T0 + i, step=i)
+        client.set_terminated(run_id, end_time=T0 + 10)
+        run_ids.append(run_id)
+    with monkeypatch.context() as mp:
+        calls = exhaust(mp, RestStore, "log_batch", times=None, after=False)
+        report = migrate(source_uri, server.url, experiments=[name], registry=False)
+    assert calls[0] == 2 * 3  # two attempts per run
+    assert not report.ok and not report.copied.get("runs")
+    assert sorted(f.what for f in report.failures) == sorted(
+        f"run {r} (r{i})" for i, r in enumerate(run_ids))
+    for failure in report.failures:
+        assert failure.error.startswith("ServerBusyError: log_batch(")
+        assert server.url in failure.error and "QueuePool limit" in failure.error
+        assert "after 2 attempts" in failure.error
+
+    later = migrate(source_uri, server.url, experiments=[name], registry=False)
+    assert later.ok and later.copied["runs"] == 3
+    ours = MlflowClient(tracking_uri=server.url)
+    copy_exp = ours.get_experiment_by_name(name)
+    assert copy_exp is not None
+    copies = copies_of(ours, copy_exp.experiment_id)
+    assert sorted(copies) == sorted(run_ids)
+    assert len(ours.search_runs([copy_exp.experiment_id], run_view_type=ViewType.ALL)) == 3
+    for run_id, copy in copies.items():
+        assert run_fingerprint(copy) == run_fingerprint(client.get_run(run_id))

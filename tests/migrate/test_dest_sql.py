@@ -30,8 +30,9 @@ from mlflow.exceptions import MlflowException
 
 import backends
 from cloudtrack.migrate.dest_sql import SqlDestination
+from cloudtrack.migrate.destination import CopiedModel
 from cloudtrack.migrate.endpoints import open_endpoint
-from cloudtrack.migrate.model import ModelCopy, RunCopy, run_fingerprint
+from cloudtrack.migrate.model import ModelCopy, RunCopy, model_fingerprint, run_fingerprint
 from cloudtrack.migrate.source import IS_PROMPT, Source
 from tests.fixtures.services import service
 from tests.migrate.population import MODEL, PROMPT, T0, populate
@@ -317,7 +318,9 @@ def test_everything_arrives_exactly(which: str, request: pytest.FixtureRequest,
                            for page in source.runs(exp.experiment_id) for r in page}
             assert {k: c.fingerprint for k, c in copied.items()} == want_prints
             assert all(c.run_id == c.source_run_id == k for k, c in copied.items())
-        assert dest.copied_models([ids["experiment"]]) == {ids["model"]: ids["model"]}
+        [model] = source.logged_models([ids["experiment"]])
+        assert dest.copied_models([ids["experiment"]]) == {
+            ids["model"]: CopiedModel(ids["model"], ids["model"], model_fingerprint(model))}
     finally:
         source.endpoint.close()
 
@@ -475,4 +478,5 @@ def test_a_model_waiting_for_its_runs_is_not_yet_copied(
         want.append(("acc", run.info.run_id))
         got = client.get_logged_model(model.model_id).metrics or []
         assert sorted((m.key, m.run_id) for m in got) == sorted(want)
-    assert dest.copied_models([target.experiment_id]) == {model.model_id: model.model_id}
+    assert dest.copied_models([target.experiment_id]) == {
+        model.model_id: CopiedModel(model.model_id, model.model_id, model_fingerprint(model))}

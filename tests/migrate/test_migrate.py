@@ -15,11 +15,13 @@ from typing import Any
 
 import pytest
 from mlflow import MlflowClient
+from mlflow.entities import Metric, Param, RunTag, ViewType
 
 from backends.proxy.latency import LatencyProxy
 from cloudtrack.blobs import open_blobs
 from cloudtrack.config import resolve
 from cloudtrack.migrate import migrate
+from cloudtrack.migrate.model import SOURCE_MODEL_TAG, SOURCE_RUN_TAG, point_key, run_fingerprint
 from tests.fixtures.services import Store, service
 from tests.migrate.population import populate, snapshot
 
@@ -299,5 +301,194 @@ def test_cloudtrack_into_a_server_keeps_what_a_server_can(
     assert report.id_map and Path(report.id_map).is_relative_to(tmp_path / "state")
     ids = json.loads(Path(report.id_map).read_text())
     assert len(ids["runs"]) == 5
+    writes = _writes(monkeypatch)
     again = migrate(store, mlflow_server.url)
     assert again.ok and not again.copied.get("runs") and again.unchanged["runs"] == 5
+    assert again.unchanged["logged_models"] == 1 and not again.copied.get("logged_models")
+    # Reads only: not even the deleted experiment is restored and deleted again.
+    assert writes == []
+
+
+# -- MLflow servers under many workers ----------------------------------------------------------
+
+#: A pool of 9 connections (MLflow's default is 5 + 10): room for the migration's 8 requests in
+#: flight per server, each holding at most one connection while it waits for another.
+SMALL_POOL = {"MLFLOW_SQLALCHEMYSTORE_POOL_SIZE": "4", "MLFLOW_SQLALCHEMYSTORE_MAX_OVERFLOW": "5"}
+
+
+def test_server_to_server_with_many_workers_and_small_pools_copies_each_run_once(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A server's handlers hold one pool connection while they open another (``create_run``
+    reads its experiment inside its session; a ``log_batch`` carrying the run name nests four
+    sessions), so requests at once can take every connection while each waits for one more,
+    and after the pool's 30 s the server answers ``QueuePool limit … reached`` (6 of 300 runs
+    failed so in the server -> server benchmark, with 8 workers and the default pool).  With
+    32 workers here, the migration still keeps 8 requests in flight per server, none nesting
+    deeper than two sessions: every run arrives, once, exactly."""
+    from backends.mlflow.service import MlflowServer
+
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))  # where the id map goes
+    servers = [MlflowServer(extra_env=SMALL_POOL) for _ in range(2)]
+    try:
+        for srv in servers:
+            srv.launch()
+        for srv in servers:
+            srv.wait_ready()
+        src, dst = (srv.url for srv in servers)
+        client = MlflowClient(tracking_uri=src)
+        exp = client.create_experiment("busy", tags={"team": "x"})
+        runs = 48
+        for i in range(runs):
+            run_id = client.create_run(exp, start_time=1_600_000_000_000 + i,
+                                       run_name=f"run-{i}", tags={"kind": "sweep"}).info.run_id
+            client.log_batch(run_id, params=[Param(f"p{j}", str(i * j)) for j in range(5)],
+                             tags=[RunTag("seed", str(i))],
+                             metrics=[Metric(f"m{j}", (i + s) / (j + 1), 1_600_000_000_000 + s, s)
+                                      for j in range(5) for s in range(20)])
+            client.set_terminated(run_id, "FINISHED", end_time=1_600_000_001_000 + i)
+
+        report = migrate(src, dst, workers=32, registry=False)
+        assert report.ok, f"{len(report.failures)} failed: {report.failures[:3]}"
+        assert report.copied["runs"] == runs and report.copied["metric_points"] == runs * 100
+
+        theirs = {r.info.run_id: r for r in client.search_runs([exp], max_results=1000)}
+        ours = MlflowClient(tracking_uri=dst)
+        copy_exp = ours.get_experiment_by_name("busy")
+        assert copy_exp is not None
+        # Every lifecycle stage: a duplicate retired by a later look would still be there.
+        copies = ours.search_runs([copy_exp.experiment_id], run_view_type=ViewType.ALL,
+                                  max_results=1000)
+        assert len(copies) == runs
+        by_source = {c.data.tags[SOURCE_RUN_TAG]: c for c in copies}
+        assert by_source.keys() == theirs.keys()
+        for run_id, copy in by_source.items():
+            assert run_fingerprint(copy) == run_fingerprint(theirs[run_id])
+            for key in ("m0", "m4"):
+                assert sorted(point_key(m) for m in ours.get_metric_history(
+                    copy.info.run_id, key)) == sorted(point_key(m) for m in
+                                                      client.get_metric_history(run_id, key))
+    finally:
+        for srv in servers:
+            srv.stop()
+
+
+# -- logged models that change after a migration ------------------------------------------------
+
+def _writes(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Every request to an MLflow server that may write, as ``METHOD endpoint``, from now on.
+    Observed, not replaced: each request still goes to the server."""
+    import mlflow.store.artifact.http_artifact_repo as artifact_repo
+    import mlflow.utils.rest_utils as rest_utils
+
+    seen: list[str] = []
+    real = rest_utils.http_request
+
+    def observed(host_creds: Any, endpoint: str, method: str, *args: Any, **kwargs: Any) -> Any:
+        if method != "GET" and not endpoint.endswith("/search"):  # searches are POSTs
+            seen.append(f"{method} {endpoint}")
+        return real(host_creds, endpoint, method, *args, **kwargs)
+
+    monkeypatch.setattr(rest_utils, "http_request", observed)
+    monkeypatch.setattr(artifact_repo, "http_request", observed)
+    return seen
+
+
+def _state(dest: str) -> Any:
+    """What a re-run that writes nothing leaves as it was: a cloudtrack store's objects with
+    their versions, a sqlite file's every row."""
+    if dest.startswith("sqlite:///"):
+        import sqlite3
+
+        connection = sqlite3.connect(dest.removeprefix("sqlite:///"))
+        try:
+            return list(connection.iterdump())
+        finally:
+            connection.close()
+    return objects(dest)
+
+
+def _model_view(model: Any, *, exact: bool) -> dict[str, Any]:
+    """A logged model as MlflowClient reads it; ``exact`` adds what a server sets itself."""
+    view = {
+        # A server answers "" for no type.
+        "name": model.name, "model_type": model.model_type or None, "status": str(model.status),
+        "tags": {k: v for k, v in model.tags.items() if k != SOURCE_MODEL_TAG},
+        "params": model.params,
+        "metrics": sorted((m.key, m.value, m.step, m.timestamp) for m in model.metrics or []),
+    }
+    if exact:
+        view.update(model_id=model.model_id, creation=model.creation_timestamp,
+                    updated=model.last_updated_timestamp, message=model.status_message,
+                    run=model.source_run_id)
+    return view
+
+
+@pytest.mark.parametrize("kind", ["cloudtrack", "sqlite", "server"])
+def test_changed_logged_models_follow_the_source_and_unchanged_ones_cost_no_write(
+        kind: str, source: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        request: pytest.FixtureRequest) -> None:
+    """After a migration a logged model gets new and changed tags, loses one, gets a param and
+    a metric and goes from PENDING to READY; another gets a changed tag.  The next migration
+    carries all of it over, into the same copies (ids kept), and the one after writes
+    nothing."""
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
+    dest = {"cloudtrack": str(tmp_path / "store"), "sqlite": f"sqlite:///{tmp_path}/dest.db",
+            "server": ""}[kind]
+    if kind == "server":
+        dest = request.getfixturevalue("mlflow_server").url
+    exact = kind != "server"
+    client = MlflowClient(tracking_uri=source)
+    exp = client.get_experiment_by_name("vision")
+    assert exp is not None
+    first_run = client.search_runs([exp.experiment_id], order_by=["attributes.start_time"])[0]
+    late = client.create_logged_model(exp.experiment_id, name="late",
+                                      source_run_id=first_run.info.run_id,
+                                      tags={"a": "1", "b": "2"}, params={"p": "1"})
+    assert str(late.status) == "PENDING"
+    assert migrate(source, dest).ok
+    ours = MlflowClient(tracking_uri=dest)
+
+    def copies() -> dict[str, Any]:
+        """Source model id -> its copy, read back through MlflowClient."""
+        [copy_exp] = [e for e in ours.search_experiments() if e.name == "vision"]
+        found = ours.search_logged_models([copy_exp.experiment_id])
+        return {m.tags.get(SOURCE_MODEL_TAG, m.model_id): m for m in found}
+
+    before = {k: m.model_id for k, m in copies().items()}
+    assert str(copies()[late.model_id].status) == "PENDING"
+
+    client.set_logged_model_tags(late.model_id, {"a": "changed", "c": "new"})
+    client.delete_logged_model_tag(late.model_id, "b")
+    client.log_model_params(late.model_id, {"q": "2"})
+    client.log_metric(first_run.info.run_id, "late_acc", 0.75, timestamp=first_run.info.start_time
+                      + 50, step=4, model_id=late.model_id)
+    client.finalize_logged_model(late.model_id, "READY")
+    other = next(m for m in client.search_logged_models([exp.experiment_id])
+                 if m.model_id != late.model_id)
+    client.set_logged_model_tags(other.model_id, {"stage": "prod"})
+
+    report = migrate(source, dest)
+    assert report.ok, report.failures
+    assert report.copied["logged_models"] == 2 and not report.unchanged.get("logged_models")
+    theirs = {m.model_id: m for m in client.search_logged_models([exp.experiment_id])}
+    got = copies()
+    assert {k: m.model_id for k, m in got.items()} == before  # the same copies
+    assert {k: _model_view(m, exact=exact) for k, m in got.items()} == {
+        k: _model_view(m, exact=exact) for k, m in theirs.items()}
+    for source_id, copy in got.items():  # get_logged_model agrees with the search
+        assert _model_view(ours.get_logged_model(copy.model_id), exact=exact) == \
+            _model_view(theirs[source_id], exact=exact)
+    assert str(got[late.model_id].status) == "READY"
+    assert got[late.model_id].tags.get("b") is None and got[other.model_id].tags["stage"] == "prod"
+
+    # Unchanged since: nothing is written.
+    state = _state(dest) if kind != "server" else None
+    writes = _writes(monkeypatch)
+    again = migrate(source, dest)
+    assert again.ok, again.failures
+    assert not again.copied.get("logged_models") and again.unchanged["logged_models"] == 2
+    assert not again.copied.get("runs")
+    if kind == "server":
+        assert writes == []
+    else:
+        assert _state(dest) == state, "a re-run over an unchanged source wrote something"

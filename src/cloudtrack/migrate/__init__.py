@@ -5,7 +5,8 @@ where the destination allows it, resumably, verified (docs/migrate.md).
     report = migrate("sqlite:///mlflow.db", "s3://bucket/mlflow", verify=True)
     assert report.ok, report.failures
 
-The pieces: :mod:`~.endpoints` (what a URI names, opened), :mod:`~.source` (reading a store),
+The pieces: :mod:`~.endpoints` (what a URI names, opened), :mod:`~.rest` (every request to an
+MLflow server: bounded, an exhausted connection pool retried), :mod:`~.source` (reading a store),
 :mod:`~.destination` and one writer per destination kind (:mod:`~.dest_cloudtrack`,
 :mod:`~.dest_sql`, :mod:`~.dest_server`), :mod:`~.artifacts`, :mod:`~.runner` (the
 migration), :mod:`~.verify`, :mod:`~.model` (what is copied and reported).

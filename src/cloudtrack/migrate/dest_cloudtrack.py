@@ -35,16 +35,16 @@ from dataclasses import dataclass, field
 from operator import itemgetter
 from typing import Any
 
-from mlflow.entities import Experiment, Metric, ViewType
+from mlflow.entities import Experiment, LifecycleStage, Metric, ViewType
 from mlflow.entities.model_registry import ModelVersion, RegisteredModel
 from mlflow.exceptions import MlflowException
 from mlflow.utils.time import get_current_time_millis
 from mlflow.utils.uri import append_to_uri_path
 
 from cloudtrack.errors import AlreadyExists, BlobNotFound, CloudtrackError, CorruptObject
-from cloudtrack.migrate.destination import CopiedRun, Destination, RunTarget
+from cloudtrack.migrate.destination import CopiedModel, CopiedRun, Destination, RunTarget
 from cloudtrack.migrate.endpoints import Endpoint
-from cloudtrack.migrate.model import ModelCopy, RunCopy, run_fingerprint
+from cloudtrack.migrate.model import ModelCopy, RunCopy, model_fingerprint, run_fingerprint
 from cloudtrack.model_registry import current_models
 from cloudtrack.store import build, claims, entities, layout, records, snapshots
 from cloudtrack.store.cas import versioned_update
@@ -380,12 +380,23 @@ class CloudtrackDestination(Destination):
 
     # -- logged models ---------------------------------------------------------------------------
 
-    def copied_models(self, experiment_ids: Sequence[str]) -> dict[str, str]:
-        found: dict[str, str] = {}
-        for exp_id in experiment_ids:
-            for info in self.blobs.list(layout.logged_models(exp_id)):
-                model_id = layout.id_from_key(info.key)
-                found[model_id] = model_id
+    def copied_models(self, experiment_ids: Sequence[str]) -> dict[str, CopiedModel]:
+        # One LIST per experiment and one GET per model, read side by side.  A record that
+        # cannot be read has no fingerprint: the model is written again.
+        keys = [info.key for exp_id in experiment_ids
+                for info in self.blobs.list(layout.logged_models(exp_id))]
+        def read(key: str) -> Record | None:
+            try:
+                return records.read(self.blobs, key)
+            except (BlobNotFound, CorruptObject):
+                return None
+
+        found: dict[str, CopiedModel] = {}
+        for key, rec in zip(keys, self._pool.map(read, keys), strict=True):
+            model_id = layout.id_from_key(key)
+            live = rec is not None and rec.get("lifecycle_stage") != LifecycleStage.DELETED
+            found[model_id] = CopiedModel(model_id, model_id, model_fingerprint(
+                entities.logged_model(rec)) if rec is not None and live else "")
         return found
 
     def write_logged_model(self, copy: ModelCopy, artifacts: Callable[[str], None]) -> str:

@@ -22,9 +22,11 @@ tag :data:`VERSIONS_TAG`, or the next migration would take them again.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import json
 import logging
+import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -62,16 +64,19 @@ from mlflow.utils.validation import (
 )
 
 from cloudtrack.errors import CloudtrackError
-from cloudtrack.migrate.destination import CopiedRun, Destination, RunTarget
-from cloudtrack.migrate.endpoints import Endpoint
+from cloudtrack.migrate.destination import CopiedModel, CopiedRun, Destination, RunTarget
+from cloudtrack.migrate.endpoints import Endpoint, EndpointError
 from cloudtrack.migrate.model import (
     SOURCE_MODEL_TAG,
     SOURCE_RUN_TAG,
     ModelCopy,
     RunCopy,
+    model_fingerprint,
+    model_status,
     point_key,
     run_fingerprint,
 )
+from cloudtrack.migrate.rest import ServerRequests
 from cloudtrack.migrate.source import IS_PROMPT, PAGE, Source, metric_history
 
 log = logging.getLogger("cloudtrack.migrate")
@@ -126,9 +131,18 @@ class ServerDestination(Destination):
         super().__init__(endpoint)
         self.tracking = endpoint.tracking
         self.registry = endpoint.registry
+        if endpoint.server is None:
+            raise ValueError(f"{endpoint.shown} is not an MLflow server")
+        #: The server's gate and its pool-exhaustion retries (the stores use them already);
+        #: what creates something retries through :meth:`ServerRequests.retried`.
+        self.requests: ServerRequests = endpoint.server
         self._reader = Source(endpoint)
         # Runs this object created: nothing to look up before writing them.
         self._fresh: set[str] = set()
+        # Deleted experiments of the destination, not restored (yet): nothing was written
+        # into them.
+        self._deleted: set[str] = set()
+        self._lock = threading.Lock()
 
     # -- experiments ---------------------------------------------------------------------------
 
@@ -138,27 +152,47 @@ class ServerDestination(Destination):
     def create_experiment(self, source: Experiment, experiment_id: str | None) -> Experiment:
         # The server picks the id (``experiment_id`` cannot be kept) and the artifact location.
         tags = [ExperimentTag(k, v) for k, v in _tag_dict(source.tags).items()]
+
+        def create(attempt: int) -> str | None:
+            if attempt and self.tracking.get_experiment_by_name(source.name) is not None:
+                return None  # the failed attempt created it after all
+            return self.tracking.create_experiment(source.name, None, tags)  # type: ignore[no-any-return]
+
         try:
-            new_id = self.tracking.create_experiment(source.name, None, tags)
+            new_id = self.requests.retried(f"create_experiment({source.name!r})", create)
         except MlflowException as e:
             if e.error_code != "RESOURCE_ALREADY_EXISTS":
                 raise
-            # Created meanwhile, or deleted there: an experiment of that name is the same one.
+            new_id = None
+        if new_id is None:
+            # Created meanwhile, deleted there, or made by an attempt answered with an error:
+            # an experiment of that name is the same one.
             existing = self.tracking.get_experiment_by_name(source.name)
             if existing is None:
-                raise
+                raise EndpointError(f"{self.endpoint.shown} says experiment {source.name!r} "
+                                    "exists, and finds none of that name; migrate again")
             self.update_experiment(existing, source)
             new_id = existing.experiment_id
         return self.tracking.get_experiment(new_id)  # type: ignore[no-any-return]
 
     def update_experiment(self, dest: Experiment, source: Experiment) -> None:
         if dest.lifecycle_stage == LifecycleStage.DELETED:
-            # A deleted experiment takes no runs; finish_experiment deletes it again if need be.
-            self.tracking.restore_experiment(dest.experiment_id)
+            with self._lock:
+                self._deleted.add(dest.experiment_id)
         have = _tag_dict(dest.tags)
         for key, value in _tag_dict(source.tags).items():
             if have.get(key) != value:
+                self._writable(dest.experiment_id)
                 self.tracking.set_experiment_tag(dest.experiment_id, ExperimentTag(key, value))
+
+    def _writable(self, experiment_id: str) -> None:
+        """Restore ``experiment_id`` if it is deleted, before the first write into it (a
+        deleted experiment takes none; finish_experiment deletes it again if need be).  A
+        re-run with nothing to write leaves it as it is."""
+        with self._lock:
+            if experiment_id in self._deleted:
+                self.tracking.restore_experiment(experiment_id)
+                self._deleted.discard(experiment_id)
 
     def finish_experiment(self, dest: Experiment, source: Experiment) -> None:
         stage = self.tracking.get_experiment(dest.experiment_id).lifecycle_stage
@@ -197,6 +231,7 @@ class ServerDestination(Destination):
             return runs[0]
         runs = sorted(runs, key=lambda r: (INCOMPLETE_TAG in r.data.tags, r.info.run_id))
         for extra in runs[1:]:
+            self._writable(extra.info.experiment_id)
             log.warning("run %s has %d copies in %s; keeping %s, retiring %s", source_id,
                         len(runs), self.endpoint.shown, runs[0].info.run_id, extra.info.run_id)
             if extra.info.lifecycle_stage == LifecycleStage.DELETED:
@@ -207,6 +242,7 @@ class ServerDestination(Destination):
 
     def begin_run(self, copy: RunCopy, earlier: CopiedRun | None) -> RunTarget:
         info = copy.run.info
+        self._writable(copy.experiment_id)
         if earlier is not None:
             run = self.tracking.get_run(earlier.run_id)
             if run.info.lifecycle_stage == LifecycleStage.DELETED:
@@ -215,10 +251,25 @@ class ServerDestination(Destination):
             self.tracking.set_tag(earlier.run_id, RunTag(INCOMPLETE_TAG, "true"))
             return RunTarget(earlier.run_id, run.info.artifact_uri)
         tags = [RunTag(SOURCE_RUN_TAG, info.run_id), RunTag(INCOMPLETE_TAG, "true")]
-        run = self.tracking.create_run(copy.experiment_id, info.user_id or "", info.start_time,
-                                       tags, info.run_name or None)
-        self._fresh.add(run.info.run_id)
+
+        def create(attempt: int) -> tuple[Run, bool]:
+            if attempt:  # the failed attempt may have created the copy after all
+                found = self._copies(copy.experiment_id, info.run_id)
+                if found:
+                    return self._one_copy(info.run_id, found), False
+            return self.tracking.create_run(copy.experiment_id, info.user_id or "",
+                                            info.start_time, tags, info.run_name or None), True
+
+        run, fresh = self.requests.retried(f"create_run for run {info.run_id}", create)
+        if fresh:
+            self._fresh.add(run.info.run_id)
         return RunTarget(run.info.run_id, run.info.artifact_uri)
+
+    def _copies(self, experiment_id: str, source_run_id: str) -> list[Run]:
+        """The runs of ``experiment_id`` copied from ``source_run_id``."""
+        return list(self.tracking.search_runs(
+            [experiment_id], f"tags.`{SOURCE_RUN_TAG}` = {_quote(source_run_id)}",
+            ViewType.ALL, max_results=PAGE, order_by=None, page_token=None))
 
     def finish_run(self, copy: RunCopy, target: RunTarget) -> None:
         run_id = target.run_id
@@ -229,8 +280,13 @@ class ServerDestination(Destination):
             have = self._existing(run_id)
         data, info = copy.run.data, copy.run.info
         params = [Param(k, v) for k, v in data.params.items() if have.params.get(k) != v]
+        # The name's tag goes with update_run_info below, which sets it: in a log_batch it
+        # costs a SQL server four nested sessions (log_batch, its tags, set_tag,
+        # update_run_info), and a few such batches at once take a pool of 15 connections.
+        named = info.run_name or None
         tags = [RunTag(k, v) for k, v in data.tags.items()
-                if k not in _OWN_RUN_TAGS and have.tags.get(k) != v]
+                if k not in _OWN_RUN_TAGS and have.tags.get(k) != v
+                and not (k == RUN_NAME_TAG and v == named)]
         models = _ModelIds(copy.model_ids, run_id)
         points = [Metric(m.key, m.value, m.timestamp, m.step, model_id=models.get(m.model_id),
                          dataset_name=m.dataset_name, dataset_digest=m.dataset_digest)
@@ -264,6 +320,26 @@ class ServerDestination(Destination):
 
     def _log_inputs_and_outputs(self, copy: RunCopy, run_id: str, have: _Existing,
                                 models: _ModelIds) -> None:
+        # The server keeps every model input and output it is sent, repeats included: a retry
+        # sends what the run lacks, read again.
+        def send(attempt: int) -> None:
+            self._send_inputs_and_outputs(
+                copy, run_id, self._existing_io(run_id) if attempt else have, models)
+
+        self.requests.retried(f"inputs and outputs of run {run_id}", send)
+
+    def _existing_io(self, run_id: str) -> _Existing:
+        run = self.tracking.get_run(run_id)
+        inputs, outputs = run.inputs, run.outputs
+        return _Existing(
+            datasets={(d.dataset.name, d.dataset.digest)
+                      for d in (inputs.dataset_inputs if inputs else [])},
+            model_inputs={m.model_id for m in (inputs.model_inputs if inputs else [])},
+            model_outputs={(m.model_id, int(m.step))
+                           for m in (outputs.model_outputs if outputs else [])})
+
+    def _send_inputs_and_outputs(self, copy: RunCopy, run_id: str, have: _Existing,
+                                 models: _ModelIds) -> None:
         inputs, outputs = copy.run.inputs, copy.run.outputs
         datasets = [d for d in (inputs.dataset_inputs if inputs else [])
                     if (d.dataset.name, d.dataset.digest) not in have.datasets]
@@ -286,40 +362,62 @@ class ServerDestination(Destination):
 
     # -- logged models ---------------------------------------------------------------------------
 
-    def copied_models(self, experiment_ids: Sequence[str]) -> dict[str, str]:
-        found: dict[str, str] = {}
+    def copied_models(self, experiment_ids: Sequence[str]) -> dict[str, CopiedModel]:
+        found: dict[str, CopiedModel] = {}
         for model in self._logged_models(experiment_ids, _has_tag(SOURCE_MODEL_TAG)):
             if INCOMPLETE_TAG not in model.tags:
-                found.setdefault(model.tags[SOURCE_MODEL_TAG], model.model_id)
+                source_id = model.tags[SOURCE_MODEL_TAG]
+                found.setdefault(source_id, CopiedModel(source_id, model.model_id,
+                                                        model_fingerprint(model)))
         return found
 
     def write_logged_model(self, copy: ModelCopy, artifacts: Callable[[str], None]) -> str:
         source = copy.model
+        self._writable(copy.experiment_id)
         tags = {k: v for k, v in source.tags.items() if k not in _OWN_MODEL_TAGS}
-        earlier = sorted(self._logged_models(
-            [copy.experiment_id], f"tags.`{SOURCE_MODEL_TAG}` = {_quote(source.model_id)}"),
-            key=lambda m: (INCOMPLETE_TAG in m.tags, m.model_id))
-        if earlier:
-            # Interrupted before (or outdated): finish that copy instead of making another.
-            model = earlier[0]
-            self.tracking.set_logged_model_tags(model.model_id, [
-                LoggedModelTag(INCOMPLETE_TAG, "true"),
-                *(LoggedModelTag(k, v) for k, v in tags.items() if model.tags.get(k) != v)])
-            missing = [LoggedModelParameter(k, v) for k, v in source.params.items()
-                       if k not in model.params]
-            if missing:
-                self.tracking.log_logged_model_params(model.model_id, missing)
-        else:
+
+        def find_or_create(attempt: int) -> tuple[LoggedModel, bool]:
+            # Looked for first every time: a copy interrupted before, outdated, or made by an
+            # attempt that was answered with an error.
+            earlier = sorted(self._logged_models(
+                [copy.experiment_id], f"tags.`{SOURCE_MODEL_TAG}` = {_quote(source.model_id)}"),
+                key=lambda m: (INCOMPLETE_TAG in m.tags, m.model_id))
+            if earlier:
+                return earlier[0], self._bring_up_to_date(earlier[0], source, tags)
             tags_out = {**tags, SOURCE_MODEL_TAG: source.model_id, INCOMPLETE_TAG: "true"}
-            model = self.tracking.create_logged_model(
+            return self.tracking.create_logged_model(
                 copy.experiment_id, source.name, copy.source_run_id,
                 [LoggedModelTag(k, v) for k, v in tags_out.items()],
                 [LoggedModelParameter(k, v) for k, v in source.params.items()],
-                source.model_type)
+                source.model_type), True
+
+        model, written = self.requests.retried(f"logged model {source.model_id}", find_or_create)
         artifacts(model.artifact_location)
-        self.tracking.finalize_logged_model(model.model_id, source.status)
-        self.tracking.delete_logged_model_tag(model.model_id, INCOMPLETE_TAG)
+        if written:
+            self.tracking.finalize_logged_model(model.model_id, source.status)
+            self.tracking.delete_logged_model_tag(model.model_id, INCOMPLETE_TAG)
         return model.model_id  # type: ignore[no-any-return]
+
+    def _bring_up_to_date(self, model: LoggedModel, source: LoggedModel,
+                          tags: Mapping[str, str]) -> bool:
+        """Make the copy ``model`` hold ``source``'s tags and params, marked unfinished until
+        the caller sets its status; False, and nothing written, when it holds them already with
+        the same status."""
+        changed = [LoggedModelTag(k, v) for k, v in tags.items() if model.tags.get(k) != v]
+        gone = sorted(set(model.tags) - set(tags) - _OWN_MODEL_TAGS)
+        # A logged model's params are written once: a server refuses a new value for one.
+        missing = [LoggedModelParameter(k, v) for k, v in source.params.items()
+                   if k not in model.params]
+        if not (changed or gone or missing or INCOMPLETE_TAG in model.tags
+                or model_status(model.status) != model_status(source.status)):
+            return False
+        self.tracking.set_logged_model_tags(model.model_id,
+                                            [LoggedModelTag(INCOMPLETE_TAG, "true"), *changed])
+        for key in gone:  # removed from the source since the last copy
+            self.tracking.delete_logged_model_tag(model.model_id, key)
+        if missing:
+            self.tracking.log_logged_model_params(model.model_id, missing)
+        return True
 
     def _logged_models(self, experiment_ids: Sequence[str],
                        filter_string: str) -> list[LoggedModel]:
@@ -369,10 +467,12 @@ class ServerDestination(Destination):
         template = versions[0] if versions else None
         for number in range(settled + 1, top + 1):
             if number in wanted:
-                created = self._create_version(name, wanted[number])
+                created = self._new_version(name, number, functools.partial(
+                    self._create_version, name, wanted[number]))
                 written += 1
             else:  # deleted in the source (or a gap its listing did not account for)
-                created = self._create_placeholder(name, _is_prompt(model), template)
+                created = self._new_version(name, number, functools.partial(
+                    self._create_placeholder, name, _is_prompt(model), template))
                 placeholders.add(int(created.version))
             live[int(created.version)] = created
             if int(created.version) != number:
@@ -409,9 +509,17 @@ class ServerDestination(Destination):
         except MlflowException as e:
             if e.error_code != "RESOURCE_DOES_NOT_EXIST":
                 raise
-            return self.registry.create_registered_model(  # type: ignore[no-any-return]
-                model.name, [RegisteredModelTag(k, v) for k, v in tags.items()],
-                model.description or None)
+
+            def create(attempt: int) -> RegisteredModel:
+                if attempt:  # the failed attempt may have created it after all
+                    found = self._registered_or_none(model.name)
+                    if found is not None:
+                        return found
+                return self.registry.create_registered_model(  # type: ignore[no-any-return]
+                    model.name, [RegisteredModelTag(k, v) for k, v in tags.items()],
+                    model.description or None)
+
+            return self.requests.retried(f"create_registered_model({model.name!r})", create)
         if (current.description or "") != (model.description or ""):
             self.registry.update_registered_model(model.name, model.description or "")
         have = _model_tags(current)
@@ -419,6 +527,30 @@ class ServerDestination(Destination):
             if have.get(key) != value:
                 self.registry.set_registered_model_tag(model.name, RegisteredModelTag(key, value))
         return current  # type: ignore[no-any-return]
+
+    def _registered_or_none(self, name: str) -> RegisteredModel | None:
+        try:
+            return self.registry.get_registered_model(name)  # type: ignore[no-any-return]
+        except MlflowException as e:
+            if e.error_code != "RESOURCE_DOES_NOT_EXIST":
+                raise
+            return None
+
+    def _new_version(self, name: str, number: int,
+                     create: Callable[[], ModelVersion]) -> ModelVersion:
+        """Version ``number`` of ``name``, made by ``create``; retried while the server's pool
+        is exhausted, after a look for the version a failed attempt may have made."""
+        def attempt(n: int) -> ModelVersion:
+            if n:
+                try:
+                    return self.registry.get_model_version(  # type: ignore[no-any-return]
+                        name, str(number))
+                except MlflowException as e:
+                    if e.error_code != "RESOURCE_DOES_NOT_EXIST":
+                        raise
+            return create()
+
+        return self.requests.retried(f"version {number} of registered model {name!r}", attempt)
 
     def _create_version(self, name: str, want: ModelVersion) -> ModelVersion:
         tags = [ModelVersionTag(k, v) for k, v in _tag_dict(want.tags).items()

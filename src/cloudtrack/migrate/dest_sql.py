@@ -60,9 +60,15 @@ from mlflow.utils.uri import append_to_uri_path
 from sqlalchemy import delete, insert, or_, select, text, update
 from sqlalchemy.orm import Session
 
-from cloudtrack.migrate.destination import CopiedRun, Destination, RunTarget
+from cloudtrack.migrate.destination import CopiedModel, CopiedRun, Destination, RunTarget
 from cloudtrack.migrate.endpoints import Endpoint
-from cloudtrack.migrate.model import ModelCopy, RunCopy, run_fingerprint, stored_value
+from cloudtrack.migrate.model import (
+    ModelCopy,
+    RunCopy,
+    model_fingerprint,
+    run_fingerprint,
+    stored_value,
+)
 
 log = logging.getLogger("cloudtrack.migrate")
 
@@ -335,12 +341,22 @@ class SqlDestination(Destination):
 
     # -- logged models ---------------------------------------------------------------------------
 
-    def copied_models(self, experiment_ids: Sequence[str]) -> dict[str, str]:
+    def copied_models(self, experiment_ids: Sequence[str]) -> dict[str, CopiedModel]:
         """The logged models of these experiments, but those whose source run is not in the
         destination yet: their metrics may still wait for it (see :meth:`write_logged_model`),
-        so they are written again with it."""
+        so they are written again with it.  A deleted one has no fingerprint: written again, it
+        is live again, as in the source."""
         if not experiment_ids:
             return {}
+        fingerprints: dict[str, str] = {}
+        token = None
+        while True:
+            page = self.tracking.search_logged_models([str(e) for e in experiment_ids],
+                                                      max_results=100, page_token=token)
+            fingerprints.update((m.model_id, model_fingerprint(m)) for m in page)
+            token = page.token
+            if not token:
+                break
         with self.tracking.ManagedSessionMaker() as session:
             rows: Any = session.execute(
                 select(SqlLoggedModel.model_id, SqlLoggedModel.source_run_id).where(
@@ -348,7 +364,8 @@ class SqlDestination(Destination):
             present = _existing_runs(session, {r.source_run_id for r in rows if r.source_run_id})
         with self._lock:
             waiting = {r["model_id"] for rows_ in self._pending.values() for r in rows_}
-        return {r.model_id: r.model_id for r in rows
+        return {r.model_id: CopiedModel(r.model_id, r.model_id, fingerprints.get(r.model_id, ""))
+                for r in rows
                 if (r.source_run_id is None or r.source_run_id in present)
                 and r.model_id not in waiting}
 

@@ -41,6 +41,16 @@ class CopiedRun:
     fingerprint: str
 
 
+@dataclass(frozen=True)
+class CopiedModel:
+    """A logged model of the destination that is a finished copy of a source's."""
+
+    source_model_id: str
+    model_id: str
+    #: :func:`~cloudtrack.migrate.model.model_fingerprint` of the copy as a search returns it.
+    fingerprint: str
+
+
 class Destination(abc.ABC):
     """The store a migration writes into."""
 
@@ -100,13 +110,16 @@ class Destination(abc.ABC):
     # -- logged models ---------------------------------------------------------------------------
 
     @abc.abstractmethod
-    def copied_models(self, experiment_ids: Sequence[str]) -> dict[str, str]:
-        """Source logged-model id -> destination id, for the copies in these experiments."""
+    def copied_models(self, experiment_ids: Sequence[str]) -> dict[str, CopiedModel]:
+        """The finished copies of logged models in these experiments, by source model id, with
+        the fingerprint of each copy.  Reads only."""
 
     @abc.abstractmethod
     def write_logged_model(self, copy: ModelCopy, artifacts: Callable[[str], None]) -> str:
         """Write the logged model (params, tags, status, metrics); call ``artifacts`` with its
-        destination artifact location before the model is complete.  Returns its id."""
+        destination artifact location before the model is complete.  Returns its id.  A model
+        written before (interrupted, or changed in the source since) is brought up to date in
+        place, keeping its id."""
 
     # -- registry --------------------------------------------------------------------------------
 

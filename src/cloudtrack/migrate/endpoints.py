@@ -19,10 +19,13 @@ import os
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from cloudtrack.config import backend_for_scheme, local_path, redact_uri, split_scheme
 from cloudtrack.errors import CloudtrackError, ConfigError
+
+if TYPE_CHECKING:
+    from cloudtrack.migrate.rest import ServerRequests
 
 log = logging.getLogger("cloudtrack.migrate")
 
@@ -52,6 +55,9 @@ class Endpoint:
     tracking_uri: str
     #: Where new experiments' artifacts go, for destinations that choose it.
     artifact_root: str | None = None
+    #: An MLflow server's requests: the slots they wait for, the retries of its exhausted
+    #: connection pool (the stores above go through it already).  None for other kinds.
+    server: ServerRequests | None = None
 
     @property
     def shown(self) -> str:
@@ -232,7 +238,12 @@ def _open_server(uri: str, role: str, artifact_root: str | None) -> Endpoint:
     from mlflow.tracking._model_registry.utils import _get_store as registry_store
     from mlflow.tracking._tracking_service.utils import _get_store as tracking_store
 
+    from cloudtrack.migrate.rest import GatedStore, ServerRequests
+
     if artifact_root:
         raise ConfigError("--artifact-root does not apply to an MLflow server: the server "
                           "decides where artifacts go")
-    return Endpoint(uri, "server", tracking_store(uri), registry_store(uri, uri), uri, None)
+    # Every request through one gate per server (see cloudtrack.migrate.rest).
+    requests = ServerRequests(uri, redact_uri(uri))
+    return Endpoint(uri, "server", GatedStore(tracking_store(uri), requests),
+                    GatedStore(registry_store(uri, uri), requests), uri, None, server=requests)

@@ -1,5 +1,6 @@
 """What a migration copies and what it reports: the run copy handed to a destination, the
-fingerprint that tells a finished copy from a missing or outdated one, and the report.
+fingerprints that tell a finished copy (of a run, of a logged model) from a missing or outdated
+one, and the report.
 
 Nothing here talks to a store.
 """
@@ -15,7 +16,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from mlflow.entities import LoggedModel, Metric, Run
+from mlflow.entities import LoggedModel, LoggedModelStatus, Metric, Run
 
 #: The tag a copy in an MLflow server carries: the id of the run it was copied from (a server
 #: chooses its own run ids).  Never part of a fingerprint.
@@ -69,6 +70,35 @@ def run_fingerprint(run: Run) -> str:
     }
     text = json.dumps(payload, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:32]
+
+
+def model_fingerprint(model: LoggedModel) -> str:
+    """A digest of what a logged model holds, whatever its id.
+
+    Name, type, status, params, tags (but cloudtrack's migration tags) and metrics (key, value,
+    step, timestamp, dataset; not the run, whose id a server chooses).  A model whose tags,
+    status, params or metrics changed has a new fingerprint.  Times and the artifact location
+    are left out (a server sets its own), and so is the status message (its API writes none).
+    """
+    payload = {
+        "name": model.name,
+        "model_type": model.model_type or "",
+        "status": model_status(model.status),
+        "params": sorted((model.params or {}).items()),
+        "tags": sorted((k, v) for k, v in (model.tags or {}).items() if k not in MIGRATION_TAGS),
+        "metrics": sorted({(m.key, _value_key(m.value), int(m.step), int(m.timestamp),
+                            m.dataset_name or "", m.dataset_digest or "")
+                           for m in model.metrics or []}),
+    }
+    text = json.dumps(payload, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:32]
+
+
+def model_status(status: Any) -> str:
+    """A logged model's status as text (``READY`` …), whichever form a store gives it in."""
+    if isinstance(status, int) and not isinstance(status, LoggedModelStatus):
+        return LoggedModelStatus.from_int(status).value
+    return str(status.value if isinstance(status, LoggedModelStatus) else status)
 
 
 def _latest(data: Any) -> Mapping[str, Metric]:

@@ -1,11 +1,11 @@
 """The migration itself: experiments, then their logged models and runs, then the registry;
 what is already in the destination is left alone.
 
-Per experiment the runner finds (or creates) the copy, asks the destination which runs are
-copies already and with which fingerprint, and copies the runs that are missing or outdated:
-their histories in bulk, their artifacts and logged models, then the run.  Runs move in
-parallel (``workers``), a page of at most 1,000 at a time, so memory stays flat however large
-the source is.  A failure is recorded with the object it concerns and the migration goes on;
+Per experiment the runner finds (or creates) the copy, asks the destination which runs and
+logged models are copies already and with which fingerprint, and copies those missing or
+outdated: a run's history in bulk, its artifacts and logged models, then the run.  Runs move
+in parallel (``workers``), a page of at most 1,000 at a time, so memory stays flat however
+large the source is.  A failure is recorded with the object it concerns and the migration goes on;
 the report's exit code says whether anything failed.
 """
 
@@ -37,6 +37,7 @@ from cloudtrack.migrate.model import (
     ModelCopy,
     RunCopy,
     Skipped,
+    model_fingerprint,
     point_key,
     run_fingerprint,
 )
@@ -182,14 +183,17 @@ class Migration:
                 self.report.experiment_ids[exp.experiment_id] = dest_id
         models = self.source.logged_models([exp.experiment_id])
         done_models = self.dest.copied_models([dest_id]) if dest_id is not None else {}
-        self.model_ids.update(done_models)
+        self.model_ids.update((k, c.model_id) for k, c in done_models.items())
         # A logged model is written with the run that made it (a server needs the run's new
         # id for it, and the model before the run's metrics that name it); models without a
-        # run, or whose run is not in this experiment, are written at the end.
+        # run, or whose run is not in this experiment, are written at the end.  A copy whose
+        # fingerprint is its source's is left alone; one that differs (tags, status, params or
+        # metrics changed since) is written again, over itself.
         self.links = _model_links(models)
         by_run: dict[str, list[LoggedModel]] = {}
         for m in models:
-            if m.model_id in done_models:
+            earlier = done_models.get(m.model_id)
+            if earlier is not None and earlier.fingerprint == model_fingerprint(m):
                 self._count("logged_models", unchanged=True)
             else:
                 by_run.setdefault(str(m.source_run_id or ""), []).append(m)
@@ -360,8 +364,7 @@ class Migration:
         empty = earlier is None and (dest_id in self.new_experiments or not self.dest.keeps_ids)
         self._copy_artifacts(run.info.artifact_uri, target.artifact_uri, dest_empty=empty)
         for model in models:
-            if model.model_id not in self.model_ids:
-                self._copy_model(model, dest_id, target.run_id)
+            self._copy_model(model, dest_id, target.run_id)
         self.dest.finish_run(replace(copy, model_ids=dict(self.model_ids)), target)
         self._count("runs")
         self._count("metric_points", len(history))

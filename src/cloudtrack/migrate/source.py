@@ -31,7 +31,8 @@ SQL_HISTORY_BATCH = 200
 SERVER_HISTORY_PATH = "/ajax-api/2.0/mlflow/metrics/get-history-bulk"
 SERVER_HISTORY_RUNS = 100
 SERVER_HISTORY_POINTS = 25_000
-#: Requests a server source answers at once.
+#: Threads reading a server source; its requests wait for a slot of the server's gate
+#: (:data:`cloudtrack.migrate.rest.SERVER_REQUESTS`), shared with every other user of it.
 SERVER_READERS = 8
 IS_PROMPT = "mlflow.prompt.is_prompt"
 
@@ -324,11 +325,17 @@ class Source:
         from mlflow.utils.rest_utils import http_request, verify_rest_response
 
         key, run_ids = job
-        response = http_request(self.tracking.get_host_creds(), SERVER_HISTORY_PATH, "GET",
-                                params={"run_id": run_ids, "metric_key": key,
-                                        "max_results": SERVER_HISTORY_POINTS})
-        verify_rest_response(response, SERVER_HISTORY_PATH)
-        found = response.json().get("metrics") or []
+
+        def ask() -> Any:
+            response = http_request(self.tracking.get_host_creds(), SERVER_HISTORY_PATH, "GET",
+                                    params={"run_id": run_ids, "metric_key": key,
+                                            "max_results": SERVER_HISTORY_POINTS})
+            verify_rest_response(response, SERVER_HISTORY_PATH)
+            return response.json()
+
+        server = self.endpoint.server
+        answer = server.one(f"metric {key!r} of {len(run_ids)} runs", ask) if server else ask()
+        found = answer.get("metrics") or []
         if len(found) >= SERVER_HISTORY_POINTS:
             return None
         wanted = set(run_ids)
