@@ -1,7 +1,8 @@
 """cloudtrack against a real MLflow server, side by side in one run, behind the same latency.
 
     .venv/bin/python scripts/benchmark.py [--latency-ms 20] [--backends s3,azure,gcs,local]
-        [--workloads L,S,H,A] [--runs 10000] [--points 100000] [--json out.json]
+        [--workloads L,S,H,A,F] [--runs 10000] [--points 100000] [--reads-runs 2000]
+        [--json out.json]
 
 Every networked service (moto for s3, Azurite for azure, the GCS emulator for gcs, and an
 ``mlflow server --workers 1`` on sqlite as the baseline) sits behind its own
@@ -24,6 +25,11 @@ Workloads (docs/benchmarks.md has the targets and the last measured table):
 * **A** ``log_artifacts`` of ``--artifact-files`` files of 1 KiB plus one file of
   ``--artifact-big-mb`` MB: cloudtrack's repository against MLflow's built-in
   ``S3ArtifactRepository`` on the same moto, through the same proxy.
+* **F** the first reads after a sweep, for each ``--reads-runs`` size: runs written by
+  ``--reads-writers`` processes through MLflow's API, then, each in a new process, the first
+  ``mlflow.search_runs`` ever, a second one, the UI's ``runs/search`` to an ``mlflow server``
+  just started on the store, and ``search_registered_models`` over ``--reads-models`` models
+  (scripts/benchmark_reads.py).
 
 S and H data are written beforehand without the proxy: into one cloudtrack store (the local
 one) through ``BlobTrackingStore`` from many threads, then copied object by object into the
@@ -62,9 +68,13 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))  # `backends` lives at the repository root
+if __name__ == "__main__":
+    # scripts/benchmark_reads.py imports this module as `benchmark`: one module, not a second
+    # copy whose BenchmarkError run_lab would not catch.
+    sys.modules.setdefault("benchmark", sys.modules[__name__])
 
 BACKENDS = ("s3", "azure", "gcs", "local")
-WORKLOADS = ("L", "S", "H", "A")
+WORKLOADS = ("L", "S", "H", "A", "F")
 #: Our backend name -> the service in backends.SERVICES.  Plain moto: IAM checks would only add
 #: moto CPU time to both sides of the artifact comparison.
 SERVICE_OF = {"s3": "s3-noauth", "azure": "azure", "gcs": "gcs", "local": "local"}
@@ -89,7 +99,10 @@ HISTORY_BATCH = 1000
 
 #: Seconds any one child may take; each is generous for full sizes on a busy 2-core machine.
 TIMEOUTS = {"populate": 5400, "populate-mlflow": 3600, "copy": 3600, "loop": 900, "search": 3600,
-            "history": 1200, "artifacts": 1800}
+            "history": 1200, "artifacts": 1800,
+            # F (scripts/benchmark_reads.py); a writer's share of 100,000 runs takes long.
+            "reads-setup": 600, "reads-write": 14400, "reads-models": 3600,
+            "reads-search": 7200, "reads-ui": 3600, "reads-registry": 300}
 RESULT_MARK = "BENCHMARK-RESULT "
 _ENDPOINT = re.compile(r"\b(127\.0\.0\.1|localhost):(\d{2,5})\b")
 #: Variables of the caller's environment that could steer a child somewhere else.
@@ -99,6 +112,10 @@ _FOREIGN_ENV = re.compile(r"^(MLFLOW_|CLOUDTRACK_|AWS_|AZURE_|GOOGLE_|GCE_|API_E
 
 class BenchmarkError(RuntimeError):
     """A child failed, a service did not start, or two stores disagreed."""
+
+
+class ChildTimeout(BenchmarkError):
+    """A child did not finish within its TIMEOUTS bound and was killed."""
 
 
 # -- the data both sides get ------------------------------------------------------------------
@@ -410,8 +427,10 @@ class Lab:
     by ``timeouts[KIND]`` seconds; scripts/benchmark_migrate.py brings its own of both."""
 
     def __init__(self, latency_ms: float, *, script: Path | None = None,
-                 timeouts: Mapping[str, int] | None = None) -> None:
+                 timeouts: Mapping[str, int] | None = None,
+                 src_commit: str | None = None) -> None:
         self.latency_ms = latency_ms
+        self.src_commit = src_commit
         self.script = script or Path(__file__).resolve()
         self.timeouts = dict(timeouts or TIMEOUTS)
         self.workdir = Path(tempfile.mkdtemp(prefix="cloudtrack-benchmark-"))
@@ -422,9 +441,19 @@ class Lab:
         self.children: set[subprocess.Popen[str]] = set()
 
     def freeze_src(self) -> str:
-        """Copy src/cloudtrack for the children; returns a digest of the copied tree."""
-        shutil.copytree(ROOT / "src" / "cloudtrack", self.src / "cloudtrack",
-                        ignore=shutil.ignore_patterns("__pycache__"))
+        """Copy src/cloudtrack for the children (the working tree's, or ``src_commit``'s from
+        git, which leaves the working tree alone); returns a digest of the copied tree."""
+        if self.src_commit:
+            archive = subprocess.run(["git", "archive", self.src_commit, "src/cloudtrack"],
+                                     cwd=ROOT, capture_output=True, timeout=120, check=False)
+            if archive.returncode != 0:
+                raise BenchmarkError(f"git archive {self.src_commit} src/cloudtrack failed: "
+                                     f"{archive.stderr.decode(errors='replace')[-2000:]}")
+            subprocess.run(["tar", "-x", "-C", str(self.workdir)], input=archive.stdout,
+                           timeout=120, check=True)
+        else:
+            shutil.copytree(ROOT / "src" / "cloudtrack", self.src / "cloudtrack",
+                            ignore=shutil.ignore_patterns("__pycache__"))
         digest = hashlib.sha256()
         for path in sorted((self.src / "cloudtrack").rglob("*.py")):
             digest.update(path.relative_to(self.src).as_posix().encode())
@@ -544,7 +573,7 @@ class Lab:
             try:
                 stdout, _ = proc.communicate(timeout=timeout)
             except subprocess.TimeoutExpired as e:
-                raise BenchmarkError(f"{kind} child did not finish within {timeout} s "
+                raise ChildTimeout(f"{kind} child did not finish within {timeout} s "
                                      f"({spec})") from e
             finally:
                 if proc.poll() is None:
@@ -604,6 +633,8 @@ class Row:
     load1: float = 0.0
     ratio: float | None = None
     network: dict[str, int] = field(default_factory=dict)
+    #: the measured process's peak RSS (F only: the client's, or the server's for the UI)
+    peak_rss_mb: float | None = None
 
     @property
     def seconds(self) -> float:
@@ -624,6 +655,8 @@ class Results:
     def __init__(self) -> None:
         self.rows: list[Row] = []
         self.problems: list[str] = []
+        #: printed after the table, one "# " line each (how long F's population took)
+        self.notes: list[str] = []
 
     def add(self, workload: str, variant: str, backend: str, result: Mapping[str, Any] | None,
             *, samples: list[float] | None = None, baseline: bool = False,
@@ -646,8 +679,10 @@ class Results:
         # connections, each one more round trip (moto closes every connection).
         # service-s: the services' own answering time summed over requests (the proxies
         # measure it), which tells a slow emulator from a slow client.
+        rss = any(r.peak_rss_mb is not None for r in self.rows)
         head = ("workload", "variant", "backend", "seconds", "x MLflow", "requests",
-                "round-trips", "connections", "service-s", "target", "verdict")
+                "round-trips", "connections", "service-s", *(("peak RSS MB",) if rss else ()),
+                "target", "verdict")
         lines = [head]
         for r in self.rows:
             net = r.network if r.requests is not None else {}
@@ -658,6 +693,7 @@ class Results:
                 "-" if r.requests is None else str(r.requests),
                 str(net.get("round_trips", "-")), str(net.get("connections", "-")),
                 f"{net['service_us'] / 1e6:.3f}" if "service_us" in net else "-",
+                *((f"{r.peak_rss_mb:.0f}" if r.peak_rss_mb else "-",) if rss else ()),
                 "" if r.target is None else f"<= {r.target:g}",
                 r.verdict + (f"  {r.note}" if r.note else ""),
             ))
@@ -870,9 +906,15 @@ class Benchmark:
                                   note="" if repo == "BlobArtifactRepository" else f"({repo})")
             self.results.relate(row, base)
 
+    def workload_f(self) -> None:
+        from benchmark_reads import Reads
+
+        Reads(self).run()
+
     def run(self) -> None:
         for name, step in (("S", self.workload_s), ("H", self.workload_h),
-                           ("L", self.workload_l), ("A", self.workload_a)):
+                           ("L", self.workload_l), ("A", self.workload_a),
+                           ("F", self.workload_f)):
             if name in self.args.workloads:
                 step()
 
@@ -902,7 +944,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--backends", type=lambda v: _list(v, BACKENDS, "--backends"),
                    default=list(BACKENDS), help="default: s3,azure,gcs,local")
     p.add_argument("--workloads", type=lambda v: _list(v, WORKLOADS, "--workloads"),
-                   default=list(WORKLOADS), help="default: L,S,H,A")
+                   default=list(WORKLOADS), help="default: L,S,H,A,F")
     p.add_argument("--runs", type=int, default=10_000, help="S: runs in the searched experiment")
     p.add_argument("--points", type=int, default=100_000, help="H: points of the metric")
     p.add_argument("--epochs", type=int, default=100, help="L: epochs of the trainer loop")
@@ -910,16 +952,38 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--artifact-big-mb", type=int, default=200, help="A: size of the big file")
     p.add_argument("--repeat", type=int, default=1,
                    help="fresh children per measurement; the table shows the median")
+    p.add_argument("--reads-runs", type=_reads_sizes, default=[2000],
+                   help="F: runs per experiment, one or more sizes (default 2000; the full run "
+                        "uses 2000,10000); sizes above 10000 are report only (first and "
+                        "second search of the stores)")
+    p.add_argument("--reads-models", type=int, default=500,
+                   help="F: registered models (1-2 versions each)")
+    p.add_argument("--reads-writers", type=int, default=8,
+                   help="F: concurrent processes writing the runs and the models")
+    p.add_argument("--reads-baseline-large", action="store_true",
+                   help="F: measure the MLflow server at the report-only sizes too")
     p.add_argument("--threads", type=int, default=8,
                    help="threads populating a store (Azurite stalls with many more)")
     p.add_argument("--json", type=Path, default=None, help="also write the results here")
+    p.add_argument("--src-commit", default=None, metavar="REV",
+                   help="measure src/cloudtrack as committed in REV (git archive; the working "
+                        "tree is not touched) instead of the working tree's")
     args = p.parse_args(argv)
-    for name in ("runs", "points", "epochs", "artifact_files", "repeat", "threads"):
+    if args.reads_models < 0:
+        p.error("--reads-models cannot be negative (0: no registry step)")
+    for name in ("runs", "points", "epochs", "artifact_files", "repeat", "threads",
+                 "reads_writers"):
         if getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be at least 1")
     if args.artifact_big_mb < 0 or args.latency_ms < 0:
         p.error("--artifact-big-mb and --latency-ms cannot be negative")
     return args
+
+
+def _reads_sizes(value: str) -> list[int]:
+    from benchmark_reads import parse_sizes
+
+    return parse_sizes(value)
 
 
 def _git_state() -> str:
@@ -931,6 +995,15 @@ def _git_state() -> str:
     except (OSError, subprocess.SubprocessError):
         return "unknown"
     return head + (" + uncommitted changes in src/" if dirty.strip() else "")
+
+
+def _resolve_commit(rev: str) -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "--verify", f"{rev}^{{commit}}"],
+                              cwd=ROOT, text=True, capture_output=True, timeout=30,
+                              check=True).stdout.strip()
+    except (OSError, subprocess.SubprocessError) as e:
+        raise SystemExit(f"--src-commit {rev}: not a commit of {ROOT}") from e
 
 
 def _raise_interrupt(signum: int, frame: object) -> None:
@@ -987,13 +1060,20 @@ def header(title: str, meta: Mapping[str, Any]) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["_worker"]:
+        if argv[1].startswith("reads-"):
+            from benchmark_reads import WORKERS as READS_WORKERS
+
+            return worker_main(argv[1], argv[2], READS_WORKERS)
         return worker_main(argv[1], argv[2])
     args = parse_args(argv)
     meta = new_meta(args.latency_ms, backends=args.backends, workloads=args.workloads,
                     runs=args.runs, points=args.points, epochs=args.epochs,
                     artifact_files=args.artifact_files, artifact_big_mb=args.artifact_big_mb,
-                    repeat=args.repeat)
-    lab = Lab(args.latency_ms)
+                    reads_runs=args.reads_runs, reads_models=args.reads_models,
+                    reads_writers=args.reads_writers, repeat=args.repeat)
+    if args.src_commit:
+        meta["git"] = f"{_resolve_commit(args.src_commit)} (--src-commit, not the working tree)"
+    lab = Lab(args.latency_ms, src_commit=args.src_commit)
     bench = Benchmark(args, lab)
 
     def body() -> None:
@@ -1009,19 +1089,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         meta["populate_seconds"] = {k: round(v["seconds"], 1) for k, v in bench.populated.items()}
         bench.run()
 
-    failed = run_lab(lab, meta, body, partial=bench.results.table)
+    failed = run_lab(lab, meta, body, partial=lambda: "\n".join(
+        [bench.results.table(), *(f"# {n}" for n in bench.results.notes)]))
     if failed is not None:
         return failed
     results = bench.results
     print(header("cloudtrack benchmark", meta))
     print(f"# sizes: runs={args.runs} points={args.points} epochs={args.epochs} "
-          f"artifacts={args.artifact_files}x1KiB+{args.artifact_big_mb}MB repeat={args.repeat}; "
+          f"artifacts={args.artifact_files}x1KiB+{args.artifact_big_mb}MB "
+          f"reads-runs={','.join(map(str, args.reads_runs))} reads-models={args.reads_models} "
+          f"reads-writers={args.reads_writers} repeat={args.repeat}; "
           f"total {meta['seconds']:.0f} s")
     print(results.table())
+    for note in results.notes:
+        print(f"# {note}")
     for problem in results.problems:
         print(f"# RESULT MISMATCH: {problem}")
     if args.json is not None:
-        args.json.write_text(json.dumps({"meta": meta, "problems": results.problems, "rows": [
+        args.json.write_text(json.dumps({"meta": meta, "problems": results.problems,
+                                         "notes": results.notes, "rows": [
             {**asdict(r), "seconds": r.seconds, "verdict": r.verdict} for r in results.rows]},
             indent=2) + "\n")
     return 1 if results.problems else 0

@@ -73,9 +73,10 @@ from cloudtrack.blobs import open_blobs
 from cloudtrack.config import StoreConfig, resolve
 from cloudtrack.errors import AlreadyExists, BlobNotFound, CorruptObject
 from cloudtrack.mlflow_errors import boundary
-from cloudtrack.store import build, entities, layout, records
+from cloudtrack.store import build, entities, layout, pages, records
 from cloudtrack.store.cache import VersionedCache
 from cloudtrack.store.cas import Change, versioned_update
+from cloudtrack.store.pagewriter import PageWriter
 from cloudtrack.store.records import Record
 
 log = logging.getLogger("cloudtrack.registry")
@@ -147,6 +148,19 @@ def current_models(found: list[Record]) -> list[Record]:
             if not r.get(RENAMED_TO) or (r[RENAMED_TO], r.get("id")) not in held]
 
 
+#: A search that GETs this many registry records one by one puts them into the pages.
+PAGE_LATER_MIN = 16
+
+
+def _pages_folder(key: str) -> str | None:
+    """The pages a registry record belongs in."""
+    if key.startswith(layout.REGISTERED_MODELS):
+        return layout.registry_pages("models")
+    if key.startswith(layout.MODEL_VERSIONS):
+        return layout.registry_pages("versions")
+    return None
+
+
 def _model_not_found(name: str) -> MlflowException:
     return MlflowException(f"Registered Model with name={name} not found", RESOURCE_DOES_NOT_EXIST)
 
@@ -195,6 +209,20 @@ class BlobRegistryStore(AbstractStore):
         self._pool = concurrent.futures.ThreadPoolExecutor(16, thread_name_prefix="cloudtrack-reg")
         #: Registry records read by searches, by the version a listing reported.
         self._cache = VersionedCache()
+        #: Every registry record this process writes goes into the registry's pages, so a
+        #: search reads a few hundred per GET (docs/format.md, "Head pages").
+        self._page_writer = PageWriter(self.blobs)
+        self.blobs.watch(self._page_record)
+
+    def _page_record(self, key: str, version: str, data: bytes) -> None:
+        folder = _pages_folder(key)
+        if folder is not None:
+            self._page_writer.add(folder, key, version, data)
+
+    def close(self) -> None:
+        self._page_writer.close()
+        self._pool.shutdown(wait=False)
+        self.blobs.close()
 
     # -- records ----------------------------------------------------------------------------
 
@@ -206,15 +234,54 @@ class BlobRegistryStore(AbstractStore):
 
     def _listed(self, prefix: str, *, skip_corrupt: bool) -> list[Record]:
         """The records under ``prefix`` that the listing vouches for: cached at their listed
-        version, else read (in parallel).  A record deleted since the listing is left out; a
-        corrupt one is logged and left out with ``skip_corrupt``, else raised."""
-        listing = [(i.key, i.version) for i in self.blobs.list(prefix)]
+        version, else from the registry's pages, else read (in parallel).  A record deleted
+        since the listing is left out; a corrupt one is logged and left out with
+        ``skip_corrupt``, else raised."""
+        return list(self._listed_by_key(prefix, skip_corrupt=skip_corrupt).values())
+
+    def _listed_by_key(self, prefix: str, *, skip_corrupt: bool,
+                       spread: bool = False) -> dict[str, Record]:
+        """:meth:`_listed`, by key; ``spread``: a large listing, read in parallel parts."""
+        # Pages serve listings of all models or all versions (one model's versions are few).
+        folder = (_pages_folder(prefix) if prefix in (layout.REGISTERED_MODELS,
+                                                      layout.MODEL_VERSIONS) else None)
+        listed_pages = self._pool.submit(self._list_pages, folder) if folder else None
+        infos = (self.blobs.list_spread(prefix, self._pool.map) if spread
+                 else self.blobs.list(prefix))
+        listing = [(i.key, i.version) for i in infos]
+        fetched: list[str] = []
+        if folder is not None and listed_pages is not None:
+            fetched = pages.seed(self._cache, self.blobs, folder, listed_pages.result(),
+                                 listing, self._pool.map)
         for got in self._cache.read_many(self.blobs, listing, self._pool.map).values():
             if isinstance(got, CorruptObject) and skip_corrupt:
                 log.warning("skipping registry record: %s", got)
             elif isinstance(got, Exception) and not isinstance(got, BlobNotFound):
                 raise got
-        return list(self._cache.vouched(listing).values())
+        if folder is not None and len(fetched) >= PAGE_LATER_MIN:
+            # Read one by one: into the pages for the next process (how a registry written
+            # before pages catches up).
+            for key, (version, rec) in self._cache.entries(fetched).items():
+                self._page_writer.add(folder, key, version, records.dumps(rec))
+        return self._cache.vouched(listing)
+
+    def _list_pages(self, folder: str) -> pages.PageMap:
+        try:
+            return pages.list_pages(self.blobs, folder)
+        except Exception as e:  # pages only save requests
+            log.debug("could not list the pages in %s: %r", self.blobs.object_uri(folder), e)
+            return pages.PageMap(())
+
+    def _all_versions(self) -> dict[str, list[Record]]:
+        """Every model's version records, by model id, in version order: one listing of all
+        versions (in parallel parts when large), not one per model."""
+        by_model: dict[str, list[Record]] = {}
+        found = self._listed_by_key(layout.MODEL_VERSIONS, skip_corrupt=False, spread=True)
+        for key, rec in found.items():
+            by_model.setdefault(key[len(layout.MODEL_VERSIONS):].split("/", 1)[0], []).append(rec)
+        for versions in by_model.values():
+            versions.sort(key=lambda r: int(r["version"]))
+        return by_model
 
     def _renamed_away(self, rec: Record) -> bool:
         """Whether ``rec`` is the old name of a rename that landed but did not finish (killed
@@ -480,7 +547,8 @@ class BlobRegistryStore(AbstractStore):
                                            SEARCH_REGISTERED_MODEL_MAX_RESULTS_THRESHOLD)
         filter_string = add_prompt_filter_string(filter_string, is_prompt=False)
         models = self._all_models()
-        entities = list(self._pool.map(self._model_entity, models))
+        versions = self._all_versions()
+        entities = [self._model_entity(m, versions.get(m["id"], [])) for m in models]
         filtered = SearchModelUtils.filter(entities, filter_string)
         ordered = SearchModelUtils.sort(filtered, order_by)
         return _page(ordered, page_token, max_results)
@@ -715,10 +783,11 @@ class BlobRegistryStore(AbstractStore):
         max_results = _checked_max_results(max_results,
                                            SEARCH_MODEL_VERSION_MAX_RESULTS_THRESHOLD)
         versions: list[ModelVersion] = []
+        by_model = self._all_versions()
         for model in self._all_models():
             # MLflow's SQL store leaves aliases out of version search results; so do we.
             versions.extend(self._version_entity(model, rec, with_aliases=False)
-                            for rec in self._version_records(model)
+                            for rec in by_model.get(model["id"], [])
                             if rec.get("current_stage") != STAGE_DELETED_INTERNAL)
         filter_string = add_prompt_filter_string(filter_string, is_prompt=False)
         filtered = SearchModelVersionUtils.filter(versions, filter_string)

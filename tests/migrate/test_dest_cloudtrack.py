@@ -46,7 +46,7 @@ from cloudtrack.migrate.model import (
 )
 from cloudtrack.migrate.source import Source
 from cloudtrack.model_registry import BlobRegistryStore
-from cloudtrack.store import build, layout, records
+from cloudtrack.store import build, layout, pages, records
 from cloudtrack.tracking import BlobTrackingStore
 from tests.fixtures.services import service
 
@@ -382,8 +382,9 @@ def test_prompts_are_copied(copied: Copy, source: Populated) -> None:
 
 
 def test_copied_runs_fingerprints_and_their_cost(copied: Copy, source: Populated) -> None:
-    """After finish_experiment left the head snapshot: one LIST + one GET, whatever the
-    number of runs (up to 1,000 a LIST page)."""
+    """After finish_experiment left the head pages: one LIST of the heads (up to 1,000 runs a
+    LIST page), one of the pages, a GET per page holding a listed run and one per run still
+    running (never paged), whatever the number of runs."""
     src = MlflowClient(source.uri)
     expected = {r.info.run_id: run_fingerprint(r) for r in all_runs(src, source.exp).values()}
     fresh = open_destination(open_endpoint(copied.uri, role="dest"))
@@ -396,7 +397,11 @@ def test_copied_runs_fingerprints_and_their_cost(copied: Copy, source: Populated
         fresh.close()
     assert {k: v.fingerprint for k, v in found.items()} == expected
     assert all(c.run_id == c.source_run_id for c in found.values())
-    assert Requests.kinds(calls) == ["_get", "_list_page"], calls
+    kinds = Requests.kinds(calls)
+    assert sorted(set(kinds)) == ["_get", "_list_page"] and kinds.count("_list_page") == 2, calls
+    running = sum(1 for r in all_runs(src, source.exp).values() if r.info.status == "RUNNING")
+    head_gets = [c for c in calls if c.startswith("_get heads/")]
+    assert len(head_gets) == running and kinds.count("_get") <= 16 + running, calls
 
 
 def test_second_migration_writes_nothing(copied: Copy, source: Populated) -> None:
@@ -412,13 +417,15 @@ def test_second_migration_writes_nothing(copied: Copy, source: Populated) -> Non
         migrate(source.uri, copied.uri).close()
     calls = counters[0].take()
     assert [c for c in calls if c.startswith(("_put", "_delete"))] == []
-    # Reads only: the experiments (one LIST), per experiment its heads (one LIST, one GET of
-    # the snapshot where there are any) and its logged models (one LIST, one GET per model, for
-    # its fingerprint), then the registry (one LIST of the models, per model one GET and one
-    # LIST, one GET per version).
+    # Reads only: the experiments (one LIST), per experiment its heads and its head pages (a
+    # LIST each, a GET per page where there are any, see test_copied_runs_fingerprints...)
+    # and its logged models (one LIST, one GET per model, for its fingerprint), then the
+    # registry (one LIST of the models, per model one GET and one LIST, one GET per version).
     kinds = Requests.kinds(calls)
-    assert (kinds.count("_list_dir"), kinds.count("_list_page")) == (1, 3 + 3 + 1 + 3), calls
-    assert kinds.count("_get") == 2 + 1 + 3 + 6, calls
+    assert (kinds.count("_list_dir"), kinds.count("_list_page")) == (1, 3 + 3 + 3 + 1 + 3), calls
+    head_gets = [c for c in calls if c.startswith(("_get heads/", "_get index/heads/"))]
+    assert len(head_gets) <= 3 + 1, calls  # 3 runs + 1 run (still running) in two experiments
+    assert kinds.count("_get") - len(head_gets) == 1 + 3 + 6, calls
     assert [c for c in calls if c.startswith("_get logged-models/")] == [
         f"_get {layout.logged_model(source.exp, source.model_id)}"]
 
@@ -559,14 +566,14 @@ def test_copied_runs_cost_one_list_page_per_1000_runs_and_one_get(tmp_path: Path
         fresh.close()
     assert {k: v.fingerprint for k, v in found.items()} == \
         {r.info.run_id: run_fingerprint(r) for r in runs}
-    pages = calls.count("_list_page")
-    assert calls.count("_get") == 1 and pages <= math.ceil(n / 1000) and \
-        len(calls) == pages + 1, calls
-    # Any process's first search reads the same snapshot instead of 1,100 heads.
+    listings = calls.count("_list_page")
+    assert calls.count("_get") <= 2 ** pages.MIN_BITS and listings <= math.ceil(n / 1000) + 1 \
+        and len(calls) == listings + calls.count("_get"), calls
+    # Any process's first search reads the same pages instead of 1,100 heads.
     reader = BlobTrackingStore(uri)  # type: ignore[abstract]
     counter = Requests(reader.blobs)
     assert len(reader.search_runs([exp.experiment_id], None, ViewType.ALL, 5000)) == n
-    assert Requests.kinds(counter.take()).count("_get") == 1
+    assert Requests.kinds(counter.take()).count("_get") <= 2 ** pages.MIN_BITS
     reader.close()
 
 

@@ -238,6 +238,8 @@ def test_a_transition_cut_short_by_faults(
         real = getattr(r.blobs, method)
 
         def write(key: str, *args: Any, _real: Any = real) -> Any:
+            if key.startswith("index/"):  # the registry's pages, written in the background
+                return _real(key, *args)
             written.append(key)
             if len(written) < cut:
                 return _real(key, *args)
@@ -268,6 +270,8 @@ CHILD = textwrap.dedent("""
     done = []
 
     def put_if_version(self, key, data, version):
+        if key.startswith("index/"):  # the registry's pages, written in the background
+            return real(self, key, data, version)
         if len(done) == kill_after:
             os.kill(os.getpid(), signal.SIGKILL)
         got = real(self, key, data, version)
@@ -347,8 +351,9 @@ def test_readers_pay_no_request_for_a_transition_cut_short(
     found = reader.search_model_versions("name = 'm'")
     assert sorted(int(v.version) for v in found if v.current_stage == "Production") == [2]
     calls = counter.take()
-    assert (calls.count("_list_page"), calls.count("_get"), len(calls)) == (2, 12, 14), \
-        "a LIST of the models, a GET of the model, a LIST of its versions, a GET of each"
+    assert calls.count("_list_page") == 4 and calls.count("_get") <= 12, \
+        "a LIST of the models and of all versions, one of the pages of each, and a GET of " \
+        "the model and of each version (or of the pages holding them)"
     assert [int(v.version) for v in reader.get_latest_versions("m", ["Production"])] == [2]
     assert counter.take() == ["_get", "_list_page"], "records cached at their listed version"
 

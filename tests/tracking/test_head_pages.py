@@ -89,7 +89,10 @@ def test_first_search_after_a_sweep_reads_pages_not_heads(store, monkeypatch) ->
     live = {b: v for b, v in found.items() if not v["split"]}
     assert any(v["split"] for v in found.values()), "240 runs over 16 pages of 12 must split"
     covered = set().union(*(v["keys"] for v in live.values()))
-    assert covered == {layout.head(exp, r) for r in ids}
+    # Writers give entries up after a few lost races (at this page size they race a lot):
+    # each costs a reader one GET, so a few are allowed, not more.
+    uncovered = {layout.head(exp, r) for r in ids} - covered
+    assert len(uncovered) <= len(ids) // 20, f"{len(uncovered)} runs in no page"
     assert all(len(v["keys"]) <= 12 for v in live.values())
     # Each run's entry sits in the deepest page on its path, where writers and readers look.
     page_map = pages.PageMap(found)
@@ -101,7 +104,8 @@ def test_first_search_after_a_sweep_reads_pages_not_heads(store, monkeypatch) ->
     runs = reader.search_runs([exp], "", ViewType.ALL, max_results=None)
     calls = collections.Counter(counter.take())
     assert len(runs) == 240
-    assert calls["_get"] <= len(live), f"{calls}: one GET per live page, no head"
+    assert calls["_get"] <= len(live) + len(uncovered), \
+        f"{calls}: one GET per live page, and per run in no page"
     assert calls["_list_page"] <= 3, calls
 
 
@@ -155,7 +159,10 @@ def test_stale_damaged_and_missing_pages_never_change_results(store, monkeypatch
     counter = Requests(reader)
     got = search(reader, exp, QUERIES[1])
     assert ids[0] in {r.info.run_id for r in got}
-    assert collections.Counter(counter.take())["_get"] <= len(page_entries(setup, exp)) + 1
+    paged = set().union(*(v["keys"] for v in page_entries(setup, exp).values()))
+    unpaged = len({layout.head(exp, r) for r in ids} - paged)
+    assert collections.Counter(counter.take())["_get"] <= \
+        len(page_entries(setup, exp)) + 1 + unpaged
     truth = summary(got)
 
     # Damaged: every page garbage.

@@ -165,6 +165,7 @@ class Blobs(abc.ABC):
         #: (not when the doctor itself is the caller).
         self.advice: str | None = None if from_doctor(config) else \
             f"to find out why, run: cloudtrack doctor {shlex.quote(self.uri)}"
+        self._observers: builtins.list[Callable[[str, str, bytes], None]] = []
 
     # -- naming ---------------------------------------------------------------------------
 
@@ -211,8 +212,21 @@ class Blobs(abc.ABC):
     def put(self, key: str, data: bytes) -> str:
         """Write unconditionally; return the new version."""
         validate_key(key)
-        return self._retry(lambda _: self._put(key, data, if_absent=False, if_version=None),
-                           f"PUT {self.object_uri(key)}")
+        version = self._retry(lambda _: self._put(key, data, if_absent=False, if_version=None),
+                              f"PUT {self.object_uri(key)}")
+        return self._wrote(key, version, data)
+
+    def _wrote(self, key: str, version: str, data: bytes) -> str:
+        """Tell the observers (``watch``) that ``key`` now holds ``data`` at ``version``."""
+        for observer in self._observers:
+            observer(key, version, data)
+        return version
+
+    def watch(self, observer: Callable[[str, str, bytes], None]) -> None:
+        """Call ``observer(key, version, data)`` after each successful put of a record (put,
+        put_if_absent, put_if_version), in the writing thread: how the registry keeps its
+        pages.  Observers must be quick and must not raise."""
+        self._observers = [*self._observers, observer]
 
     def put_if_absent(self, key: str, data: bytes) -> str:
         """Create the object only if no object has the key.  Raises AlreadyExists."""
@@ -228,7 +242,8 @@ class Blobs(abc.ABC):
                         return own
                 raise
 
-        return self._retry(attempt, f"PUT-IF-ABSENT {self.object_uri(key)}")
+        return self._wrote(key, self._retry(attempt, f"PUT-IF-ABSENT {self.object_uri(key)}"),
+                           data)
 
     def put_if_version(self, key: str, data: bytes, version: str) -> str:
         """Replace the object only if its version is still ``version``.  Raises PreconditionFailed."""
@@ -244,7 +259,8 @@ class Blobs(abc.ABC):
                         return own
                 raise
 
-        return self._retry(attempt, f"PUT-IF-VERSION {self.object_uri(key)}")
+        return self._wrote(key, self._retry(attempt, f"PUT-IF-VERSION {self.object_uri(key)}"),
+                           data)
 
     def _own_earlier_write(self, key: str, data: bytes) -> str | None:
         """After a retry lost a condition: is the object there exactly what we tried to write?

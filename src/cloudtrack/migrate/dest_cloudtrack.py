@@ -5,7 +5,7 @@ What it writes, in an order that makes a copy safe to interrupt anywhere:
 
 * an experiment: its record under the source's id where that id is free (else the next free
   one) and its name claim (:func:`cloudtrack.store.claims.create_experiment`); its lifecycle
-  stage and its head snapshot at the end (:meth:`CloudtrackDestination.finish_experiment`);
+  stage and its head pages at the end (:meth:`CloudtrackDestination.finish_experiment`);
 * a run: its run index, its history as batches named by their place
   (``history/<run>/copy-000000.json``, :data:`BATCH_POINTS` points each, in one fixed order),
   then its head: the write that makes it visible.  Index and history go out from
@@ -29,7 +29,7 @@ import sys
 import threading
 import uuid
 import zlib
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from operator import itemgetter
@@ -46,8 +46,9 @@ from cloudtrack.migrate.destination import CopiedModel, CopiedRun, Destination, 
 from cloudtrack.migrate.endpoints import Endpoint
 from cloudtrack.migrate.model import ModelCopy, RunCopy, model_fingerprint, run_fingerprint
 from cloudtrack.model_registry import current_models
-from cloudtrack.store import build, claims, entities, layout, records, snapshots
+from cloudtrack.store import build, claims, entities, layout, pages, records, snapshots
 from cloudtrack.store.cas import versioned_update
+from cloudtrack.store.pagewriter import is_finished
 from cloudtrack.store.records import Record
 
 log = logging.getLogger("cloudtrack.migrate")
@@ -83,8 +84,8 @@ class CopyConflict(CloudtrackError):
 
 @dataclass
 class _Heads:
-    """What the writer knows of one experiment's run heads: enough to leave an up-to-date
-    head snapshot behind without reading the heads again.  Heads are kept compressed (a few
+    """What the writer knows of one experiment's run heads: enough to leave up-to-date head
+    pages behind without reading the heads again.  Heads are kept compressed (a few
     MB for 20,000 runs)."""
 
     #: head key -> version, as :meth:`CloudtrackDestination.copied_runs` listed them (None
@@ -92,8 +93,8 @@ class _Heads:
     listed: dict[str, str] | None = None
     #: head key -> (version, compressed record bytes): heads read one by one, and written.
     known: dict[str, tuple[str, bytes]] = field(default_factory=dict)
-    #: The stored snapshot vouches for every listed head.
-    snapshot_current: bool = False
+    #: The stored head pages vouch for every listed head of a finished run.
+    pages_current: bool = False
     #: Heads were written.
     changed: bool = False
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -205,7 +206,7 @@ class CloudtrackDestination(Destination):
         with self._lock:
             state = self._heads.pop(dest.experiment_id, None)
         if state is not None:
-            self._write_snapshot(dest.experiment_id, state)
+            self._write_pages(dest.experiment_id, state)
 
     def _location(self, experiment_id: str) -> str:
         with self._lock:
@@ -224,19 +225,31 @@ class CloudtrackDestination(Destination):
     # -- runs ------------------------------------------------------------------------------------
 
     def copied_runs(self, experiment_id: str) -> dict[str, CopiedRun]:
-        """One LIST per 1,000 runs and one GET of the experiment's head snapshot; a GET per
-        head only for heads the snapshot does not hold at their listed version."""
+        """One LIST per 1,000 runs, one LIST of the experiment's head pages and a GET per page
+        (about one per 300-600 runs); a GET per head only for heads no page holds at their
+        listed version (and the old head snapshot of a store written before pages)."""
+        folder = layout.head_pages(experiment_id)
+        listed_pages = self._pool.submit(pages.list_pages, self.blobs, folder)
         listing = [(i.key, i.version) for i in self.blobs.list(layout.heads(experiment_id))]
         state = _Heads(listed=dict(listing))
         with self._lock:
             self._heads[experiment_id] = state
+        page_map = listed_pages.result()
         if not listing:
-            state.snapshot_current = True  # nothing to vouch for
+            state.pages_current = True  # nothing to vouch for
             return {}
-        snap = snapshots.read(self.blobs, experiment_id)
+        snap: dict[str, tuple[str, Record]] = {}
+        if page_map.bits:
+            needed = sorted({b for key, _ in listing if (b := page_map.page_of(key)) is not None})
+            for entries in self._pool.map(
+                    lambda b: pages.read_entries(self.blobs, folder, b, lambda _: True), needed):
+                snap.update(entries)
+        else:
+            snap.update(snapshots.read(self.blobs, experiment_id))
         stale = [key for key, version in listing if snap.get(key, ("",))[0] != version]
-        state.snapshot_current = not stale and len(snap) == len(listing)
         heads = {key: snap[key][1] for key, _ in listing if key in snap}
+        # Current when the only heads no page holds are runs still running (never paged).
+        state.pages_current = bool(page_map.bits)
         for key, got in zip(stale, self._pool.map(self._read_head, stale), strict=True):
             heads.pop(key, None)
             if isinstance(got, Exception):
@@ -247,6 +260,8 @@ class CloudtrackDestination(Destination):
             head, version = got
             state.keep(key, version, records.dumps(head), written=False)
             heads[key] = head
+            if is_finished(head):
+                state.pages_current = False
         found: dict[str, CopiedRun] = {}
         for key, head in heads.items():
             try:
@@ -355,28 +370,23 @@ class CloudtrackDestination(Destination):
             # A damaged record is replaced, still only if nobody wrote it since.
             return self.blobs.put_if_version(key, data, self.blobs.stat(key).version)
 
-    def _write_snapshot(self, experiment_id: str, state: _Heads) -> None:
-        """Leave the experiment's head snapshot up to date, so the next migration's
-        :meth:`copied_runs` (and the first search of any process) reads one object instead of
-        one per head.  Nothing is written when the stored one is current already."""
-        if state.snapshot_current and not state.changed:
+    def _write_pages(self, experiment_id: str, state: _Heads) -> None:
+        """Leave the experiment's head pages holding every finished run this copy wrote or
+        read one by one, so the next migration's :meth:`copied_runs` (and the first search of
+        any process) reads a page per few hundred runs instead of each head.  Nothing is
+        written when the pages are current already."""
+        if state.pages_current and not state.changed:
             return
-        listed = state.listed
-        if listed is None:
-            listed = {i.key: i.version for i in self.blobs.list(layout.heads(experiment_id))}
-        known = state.known
-        old = snapshots.read(self.blobs, experiment_id) \
-            if any(key not in known for key in listed) else {}
-
-        def entries() -> Iterator[tuple[str, str, bytes]]:
-            for key in sorted(listed.keys() | known.keys()):
-                if key in known:
-                    version, data = known[key]
-                    yield key, version, zlib.decompress(data)
-                elif key in old and old[key][0] == listed[key]:
-                    yield key, listed[key], records.dumps(old[key][1])
-
-        self.blobs.put(layout.head_snapshot(experiment_id), snapshots.pack(entries()))
+        entries: dict[str, tuple[str, bytes]] = {}
+        for key, (version, data) in state.known.items():
+            head = zlib.decompress(data)
+            if is_finished(records.parse(head, self.blobs.object_uri(key))):
+                entries[key] = (version, head)
+        lost = pages.merge(self.blobs, layout.head_pages(experiment_id), entries)
+        if lost:
+            log.info("%d of %d run heads of experiment %s left out of its head pages (lost "
+                     "races with other writers): searches read them one by one", len(lost),
+                     len(entries), experiment_id)
 
     # -- logged models ---------------------------------------------------------------------------
 

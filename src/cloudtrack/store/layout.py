@@ -73,6 +73,11 @@ def logged_model_pages(exp_id: str) -> str:
     return f"{INDEX}logged-models/{exp_id}/"
 
 
+def registry_pages(kind: str) -> str:
+    """The registry's pages of ``kind``: ``models`` or ``versions``."""
+    return f"{INDEX}registry/{kind}/"
+
+
 def history(run_id: str) -> str:
     return f"{HISTORY}{run_id}/"
 

@@ -29,9 +29,10 @@ import random
 import time
 import zlib
 from collections.abc import Callable, Iterable, Mapping
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from cloudtrack.errors import AlreadyExists, BlobNotFound, PreconditionFailed
+from cloudtrack.store.cache import Listing, VersionedCache
 from cloudtrack.store.records import Record
 
 if TYPE_CHECKING:
@@ -45,6 +46,8 @@ MIN_BITS = 4
 MAX_ENTRIES = 600
 #: Attempts at one page before a writer gives its entries up (they are only a cache).
 ATTEMPTS = 4
+#: A reader missing fewer records than this GETs them rather than look in pages.
+MIN_MISSES = 4
 
 _HEADER = b'{"page":1}'
 _TOMBSTONE = b'{"page":1,"split":true}'
@@ -118,7 +121,7 @@ def unpack(data: bytes) -> tuple[bool, dict[str, tuple[str, bytes]]]:
     lines = text.split(b"\n")
     header = json.loads(lines[0])
     if not isinstance(header, dict) or header.get("page") != 1:
-        raise ValueError("not a head page")
+        raise ValueError("not a page")
     entries: dict[str, tuple[str, bytes]] = {}
     for line in lines[1:]:
         if not line:
@@ -138,7 +141,7 @@ def read_entries(blobs: Blobs, folder: str, bits: str,
     except BlobNotFound:
         return {}
     except Exception as e:  # a damaged page is only a slower search
-        log.warning("ignoring unreadable head page %s: %r", blobs.object_uri(key), e)
+        log.warning("ignoring unreadable page %s: %r", blobs.object_uri(key), e)
         return {}
     out: dict[str, tuple[str, Record]] = {}
     for head_key, (version, head) in entries.items():
@@ -150,28 +153,48 @@ def read_entries(blobs: Blobs, folder: str, bits: str,
     return out
 
 
+def seed(cache: VersionedCache, blobs: Blobs, folder: str, page_map: PageMap,
+         listing: Listing, map_fn: Callable[..., Iterable[Any]]) -> list[str]:
+    """Fill ``cache`` with the listed records it lacks (at their listed version) from the
+    pages that hold them, when that takes fewer GETs than the records, reading the pages
+    through ``map_fn`` (a pool's ``map``); return the keys still missing."""
+    listing = list(listing)
+    missing = cache.missing(listing)
+    if len(missing) < MIN_MISSES:
+        return missing
+    needed = {bits for key in missing if (bits := page_map.page_of(key)) is not None}
+    if not needed or len(needed) >= len(missing):
+        return missing
+    wanted = set(missing).__contains__
+    for found in map_fn(lambda b: read_entries(blobs, folder, b, wanted), sorted(needed)):
+        cache.merge(found)
+    return cache.missing(listing)
+
+
 # -- writing ---------------------------------------------------------------------------------
 
-def merge(blobs: Blobs, folder: str, entries: RawEntries,
-          pages: PageMap | None = None) -> int:
-    """Put ``entries`` into their pages; the number of entries given up (lost races, errors).
+def merge(blobs: Blobs, folder: str, entries: RawEntries, pages: PageMap | None = None,
+          map_fn: Callable[..., Iterable[dict[str, tuple[str, bytes]]]] = map,
+          ) -> dict[str, tuple[str, bytes]]:
+    """Put ``entries`` into their pages; return the entries given up (lost races).
 
-    ``pages`` is what the caller last listed (refreshed here when a page turns out split)."""
+    ``pages`` is what the caller last listed (a page found split sends its entries on to its
+    halves); ``map_fn`` (a pool's ``map``) writes several pages at once."""
     if not entries:
-        return 0
+        return {}
     if pages is None:
         pages = list_pages(blobs, folder)
     groups: dict[str, dict[str, tuple[str, bytes]]] = {}
     for key, entry in entries.items():
         groups.setdefault(pages.target_of(key), {})[key] = entry
-    lost = 0
-    for bits, group in groups.items():
-        lost += _merge_page(blobs, folder, bits, group)
+    lost: dict[str, tuple[str, bytes]] = {}
+    for part in map_fn(lambda item: _merge_page(blobs, folder, *item), list(groups.items())):
+        lost.update(part)
     return lost
 
 
 def _merge_page(blobs: Blobs, folder: str, bits: str,
-                entries: dict[str, tuple[str, bytes]]) -> int:
+                entries: dict[str, tuple[str, bytes]]) -> dict[str, tuple[str, bytes]]:
     key = page_key(folder, bits)
     for attempt in range(ATTEMPTS):
         try:
@@ -183,61 +206,52 @@ def _merge_page(blobs: Blobs, folder: str, bits: str,
             try:
                 split, stored = unpack(data)
             except ValueError as e:
-                log.warning("rewriting unreadable head page %s: %s", blobs.object_uri(key), e)
+                log.warning("rewriting unreadable page %s: %s", blobs.object_uri(key), e)
                 split, stored = False, {}
             if split:
                 return _merge_children(blobs, folder, bits, entries)
         merged = {**stored, **entries}
         try:
             if len(merged) > MAX_ENTRIES:
-                _split(blobs, folder, bits, merged, version)
-            elif version is None:
+                return _split(blobs, folder, bits, merged, version)
+            if version is None:
                 blobs.put_if_absent(key, pack(merged))
             else:
                 blobs.put_if_version(key, pack(merged), version)
-            return 0
+            return {}
         except (PreconditionFailed, AlreadyExists):
             # Another writer got there first: read again, with a little random patience so
             # that writers that met once do not meet again.
             time.sleep(random.uniform(0.01, 0.05) * (attempt + 1))
-    log.debug("gave up %d entries of head page %s after %d lost races", len(entries),
+    log.debug("gave up %d entries of page %s after %d lost races", len(entries),
               blobs.object_uri(key), ATTEMPTS)
-    return len(entries)
+    return entries
 
 
 def _merge_children(blobs: Blobs, folder: str, bits: str,
-                    entries: Mapping[str, tuple[str, bytes]]) -> int:
+                    entries: Mapping[str, tuple[str, bytes]]) -> dict[str, tuple[str, bytes]]:
     halves: dict[str, dict[str, tuple[str, bytes]]] = {bits + "0": {}, bits + "1": {}}
     for key, entry in entries.items():
         halves[key_bits(key, len(bits) + 1)][key] = entry
-    return sum(_merge_page(blobs, folder, child, part)
-               for child, part in halves.items() if part)
+    lost: dict[str, tuple[str, bytes]] = {}
+    for child, part in halves.items():
+        if part:
+            lost.update(_merge_page(blobs, folder, child, part))
+    return lost
 
 
-def _split(blobs: Blobs, folder: str, bits: str,
-           merged: dict[str, tuple[str, bytes]], version: str | None) -> None:
-    """Move the page's heads into its two halves, then leave a tombstone.
+def _split(blobs: Blobs, folder: str, bits: str, merged: dict[str, tuple[str, bytes]],
+           version: str | None) -> dict[str, tuple[str, bytes]]:
+    """Move the page's entries into its two halves, then leave a tombstone; return the
+    entries the halves did not take (lost races: the caller tries them again later).
 
     The halves are written first, so at no point is an entry only in a page nobody reads; the
     tombstone is written only over the version read, so entries another writer added to the
     page meanwhile are not dropped (the caller reads again and moves them too)."""
     lost = _merge_children(blobs, folder, bits, merged)
-    if lost:
-        log.debug("a split of head page %s left %d entries out", bits, lost)
     key = page_key(folder, bits)
     if version is None:
         blobs.put_if_absent(key, pack({}, split=True))
     else:
         blobs.put_if_version(key, pack({}, split=True), version)
-
-
-def entries_from(heads: Iterable[tuple[str, str, bytes]]) -> dict[str, tuple[str, bytes]]:
-    """(head key, version, head bytes) -> entries, for :func:`merge`."""
-    return {key: (version, head) for key, version, head in heads}
-
-
-def write_all(blobs: Blobs, folder: str,
-              heads: Iterable[tuple[str, str, bytes]]) -> int:
-    """Pages for a whole experiment written at once (``cloudtrack migrate``): the heads given
-    are merged into whatever pages exist.  Returns the entries given up."""
-    return merge(blobs, folder, entries_from(heads))
+    return lost

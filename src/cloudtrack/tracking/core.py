@@ -25,15 +25,13 @@ from cloudtrack.errors import AlreadyExists, BlobNotFound
 from cloudtrack.store import build, layout, marker, pages, records
 from cloudtrack.store.cache import VersionedCache
 from cloudtrack.store.cas import Change, versioned_update
+from cloudtrack.store.pagewriter import PageWriter, is_finished
 from cloudtrack.store.records import Record
 from cloudtrack.tracking.flusher import FLUSH_INTERVAL, Flusher, Pending, RunLocks
 from cloudtrack.tracking.journal import Journal, ReplayReport
-from cloudtrack.tracking.pagewriter import PageWriter, is_finished
 
 #: Parallel GETs when a search or a history read must fetch many objects.
 READ_CONCURRENCY = 32
-#: A read missing this many records in its cache looks for them in the pages.
-PAGES_MIN_MISSES = 4
 #: A read that had to GET this many records one by one puts them into the pages.
 UPGRADE_MIN_MISSES = 16
 
@@ -222,17 +220,7 @@ class StoreCore(AbstractStore):
         are many) and the pages found."""
         page_map = (listed_pages.result() if listed_pages is not None
                     else self._list_pages(folder))
-        missing = self._cache.missing(listing)
-        if len(missing) >= PAGES_MIN_MISSES:
-            needed = {bits for key in missing
-                      if (bits := page_map.page_of(key)) is not None}
-            if needed and len(needed) < len(missing):
-                wanted = set(missing).__contains__
-                for found in self._pool.map(
-                        lambda b: pages.read_entries(self.blobs, folder, b, wanted),
-                        sorted(needed)):
-                    self._cache.merge(found)
-                missing = self._cache.missing(listing)
+        missing = pages.seed(self._cache, self.blobs, folder, page_map, listing, self._pool.map)
         return self._read_many(listing), missing, page_map
 
     def _page_later(self, folder: str, keys: list[str], done: Callable[[Record], bool]) -> None:

@@ -37,6 +37,9 @@ from mlflow.exceptions import MlflowException
 
 from cloudtrack.errors import PermissionDenied, TransientError, Unauthenticated
 
+# Imported first: its exit hook then runs after this module's (atexit runs hooks last-first).
+from cloudtrack.store import pagewriter
+
 log = logging.getLogger("cloudtrack.tracking")
 
 FLUSH_INTERVAL = 1.0
@@ -438,8 +441,6 @@ def _flush_all_at_exit() -> None:
     for f in flushers:
         f.close()
     # After the data: the runs ended just now are the ones the next reader looks for.
-    from cloudtrack.tracking import pagewriter
-
     pagewriter.close_all()
     log.debug("cloudtrack: buffers closed in %.1fs at exit", time.monotonic() - started)
 

@@ -19,8 +19,8 @@ from mlflow.utils.search_utils import SearchUtils
 
 from cloudtrack.errors import BlobNotFound
 from cloudtrack.store import entities, layout, snapshots
+from cloudtrack.store.pagewriter import is_finished
 from cloudtrack.tracking.core import StoreCore, check_max_results, distinct_experiment_ids
-from cloudtrack.tracking.pagewriter import is_finished
 
 log = logging.getLogger("cloudtrack.tracking")
 
