@@ -224,6 +224,23 @@ def test_the_next_process_that_logs_to_the_store_writes_the_journal(
     assert_written_once(reader, second.run_id)
 
 
+def test_a_strict_process_writes_the_journal_too(down: FaultyStore, reader: MlflowClient,
+                                                tmp_path: Path) -> None:
+    """A strict-mode process (``mlflow server`` is one) never buffers, yet it is the next
+    process logging to the store: it writes what an earlier process kept, exactly once."""
+    cache = tmp_path / "cache"
+    env = script_env(down.uri, down.env, cache)
+    first = run_script(env, lambda: refuse_everything(down))
+    assert first.returncode == 0 and len(the_journal(cache)) == 2, first.stderr
+
+    come_back(down)
+    second = run_script({**env, "CLOUDTRACK_STRICT": "true"}, lambda: None)
+    assert second.returncode == 0, second.stderr
+    assert [p.name for p in the_journal(cache)] == ["store.json"]
+    assert_written_once(reader, first.run_id)
+    assert_written_once(reader, second.run_id)
+
+
 # -- the journal, replayed ---------------------------------------------------------------------
 
 

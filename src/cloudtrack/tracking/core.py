@@ -148,6 +148,10 @@ class StoreCore(AbstractStore):
                                 uri=self.store_uri, keeper=self.journal,
                                 patience=_longest_write(self.config))
         self._initialize()
+        if self.strict and self.journal.entries():
+            # Strict writes never use the buffer, so its thread (which writes what earlier
+            # processes kept in the journal before anything else) would never start.
+            self._flusher.start()
 
     def _root_uri(self) -> str:
         if self.config.backend == "file":

@@ -179,13 +179,22 @@ class Flusher:
         :meth:`close` (something logged later at exit) they are written, or kept, at once."""
         with self._lock:
             self._pending.setdefault(run_id, Pending()).extend(values)
-            if self._thread is None and not self._stopped:
-                self._thread = threading.Thread(target=self._loop, name="cloudtrack-flush",
-                                                daemon=True)
-                self._thread.start()
-                _exit_hook_in_child_process()
+            self._start_locked()
         if self.closed:
             self._finish()
+
+    def start(self) -> None:
+        """Start the background thread now (it first writes the journal earlier processes
+        left): for a store whose own writes never go through the buffer (strict mode)."""
+        with self._lock:
+            self._start_locked()
+
+    def _start_locked(self) -> None:
+        if self._thread is None and not self._stopped:
+            self._thread = threading.Thread(target=self._loop, name="cloudtrack-flush",
+                                            daemon=True)
+            self._thread.start()
+            _exit_hook_in_child_process()
 
     def pending_params(self, run_id: str) -> dict[str, str]:
         """The params buffered for ``run_id`` (or being written now), not stored yet."""
