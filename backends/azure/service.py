@@ -314,8 +314,15 @@ class Azurite(StorageService):
             self.key_connection_string(), connection_verify=verify)
 
     def create_container(self, container: str) -> None:
+        from azure.core.exceptions import ResourceExistsError
+
         with self._admin_client() as client:
-            client.create_container(container)
+            try:
+                client.create_container(container)
+            except ResourceExistsError:
+                # The SDK retried a create whose first answer was lost (a loaded Azurite):
+                # names are unique, so the container is the one this call made.
+                pass
 
     def store_uri(self, container: str, prefix: str = "") -> str:
         uri = f"wasbs://{container}@{ACCOUNT}.blob.core.windows.net"

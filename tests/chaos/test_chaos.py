@@ -32,7 +32,7 @@ from mlflow.entities import Metric, ViewType
 
 from cloudtrack.config import resolve
 from cloudtrack.model_registry import BlobRegistryStore
-from cloudtrack.store import records
+from cloudtrack.store import layout, pages, records
 from cloudtrack.tracking import BlobTrackingStore
 from tests.chaos import workers
 from tests.chaos.conftest import FAULT_COUNTS
@@ -118,6 +118,12 @@ def parse_every_object(fs: FaultyStore) -> int:
         for info in blobs.list(""):
             data = blobs.get(info.key)
             uri = blobs.object_uri(info.key)
+            if info.key.startswith(layout.INDEX):  # pages: lines of records
+                _, entries = pages.unpack(data)
+                for _, record_bytes in entries.values():
+                    records.parse(record_bytes, uri)
+                count += 1
+                continue
             if info.key.endswith(".json.gz"):
                 record = records.parse(gzip.decompress(data), uri)
                 assert isinstance(record.get("heads"), dict), uri
