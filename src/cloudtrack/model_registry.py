@@ -245,7 +245,8 @@ class BlobRegistryStore(AbstractStore):
         # Pages serve listings of all models or all versions (one model's versions are few).
         folder = (_pages_folder(prefix) if prefix in (layout.REGISTERED_MODELS,
                                                       layout.MODEL_VERSIONS) else None)
-        listed_pages = self._pool.submit(self._list_pages, folder) if folder else None
+        listed_pages = (self._pool.submit(pages.list_pages_for_reading, self.blobs, folder)
+                        if folder else None)
         infos = (self.blobs.list_spread(prefix, self._pool.map) if spread
                  else self.blobs.list(prefix))
         listing = [(i.key, i.version) for i in infos]
@@ -264,13 +265,6 @@ class BlobRegistryStore(AbstractStore):
             for key, (version, rec) in self._cache.entries(fetched).items():
                 self._page_writer.add(folder, key, version, records.dumps(rec))
         return self._cache.vouched(listing)
-
-    def _list_pages(self, folder: str) -> pages.PageMap:
-        try:
-            return pages.list_pages(self.blobs, folder)
-        except Exception as e:  # pages only save requests
-            log.debug("could not list the pages in %s: %r", self.blobs.object_uri(folder), e)
-            return pages.PageMap(())
 
     def _all_versions(self) -> dict[str, list[Record]]:
         """Every model's version records, by model id, in version order: one listing of all

@@ -100,6 +100,16 @@ def list_pages(blobs: Blobs, folder: str) -> PageMap:
     return PageMap(b for i in blobs.list(folder) if (b := bits_of(i.key)) is not None)
 
 
+def list_pages_for_reading(blobs: Blobs, folder: str) -> PageMap:
+    """:func:`list_pages` for a reader: none when they cannot be listed (pages only save
+    requests; the reader goes on with the records)."""
+    try:
+        return list_pages(blobs, folder)
+    except Exception as e:
+        log.debug("could not list the pages in %s: %r", blobs.object_uri(folder), e)
+        return PageMap(())
+
+
 # -- the page's bytes ------------------------------------------------------------------------
 
 def pack(entries: RawEntries, *, split: bool = False) -> bytes:

@@ -1,10 +1,8 @@
-"""The head snapshot of an experiment: its run heads packed into one object, each with the
-version it was read at (``snapshots/heads/<exp>.json.gz``, docs/format.md).
-
-The store's checkpoint: a reader that would GET thousands of heads GETs this one object
-instead and takes from it only the heads whose version equals the version a fresh listing
-reports.  So a stale or damaged snapshot costs requests, never correctness; nobody has to keep
-it current, and no writer fights over it.
+"""The head snapshot of an experiment, as stores written before head pages have it: its run
+heads packed into one object, each with the version it was read at
+(``snapshots/heads/<exp>.json.gz``, docs/format.md).  Read only now (while an experiment has
+no head pages: :mod:`cloudtrack.store.pages` replaced it); a reader takes from it only the
+heads whose version equals the version a fresh listing reports.
 """
 
 from __future__ import annotations
@@ -19,7 +17,7 @@ from typing import TYPE_CHECKING
 
 from cloudtrack.errors import BlobNotFound
 from cloudtrack.store import layout, records
-from cloudtrack.store.cache import Listing, VersionedCache
+from cloudtrack.store.cache import VersionedCache
 from cloudtrack.store.records import Record
 
 if TYPE_CHECKING:
@@ -47,15 +45,6 @@ def read(blobs: Blobs, experiment_id: str) -> Entries:
 def load_into(cache: VersionedCache, blobs: Blobs, experiment_id: str) -> None:
     """Seed ``cache`` from the experiment's snapshot: one GET instead of one per head."""
     cache.merge(read(blobs, experiment_id))
-
-
-def write(blobs: Blobs, experiment_id: str, cache: VersionedCache, listing: Listing) -> None:
-    """Pack the listed heads that ``cache`` holds at their listed version."""
-    listing = list(listing)
-    vouched = cache.vouched(listing)
-    blobs.put(layout.head_snapshot(experiment_id),
-              pack((key, version, records.dumps(vouched[key]))
-                   for key, version in listing if key in vouched))
 
 
 def pack(entries: Iterable[tuple[str, str, bytes]]) -> bytes:

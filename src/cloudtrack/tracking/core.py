@@ -208,13 +208,6 @@ class StoreCore(AbstractStore):
         """Every listed (key, version): cached at that version, else a GET (in parallel)."""
         return self._cache.read_many(self.blobs, listing, self._pool.map)
 
-    def _list_pages(self, folder: str) -> pages.PageMap:
-        try:
-            return pages.list_pages(self.blobs, folder)
-        except Exception as e:  # pages only save requests: go on with the records
-            log.debug("could not list the pages in %s: %r", self.blobs.object_uri(folder), e)
-            return pages.PageMap(())
-
     def _read_paged(self, listing: list[tuple[str, str]], folder: str,
                     listed_pages: concurrent.futures.Future[pages.PageMap] | None = None,
                     ) -> tuple[dict[str, Record | Exception], list[str], pages.PageMap]:
@@ -223,7 +216,7 @@ class StoreCore(AbstractStore):
         GETs; also the keys that had to be read one by one (queued for the pages when they
         are many) and the pages found."""
         page_map = (listed_pages.result() if listed_pages is not None
-                    else self._list_pages(folder))
+                    else pages.list_pages_for_reading(self.blobs, folder))
         missing = pages.seed(self._cache, self.blobs, folder, page_map, listing, self._pool.map)
         return self._read_many(listing), missing, page_map
 

@@ -30,7 +30,7 @@ from mlflow.utils.validation import (
 )
 
 from cloudtrack.errors import BlobNotFound
-from cloudtrack.store import build, entities, layout, records
+from cloudtrack.store import build, entities, layout, pages, records
 from cloudtrack.store.cas import Change, versioned_update
 from cloudtrack.store.records import Record
 from cloudtrack.tracking.core import (
@@ -211,7 +211,7 @@ class LoggedModelsMixin(StoreCore):
         models: list[LoggedModel] = []
         for exp_id in exp_ids:
             folder = layout.logged_model_pages(exp_id)
-            listed_pages = self._pool.submit(self._list_pages, folder)
+            listed_pages = self._pool.submit(pages.list_pages_for_reading, self.blobs, folder)
             listing = [(i.key, i.version) for i in self.blobs.list(layout.logged_models(exp_id))]
             found, fetched, _ = self._read_paged(listing, folder, listed_pages)
             self._page_later(folder, fetched, _settled)

@@ -18,7 +18,7 @@ from mlflow.entities import LifecycleStage, Run
 from mlflow.utils.search_utils import SearchUtils
 
 from cloudtrack.errors import BlobNotFound
-from cloudtrack.store import entities, layout, snapshots
+from cloudtrack.store import entities, layout, pages, snapshots
 from cloudtrack.store.pagewriter import is_finished
 from cloudtrack.tracking.core import StoreCore, check_max_results, distinct_experiment_ids
 
@@ -62,7 +62,7 @@ class SearchMixin(StoreCore):
 
     def _runs_of(self, experiment_id: str) -> list[Run]:
         folder = layout.head_pages(experiment_id)
-        listed_pages = self._pool.submit(self._list_pages, folder)
+        listed_pages = self._pool.submit(pages.list_pages_for_reading, self.blobs, folder)
         infos = self.blobs.list_spread(layout.heads(experiment_id), self._pool.map)
         listing = [(i.key, i.version) for i in infos]
         if not listed_pages.result().bits and \
