@@ -373,6 +373,49 @@ def test_server_to_server_with_many_workers_and_small_pools_copies_each_run_once
             srv.stop()
 
 
+def test_server_requests_bounds_the_requests_in_flight(
+        source: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``server_requests`` (``--server-requests``) is the most requests a server gets at once,
+    whatever the workers: a server with a pool of 1 + 1 connections takes a migration of 16
+    workers at 1 in flight, and never sees 2."""
+    import threading
+
+    import mlflow.utils.rest_utils as rest_utils
+
+    from backends.mlflow.service import MlflowServer
+
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
+    in_flight, peak, lock = 0, 0, threading.Lock()
+    real = rest_utils.http_request
+
+    def observed(*args: Any, **kwargs: Any) -> Any:
+        nonlocal in_flight, peak
+        with lock:
+            in_flight += 1
+            peak = max(peak, in_flight)
+        try:
+            time.sleep(0.01)  # room for a second request to overlap, were it let through
+            return real(*args, **kwargs)
+        finally:
+            with lock:
+                in_flight -= 1
+
+    monkeypatch.setattr(rest_utils, "http_request", observed)
+    server = MlflowServer(extra_env={"MLFLOW_SQLALCHEMYSTORE_POOL_SIZE": "1",
+                                     "MLFLOW_SQLALCHEMYSTORE_MAX_OVERFLOW": "1"})
+    try:
+        server.launch()
+        server.wait_ready()
+        report = migrate(source, server.url, workers=16, server_requests=1)
+        assert report.ok, report.failures[:3]
+        assert report.copied["runs"] == 5
+        assert peak == 1, f"{peak} requests in flight at once"
+    finally:
+        server.stop()
+    bad = cli(source, str(tmp_path / "never"), "--server-requests", "0")
+    assert bad.returncode == 2 and "--server-requests" in bad.stderr
+
+
 # -- logged models that change after a migration ------------------------------------------------
 
 def _writes(monkeypatch: pytest.MonkeyPatch) -> list[str]:
@@ -493,3 +536,23 @@ def test_changed_logged_models_follow_the_source_and_unchanged_ones_cost_no_writ
         assert writes == []
     else:
         assert _state(dest) == state, "a re-run over an unchanged source wrote something"
+
+    # A point for a model, logged through a run whose latest values stay what they were (an
+    # older step): the run's fingerprint is unchanged, the model's is not.  The copy gets the
+    # point, on the model and in the run's history, as the source holds it.
+    key = sorted(first_run.data.metrics)[0]
+    client.log_metric(first_run.info.run_id, key, 0.125, timestamp=first_run.info.start_time + 1,
+                      step=-5, model_id=other.model_id)
+    report = migrate(source, dest)
+    assert report.ok, report.failures
+    # The run the point came through is compared point by point (and brought up to date).
+    assert report.copied["logged_models"] == 1 and report.copied.get("runs") == 1
+    theirs = {m.model_id: m for m in client.search_logged_models([exp.experiment_id])}
+    assert {k: _model_view(m, exact=exact) for k, m in copies().items()} == {
+        k: _model_view(m, exact=exact) for k, m in theirs.items()}
+    [copy_run] = [r for r in ours.search_runs(
+        [e.experiment_id for e in ours.search_experiments() if e.name == "vision"],
+        run_view_type=ViewType.ALL, max_results=1000)
+        if r.data.tags.get(SOURCE_RUN_TAG, r.info.run_id) == first_run.info.run_id]
+    assert sorted(point_key(m) for m in ours.get_metric_history(copy_run.info.run_id, key)) == \
+        sorted(point_key(m) for m in client.get_metric_history(first_run.info.run_id, key))

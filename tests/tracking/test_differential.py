@@ -148,6 +148,9 @@ def scenario_runs(s: Any) -> list[Any]:
     s.log_inputs(run_ids[2], [DatasetInput(Dataset("iris", "abc123", "local", "/data/iris.csv"),
                                            [InputTag("mlflow.data.context", "train")])])
     r.call("inputs", lambda: s.get_run(run_ids[2]), run_view)
+    # What `mlflow server` answers the UI's dataset filter with (a private store method).
+    r.call("dataset summaries", lambda: s._search_datasets([exp]),
+           lambda found: sorted((d.name, d.digest, d.context) for d in found))
     r.call("delete run", lambda: s.delete_run(run_ids[3]))
     r.call("log to deleted", lambda: s.log_param(run_ids[3], Param("x", "1")))
 
@@ -168,6 +171,16 @@ def scenario_runs(s: Any) -> list[Any]:
     search("run_name like", "run_name LIKE 'run-%'", ["attributes.run_name ASC"])
     search("start_time", f"attributes.start_time >= {T0 + 2}", ["start_time ASC"])
     search("dataset", "datasets.name = 'iris'")
+    # Searches filter and order heads before they become Runs (tracking/search.py): every
+    # attribute, the datasets and the special metric values go through that path too.
+    search("dataset context", "datasets.context = 'train'")
+    search("dataset digest", "datasets.digest != 'zzz'")
+    search("run_id in", f"attributes.run_id IN ('{run_ids[0]}', '{run_ids[2]}')")
+    search("user", "attributes.user_id = 'u'", ["attributes.user_id DESC", "run_name ASC"])
+    search("end_time", "attributes.end_time > 0", ["attributes.end_time ASC"])
+    search("nan metric", "metrics.nan IS NULL")
+    search("order by nan and inf", order=["metrics.nan ASC", "metrics.ninf DESC"])
+    search("artifact uri", "attributes.artifact_uri LIKE '%artifacts%'")
     search("deleted only", view=ViewType.DELETED_ONLY)
     search("all view", view=ViewType.ALL, order=["start_time DESC"])
     search("two experiments", exps=[exp, other], order=["metrics.acc DESC"])

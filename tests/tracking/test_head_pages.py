@@ -14,7 +14,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from mlflow.entities import Metric, Param, RunStatus, RunTag, ViewType
+from mlflow.entities import ExperimentTag, Metric, Param, RunStatus, RunTag, ViewType
 
 from cloudtrack.store import layout, pages, records
 from cloudtrack.tracking import BlobTrackingStore
@@ -317,3 +317,46 @@ def test_logged_models_are_paged_too(store, mlflow_reference: Callable[[], Mlflo
     calls = collections.Counter(counter.take())
     assert show(got) == show(sqlite.search_logged_models([sexp], order_by=order, max_results=100))
     assert calls["_get"] <= 16 + 6, f"{calls}: pages plus the 6 pending models"
+
+
+def test_experiments_are_paged_too(store, mlflow_reference: Callable[[], MlflowReference]) -> None:  # type: ignore[no-untyped-def]
+    """search_experiments of a new process reads the pages writers kept of the experiment
+    records (not one GET per experiment), and answers as MLflow's sqlite store does, deleted
+    and renamed experiments included."""
+    n = 64
+
+    def populate(s: Any, first: int, count: int) -> None:
+        for i in range(first, first + count):
+            exp = s.create_experiment(f"exp-{i:03d}", tags=[ExperimentTag("i", str(i))])
+            if i % 7 == 0:
+                s.delete_experiment(exp)
+            elif i % 5 == 0:
+                s.rename_experiment(exp, f"renamed-{i:03d}")
+
+    def show(exps: Any) -> list[Any]:
+        return sorted((e.name, e.lifecycle_stage, sorted(e.tags.items())) for e in exps)
+
+    sqlite = mlflow_reference().tracking_store()
+    populate(sqlite, 0, n)
+
+    def write(w: int) -> None:
+        s = tracking_store(store, strict=True)
+        populate(s, w * (n // 4), n // 4)
+        s.close()
+
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        list(pool.map(write, range(4)))
+    for view in (ViewType.ACTIVE_ONLY, ViewType.DELETED_ONLY, ViewType.ALL):
+        reader = tracking_store(store, strict=True)
+        counter = Requests(reader)
+        got = reader.search_experiments(view, max_results=1000)
+        calls = collections.Counter(counter.take())
+        assert show(got) == show(sqlite.search_experiments(view, max_results=1000)), view
+        assert calls["_get"] <= 16 + 4, f"{calls}: the pages, not {n} experiment records"
+        reader.close()
+    # A damaged page costs GETs, never an experiment.
+    setup = tracking_store(store, strict=True)
+    for info in setup.blobs.list(layout.experiment_pages()):
+        setup.blobs.put(info.key, b"not a page")
+    got = tracking_store(store, strict=True).search_experiments(ViewType.ALL, max_results=1000)
+    assert show(got) == show(sqlite.search_experiments(ViewType.ALL, max_results=1000))

@@ -80,6 +80,10 @@ def _clock(seconds: float) -> str:
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON report object.")
 @click.option("--workers", type=click.IntRange(1, 64), default=8, show_default=True,
               help="Runs copied in parallel.")
+@click.option("--server-requests", type=click.IntRange(1, 256), default=8, show_default=True,
+              help="Requests in flight per MLflow server (source or destination), whatever "
+                   "--workers: keep it below the server's database pool (MLflow's default: "
+                   "5 + 10 overflow connections).")
 @click.option("--artifact-root", default=None, metavar="URI",
               help="Where a SQL or cloudtrack destination keeps the artifacts of experiments it "
                    "creates (default: the store's own: <store>/artifacts for cloudtrack, "
@@ -89,7 +93,7 @@ def _clock(seconds: float) -> str:
                    "~/.local/state/cloudtrack/migrate/).")
 def migrate_cmd(source: str, dest: str, experiments: tuple[str, ...], no_registry: bool,
                 verify: bool, dry_run: bool, as_json: bool, workers: int,
-                artifact_root: str | None, id_map: str | None) -> None:
+                server_requests: int, artifact_root: str | None, id_map: str | None) -> None:
     """Copy everything MLflow stores from SOURCE into DEST: experiments, runs with every
     metric point, artifacts, logged models, registered models and prompts — ids and times
     kept where DEST allows it. Run it again to resume or to bring DEST up to date: what is
@@ -108,7 +112,8 @@ def migrate_cmd(source: str, dest: str, experiments: tuple[str, ...], no_registr
     try:
         report = migrate(source, dest, experiments=experiments, registry=not no_registry,
                          verify=verify, dry_run=dry_run, workers=workers,
-                         artifact_root=artifact_root, id_map=id_map, progress=progress)
+                         artifact_root=artifact_root, id_map=id_map, progress=progress,
+                         server_requests=server_requests)
     except ConfigError as e:
         fail(str(e), 2)
     except CloudtrackError as e:

@@ -95,8 +95,11 @@ def classify(uri: str) -> Kind:
 
 
 def open_endpoint(uri: str, *, role: Literal["source", "dest"],
-                  artifact_root: str | None = None) -> Endpoint:
-    """Open ``uri`` as the migration's ``role``; fail fast when it cannot serve as one."""
+                  artifact_root: str | None = None, server_requests: int | None = None,
+                  ) -> Endpoint:
+    """Open ``uri`` as the migration's ``role``; fail fast when it cannot serve as one.
+    ``server_requests``: the requests in flight an MLflow server gets at most
+    (:data:`cloudtrack.migrate.rest.SERVER_REQUESTS` by default)."""
     kind = classify(uri)
     if role == "dest" and kind == "filestore":
         raise ConfigError(
@@ -110,7 +113,8 @@ def open_endpoint(uri: str, *, role: Literal["source", "dest"],
     opener = {"cloudtrack": _open_cloudtrack, "sql": _open_sql, "filestore": _open_filestore,
               "server": _open_server}[kind]
     try:
-        endpoint = opener(uri, role, artifact_root)
+        endpoint = (_open_server(uri, role, artifact_root, server_requests)
+                    if kind == "server" else opener(uri, role, artifact_root))
     except (EndpointError, ConfigError):
         raise
     except Exception as e:
@@ -234,7 +238,8 @@ def _file_store_allowed(*modules: Any) -> Iterator[None]:
 _FILE_STORE_LOCK = threading.Lock()
 
 
-def _open_server(uri: str, role: str, artifact_root: str | None) -> Endpoint:
+def _open_server(uri: str, role: str, artifact_root: str | None,
+                 server_requests: int | None = None) -> Endpoint:
     from mlflow.tracking._model_registry.utils import _get_store as registry_store
     from mlflow.tracking._tracking_service.utils import _get_store as tracking_store
 
@@ -244,6 +249,6 @@ def _open_server(uri: str, role: str, artifact_root: str | None) -> Endpoint:
         raise ConfigError("--artifact-root does not apply to an MLflow server: the server "
                           "decides where artifacts go")
     # Every request through one gate per server (see cloudtrack.migrate.rest).
-    requests = ServerRequests(uri, redact_uri(uri))
+    requests = ServerRequests(uri, redact_uri(uri), server_requests)
     return Endpoint(uri, "server", GatedStore(tracking_store(uri), requests),
                     GatedStore(registry_store(uri, uri), requests), uri, None, server=requests)

@@ -58,7 +58,7 @@ _LOCAL = frozenset({"get_host_creds"})
 _NOT_REPEATABLE = frozenset({"log_inputs", "log_outputs", "log_logged_model_params",
                              "record_logged_model"})
 
-_gates: dict[str, threading.BoundedSemaphore] = {}
+_gates: dict[tuple[str, int], threading.BoundedSemaphore] = {}
 _gates_lock = threading.Lock()
 
 
@@ -79,13 +79,14 @@ def _server_key(uri: str) -> str:
         f"{parts.path.rstrip('/')}"
 
 
-def _gate(uri: str) -> threading.BoundedSemaphore:
-    """The one gate of the server at ``uri``, shared by every endpoint that reaches it."""
-    key = _server_key(uri)
+def _gate(uri: str, limit: int) -> threading.BoundedSemaphore:
+    """The one gate of ``limit`` slots of the server at ``uri``, shared by every endpoint that
+    reaches it."""
+    key = (_server_key(uri), limit)
     with _gates_lock:
         gate = _gates.get(key)
         if gate is None:
-            gate = _gates[key] = threading.BoundedSemaphore(SERVER_REQUESTS)
+            gate = _gates[key] = threading.BoundedSemaphore(limit)
         return gate
 
 
@@ -100,16 +101,19 @@ class ServerRequests:
     """The requests of a migration to one MLflow server: a slot of the server's gate for each,
     and the pool-exhaustion answer retried."""
 
-    def __init__(self, uri: str, shown: str) -> None:
+    def __init__(self, uri: str, shown: str, limit: int | None = None) -> None:
         self.shown = shown
-        self._gate = _gate(uri)
+        self.limit = SERVER_REQUESTS if limit is None else limit
+        if self.limit < 1:
+            raise ValueError(f"requests in flight per server must be 1 or more, not {limit}")
+        self._gate = _gate(uri, self.limit)
         self._policy = _policy()
         self._held = threading.local()
 
     @contextlib.contextmanager
     def slot(self) -> Iterator[None]:
-        """One request's place among the :data:`SERVER_REQUESTS` in flight (a thread that
-        holds one already keeps it)."""
+        """One request's place among the :attr:`limit` in flight (a thread that holds one
+        already keeps it)."""
         if getattr(self._held, "slot", False):
             yield
             return

@@ -89,14 +89,18 @@ class Options:
 def migrate(source: str, dest: str, *, experiments: Sequence[str] = (), registry: bool = True,
             verify: bool = False, dry_run: bool = False, workers: int = 8,
             artifact_root: str | None = None, id_map: str | None = None,
-            progress: Progress | None = None) -> MigrationReport:
-    """Copy everything from tracking URI ``source`` into ``dest``; see docs/migrate.md."""
+            progress: Progress | None = None,
+            server_requests: int | None = None) -> MigrationReport:
+    """Copy everything from tracking URI ``source`` into ``dest``; see docs/migrate.md.
+    ``server_requests``: requests in flight per MLflow server, source and destination
+    together (default :data:`cloudtrack.migrate.rest.SERVER_REQUESTS`, 8)."""
     options = Options(tuple(experiments), registry, verify, dry_run, max(1, workers),
                       artifact_root, id_map)
     started = time.monotonic()
-    src = open_endpoint(source, role="source")
+    src = open_endpoint(source, role="source", server_requests=server_requests)
     try:
-        dst = open_endpoint(dest, role="dest", artifact_root=artifact_root)
+        dst = open_endpoint(dest, role="dest", artifact_root=artifact_root,
+                            server_requests=server_requests)
     except BaseException:
         src.close()
         raise
@@ -134,6 +138,8 @@ class Migration:
         self.run_artifacts: dict[str, str] = {}
         #: (run id, key, timestamp, step) -> the logged model a point was logged for.
         self.links: dict[tuple[str, str, int, int], Metric] = {}
+        #: Source runs to compare point by point, whatever their fingerprints (_experiment).
+        self.recheck: set[str] = set()
         self.repositories = artifacts.Repositories()
         #: Destination experiments this migration created: no earlier copy left anything in
         #: their artifact locations.
@@ -191,12 +197,18 @@ class Migration:
         # metrics changed since) is written again, over itself.
         self.links = _model_links(models)
         by_run: dict[str, list[LoggedModel]] = {}
+        # Runs compared point by point whatever their fingerprints: a changed model's metric
+        # points were logged through them, maybe at an older step, which leaves a run's latest
+        # values (its fingerprint) as they were.
+        self.recheck = set()
         for m in models:
             earlier = done_models.get(m.model_id)
             if earlier is not None and earlier.fingerprint == model_fingerprint(m):
                 self._count("logged_models", unchanged=True)
             else:
                 by_run.setdefault(str(m.source_run_id or ""), []).append(m)
+                if earlier is not None:
+                    self.recheck.update(p.run_id for p in m.metrics or [] if p.run_id)
         self.progress.start(f"{exp.name} ({exp.experiment_id})",
                             self.source.count_runs(exp.experiment_id))
         try:
@@ -250,7 +262,8 @@ class Migration:
         for run in runs:
             earlier = copied.get(run.info.run_id)
             if earlier is None or run.info.status == running \
-                    or earlier.fingerprint != run_fingerprint(run):
+                    or earlier.fingerprint != run_fingerprint(run) \
+                    or run.info.run_id in self.recheck:
                 return False
         for run in runs:
             run_id = run.info.run_id
@@ -269,7 +282,7 @@ class Migration:
             earlier = copied.get(run_id)
             if earlier is not None:
                 self.run_ids[run_id] = earlier.run_id
-                if earlier.fingerprint == run_fingerprint(run):
+                if earlier.fingerprint == run_fingerprint(run) and run_id not in self.recheck:
                     self._count("runs", unchanged=True)
                     if run.info.status == RunStatus.to_string(RunStatus.RUNNING) \
                             and not self.options.dry_run:

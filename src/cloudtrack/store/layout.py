@@ -68,6 +68,11 @@ def head_pages(exp_id: str) -> str:
     return f"{INDEX}heads/{exp_id}/"
 
 
+def experiment_pages() -> str:
+    """The experiment records' pages (:mod:`cloudtrack.store.pages`)."""
+    return f"{INDEX}experiments/"
+
+
 def logged_model_pages(exp_id: str) -> str:
     """The experiment's logged-model pages (:mod:`cloudtrack.store.pages`)."""
     return f"{INDEX}logged-models/{exp_id}/"

@@ -141,6 +141,8 @@ class StoreCore(AbstractStore):
         self._entities: dict[str, tuple[str, Run]] = {}
         #: Finished runs' heads this process wrote, on their way into the head pages.
         self._page_writer = PageWriter(self.blobs)
+        #: Every experiment record this process writes goes into the experiment pages.
+        self.blobs.watch(self._page_experiment)
         self._run_locks = RunLocks()
         #: Where buffered data that cannot be written at exit is kept (journal.py).
         self.journal = Journal(self.config, self._write_journaled)
@@ -152,6 +154,10 @@ class StoreCore(AbstractStore):
             # Strict writes never use the buffer, so its thread (which writes what earlier
             # processes kept in the journal before anything else) would never start.
             self._flusher.start()
+
+    def _page_experiment(self, key: str, version: str, data: bytes) -> None:
+        if key.startswith(layout.EXPERIMENTS) and key.endswith(".json"):
+            self._page_writer.add(layout.experiment_pages(), key, version, data)
 
     def _root_uri(self) -> str:
         if self.config.backend == "file":

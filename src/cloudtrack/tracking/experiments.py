@@ -24,7 +24,7 @@ from mlflow.utils.validation import (
 )
 
 from cloudtrack.errors import BlobNotFound
-from cloudtrack.store import build, claims, entities, layout, records
+from cloudtrack.store import build, claims, entities, layout, pages, records
 from cloudtrack.store.cas import Change, versioned_update
 from cloudtrack.store.records import Record
 from cloudtrack.tracking.core import (
@@ -110,8 +110,12 @@ class ExperimentsMixin(StoreCore):
         return exp if exp.name == experiment_name else None
 
     def _all_experiments(self) -> list[Experiment]:
+        folder = layout.experiment_pages()
+        listed_pages = self._pool.submit(pages.list_pages_for_reading, self.blobs, folder)
         files, _ = self.blobs.list_dir(layout.EXPERIMENTS)
-        found = self._read_many((f.key, f.version) for f in files if f.key.endswith(".json"))
+        listing = [(f.key, f.version) for f in files if f.key.endswith(".json")]
+        found, fetched, _ = self._read_paged(listing, folder, listed_pages)
+        self._page_later(folder, fetched, lambda rec: not rec.get(claims.PENDING))
         out: list[Experiment] = []
         pending: list[tuple[str, Record]] = []
         for key, rec in found.items():

@@ -20,6 +20,7 @@ from mlflow.utils.search_utils import SearchUtils
 from cloudtrack.errors import BlobNotFound
 from cloudtrack.store import entities, layout, pages, snapshots
 from cloudtrack.store.pagewriter import is_finished
+from cloudtrack.store.records import Record
 from cloudtrack.tracking.core import StoreCore, check_max_results, distinct_experiment_ids
 
 log = logging.getLogger("cloudtrack.tracking")
@@ -58,9 +59,74 @@ def _gc_paused() -> Iterator[None]:
                 gc.enable()
 
 
+class _Info:
+    """What a search's filter and order read of a run's info (``getattr(run.info, key)``),
+    straight from its head: the attributes MLflow's RunInfo has, normalised as
+    :func:`cloudtrack.store.entities.run` normalises them."""
+
+    __slots__ = ("artifact_uri", "end_time", "experiment_id", "lifecycle_stage", "run_id",
+                 "run_name", "run_uuid", "start_time", "status", "user_id")
+
+    def __init__(self, info: Record) -> None:
+        self.run_id = self.run_uuid = info["run_id"]
+        self.experiment_id = str(info["experiment_id"])
+        self.user_id = info.get("user_id") or ""
+        self.status = info["status"]
+        self.start_time = info.get("start_time")
+        self.end_time = info.get("end_time")
+        self.lifecycle_stage = info["lifecycle_stage"]
+        self.artifact_uri = info.get("artifact_uri")
+        self.run_name = info.get("run_name")
+
+
+class _Data:
+    """A run's latest metrics, params and tags as RunData's dicts, built when first read."""
+
+    __slots__ = ("_head", "_metrics")
+
+    def __init__(self, head: Record) -> None:
+        self._head = head
+        self._metrics: dict[str, float] | None = None
+
+    @property
+    def metrics(self) -> dict[str, float]:
+        if self._metrics is None:
+            self._metrics = {k: float(t[1]) for k, t in self._head.get("metrics", {}).items()}
+        return self._metrics
+
+    @property
+    def params(self) -> dict[str, str]:
+        return self._head.get("params", {})  # type: ignore[no-any-return]
+
+    @property
+    def tags(self) -> dict[str, str]:
+        return self._head.get("tags", {})  # type: ignore[no-any-return]
+
+
+class _Candidate:
+    """A run head as MLflow's search utilities read a Run (``info``, ``data``, ``inputs``),
+    without building the Run: a search over thousands of runs filters, orders and pages these,
+    and builds Runs (most of a local search's time) only for the page it returns."""
+
+    __slots__ = ("_inputs", "data", "head", "info", "key", "version")
+
+    def __init__(self, key: str, version: str, head: Record) -> None:
+        self.key, self.version, self.head = key, version, head
+        self.info = _Info(head["info"])
+        self.data = _Data(head)
+        self._inputs: Any = None
+
+    @property
+    def inputs(self) -> Any:  # dataset filters only
+        if self._inputs is None:
+            self._inputs = entities.run(self.head).inputs
+        return self._inputs
+
+
 class SearchMixin(StoreCore):
 
-    def _runs_of(self, experiment_id: str) -> list[Run]:
+    def _candidates_of(self, experiment_id: str) -> list[_Candidate]:
+        """Every readable run head of the experiment, as :class:`_Candidate`."""
         folder = layout.head_pages(experiment_id)
         listed_pages = self._pool.submit(pages.list_pages_for_reading, self.blobs, folder)
         infos = self.blobs.list_spread(layout.heads(experiment_id), self._pool.map)
@@ -71,7 +137,7 @@ class SearchMixin(StoreCore):
             snapshots.load_into(self._cache, self.blobs, experiment_id)
         found, fetched, _ = self._read_paged(listing, folder, listed_pages)
         self._page_later(folder, fetched, is_finished)
-        runs = []
+        candidates = []
         for key, version in listing:
             rec = found[key]
             if isinstance(rec, BlobNotFound):
@@ -79,18 +145,25 @@ class SearchMixin(StoreCore):
             if isinstance(rec, Exception):
                 log.warning("skipping run head %s: %s", self.blobs.object_uri(key), rec)
                 continue
-            hit = self._entities.get(key)
-            if hit is not None and hit[0] == version:
-                runs.append(hit[1])
-                continue
             try:
-                run = entities.run(rec)
-            except Exception as e:  # RunInfo refuses a missing field with a bare Exception
+                candidates.append(_Candidate(key, version, rec))
+            except (KeyError, TypeError, AttributeError) as e:
                 log.warning("skipping malformed run head %s: %r", self.blobs.object_uri(key), e)
-                continue
-            self._entities[key] = (version, run)
-            runs.append(run)
-        return runs
+        return candidates
+
+    def _run_of(self, candidate: _Candidate) -> Run | None:
+        """The Run of a candidate, built once per head version per process."""
+        hit = self._entities.get(candidate.key)
+        if hit is not None and hit[0] == candidate.version:
+            return hit[1]
+        try:
+            run = entities.run(candidate.head)
+        except Exception as e:  # RunInfo refuses a missing field with a bare Exception
+            log.warning("skipping malformed run head %s: %r",
+                        self.blobs.object_uri(candidate.key), e)
+            return None
+        self._entities[candidate.key] = (candidate.version, run)
+        return run
 
     def _search_runs(self, experiment_ids: list[str], filter_string: str | None,
                      run_view_type: int, max_results: int | None, order_by: list[str] | None,
@@ -101,17 +174,20 @@ class SearchMixin(StoreCore):
         experiment_ids = distinct_experiment_ids(experiment_ids)
         stages = LifecycleStage.view_type_to_stages(run_view_type)
         self._flusher.flush()
-        runs: list[Run] = []
+        candidates: list[_Candidate] = []
         with _gc_paused():
             for exp_id in experiment_ids:
-                runs.extend(r for r in self._runs_of(exp_id)
-                            if r.info.lifecycle_stage in stages)
-            filtered = SearchUtils.filter(runs, filter_string)
+                candidates.extend(c for c in self._candidates_of(exp_id)
+                                  if c.info.lifecycle_stage in stages)
+            filtered = SearchUtils.filter(candidates, filter_string)
             ordered = SearchUtils.sort(filtered, order_by)
             if max_results is None:
                 offset = SearchUtils.parse_start_offset_from_page_token(page_token)
-                return ordered[offset:], None
-            return SearchUtils.paginate(ordered, page_token, max_results)
+                page, token = ordered[offset:], None
+            else:
+                page, token = SearchUtils.paginate(ordered, page_token, max_results)
+            built = (self._run_of(c) for c in page)
+            return [r for r in built if r is not None], token
 
     def _search_datasets(self, experiment_ids: list[str]) -> list[Any]:
         """The distinct (experiment, dataset name, digest, context) of the experiments' runs.
@@ -126,10 +202,10 @@ class SearchMixin(StoreCore):
         self._flusher.flush()
         found: dict[tuple[str, str, str, str | None], None] = {}
         for exp_id in distinct_experiment_ids(experiment_ids):
-            for run in self._runs_of(exp_id):
-                for d in (run.inputs.dataset_inputs if run.inputs else []):
-                    context = next((t.value for t in d.tags if t.key == MLFLOW_DATASET_CONTEXT),
-                                   None)
-                    found.setdefault((exp_id, d.dataset.name, d.dataset.digest, context), None)
+            for c in self._candidates_of(exp_id):
+                for d in c.head.get("datasets", []):
+                    context = d.get("tags", {}).get(MLFLOW_DATASET_CONTEXT)
+                    found.setdefault((exp_id, d["dataset"]["name"], d["dataset"]["digest"],
+                                      context), None)
         return [_DatasetSummary(experiment_id=e, name=n, digest=d, context=c)
                 for e, n, d, c in list(found)[:1000]]
