@@ -1,7 +1,7 @@
 """Start the services of ``backends/`` by hand.
 
     python -m backends list
-    python -m backends up [NAME ...] [--latency-ms N] [--env-file PATH]
+    python -m backends up [NAME ...] [--latency-ms N] [--env-file PATH] [--tracking NAME]
 
 ``up`` starts the named services (all registered ones by default) side by side, prints for each
 the ``export`` lines a client needs, and keeps them up until Ctrl-C / SIGTERM, then stops them.
@@ -15,6 +15,13 @@ Traffic a service redirects to its own port (an absolute URL in a response) bypa
 
 ``--env-file PATH`` also writes the ``export`` lines to PATH (mode 0600: it may hold test
 credentials), removed again on exit, so a script can wait for it and ``source`` it.
+
+Where MLflow logs is never left to the order of the lines: every service a client can log to
+(a fresh store on each storage service, an MLflow server's URL) is exported as
+``BACKENDS_TRACKING_URI_<NAME>``, and ``MLFLOW_TRACKING_URI`` only for the one chosen with
+``--tracking NAME``, or for the only such service started.  Started with several (``up s3
+mlflow``), none is exported unless chosen, and a comment says how; an MLflow server's URL
+no longer overrides the store it was started beside.
 """
 
 from __future__ import annotations
@@ -90,8 +97,15 @@ def _proxied(name: str, env: Mapping[str, str], latency_ms: float,
     return out
 
 
+def tracking_variable(name: str) -> str:
+    """The variable that holds where a client of service ``name`` logs."""
+    return "BACKENDS_TRACKING_URI_" + re.sub(r"\W", "_", name).upper()
+
+
 def _describe(name: str, svc: Any, seconds: float, latency_ms: float | None,
-              proxies: list[LatencyProxy]) -> list[str]:
+              proxies: list[LatencyProxy]) -> tuple[list[str], str | None]:
+    """The lines that describe a started service, and the tracking URI a client of it logs to
+    (None for a service nothing logs to, such as PostgreSQL)."""
     lines = [f"# {name}: {type(svc).__name__}, up in {seconds:.1f} s"]
     env = dict(svc.env)
     if latency_ms is not None:
@@ -100,25 +114,51 @@ def _describe(name: str, svc: Any, seconds: float, latency_ms: float | None,
         if len(proxies) > before:
             lines.append(f"#   +{latency_ms:g} ms per round trip, through "
                          f"{len(proxies) - before} latency proxy(-ies)")
+    # An MLflow server's MLFLOW_TRACKING_URI is one candidate among others: up() decides.
+    target = env.pop("MLFLOW_TRACKING_URI", None)
     if getattr(svc, "url", None):
         lines.append(f"#   {'direct ' if latency_ms is not None else ''}url: {svc.url}")
     if getattr(svc, "backend_store_uri", None):
         lines.append(f"#   backend store: {svc.backend_store_uri}")
     if isinstance(svc, StorageService):
-        with contextlib.suppress(Exception):
-            lines.append(f"#   a fresh store: {svc.new_store('demo')}")
+        try:
+            target = svc.new_store("demo")
+            lines.append(f"#   a fresh store: {target}")
+        except Exception as e:
+            lines.append(f"#   no fresh store: {e}")
     elif callable(getattr(svc, "new_database", None)):
         with contextlib.suppress(Exception):
             lines.append(f"#   a fresh database: {svc.new_database('demo')}")
     lines += [f"export {key}={shlex.quote(value)}" for key, value in env.items()]
-    return lines
+    if target is not None:
+        lines.append(f"export {tracking_variable(name)}={shlex.quote(target)}")
+    return lines, target
+
+
+def _tracking_lines(targets: Mapping[str, str], chosen: str | None) -> list[str]:
+    """``MLFLOW_TRACKING_URI`` for the chosen service, or the only one; otherwise a comment
+    that says how to choose (sourcing the file must not log somewhere the user did not mean)."""
+    if chosen is None and len(targets) == 1:
+        chosen = next(iter(targets))
+    if chosen is not None and chosen in targets:
+        return [f"# MLflow logs to {chosen}",
+                f"export MLFLOW_TRACKING_URI={shlex.quote(targets[chosen])}"]
+    if chosen is not None:
+        return [f"# MLFLOW_TRACKING_URI not set: {chosen} did not start"]
+    if not targets:
+        return []
+    choices = " or ".join(f"${tracking_variable(n)}" for n in targets)
+    return [f"# MLFLOW_TRACKING_URI not set: {len(targets)} services take it "
+            f"({', '.join(targets)}); choose with --tracking NAME, or "
+            f"export MLFLOW_TRACKING_URI={choices}"]
 
 
 def _raise_interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
 
-def up(names: list[str], latency_ms: float | None, env_file: Path | None) -> int:
+def up(names: list[str], latency_ms: float | None, env_file: Path | None,
+       tracking: str | None = None) -> int:
     for name in names:
         if name not in backends.SERVICES:
             _err(f"# {name}: skipped, not registered (known: {', '.join(backends.SERVICES)})")
@@ -126,6 +166,9 @@ def up(names: list[str], latency_ms: float | None, env_file: Path | None) -> int
         else list(backends.SERVICES)
     if not names:
         return 1
+    if tracking is not None and tracking not in names:
+        _err(f"# --tracking {tracking}: not among the services to start ({', '.join(names)})")
+        return 2
     # SIGTERM and a closed terminal clean up exactly like Ctrl-C.
     for sig in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, _raise_interrupt)
@@ -143,8 +186,13 @@ def up(names: list[str], latency_ms: float | None, env_file: Path | None) -> int
         if not running:
             _err("# no service started")
             return 1
+        targets: dict[str, str] = {}
         for name, svc, seconds in sorted(running, key=lambda r: names.index(r[0])):
-            lines += [*_describe(name, svc, seconds, latency_ms, proxies), ""]
+            described, target = _describe(name, svc, seconds, latency_ms, proxies)
+            lines += [*described, ""]
+            if target is not None:
+                targets[name] = target
+        lines += _tracking_lines(targets, tracking)
         text = "\n".join(lines)
         print(text, flush=True)
         if env_file is not None:
@@ -202,10 +250,13 @@ def main(argv: list[str] | None = None) -> int:
                       help="put a latency proxy adding N ms per round trip in front of each")
     p_up.add_argument("--env-file", type=Path, default=None,
                       help="also write the export lines here (removed on exit)")
+    p_up.add_argument("--tracking", metavar="NAME", default=None,
+                      help="the service MLFLOW_TRACKING_URI points at (default: the only one "
+                           "a client can log to; with several, none)")
     args = parser.parse_args(argv)
     if args.command == "list":
         return list_services()
-    return up(args.names, args.latency_ms, args.env_file)
+    return up(args.names, args.latency_ms, args.env_file, args.tracking)
 
 
 if __name__ == "__main__":

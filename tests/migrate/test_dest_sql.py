@@ -297,9 +297,8 @@ def test_everything_arrives_exactly(which: str, request: pytest.FixtureRequest,
     assert len(got[ids["deleted_experiment"]]["runs"]) == 1
     assert got[ids["deleted_experiment"]]["exp"][1] == "deleted"
     model = got[ids["experiment"]]["models"][ids["model"]]
-    # Both runs' points; a cloudtrack store keeps a model's latest point per key only.
-    assert {m[4] for m in model["metrics"]} == (
-        set(ids["runs"][:2]) if which == "sqlite_source" else {ids["runs"][1]})
+    # Both runs' points: every store keeps every point of a logged model.
+    assert {m[4] for m in model["metrics"]} == set(ids["runs"][:2])
     reg = got["registry"][MODEL]
     assert sorted(reg["versions"]) == [1, 3] and reg["versions"][1][2] == "Production"
     assert reg["aliases"] == {"champion": 3} and reg["versions"][3][-1] == ["champion"]

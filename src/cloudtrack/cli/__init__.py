@@ -1,5 +1,5 @@
 """The ``cloudtrack`` command: thin click commands over the library, one module per command
-group (``config``, ``doctor``, ``demo``, ``migrate``, ``flush``).  Commands print; the library
+group (``config``, ``doctor``, ``demo``, ``migrate``, ``flush``, ``check``).  Commands print; the library
 they call never does."""
 
 from __future__ import annotations
@@ -21,7 +21,14 @@ def main() -> None:
 
 def _register() -> None:
     # Imported here, not at the top: each module adds its commands to ``main``.
-    from cloudtrack.cli import config_cmd, demo, doctor_cmd, flush_cmd, migrate  # noqa: F401
+    from cloudtrack.cli import (  # noqa: F401
+        check_cmd,
+        config_cmd,
+        demo,
+        doctor_cmd,
+        flush_cmd,
+        migrate,
+    )
 
 
 _register()

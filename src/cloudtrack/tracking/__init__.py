@@ -15,9 +15,9 @@ PUT, two when the head's tail of recent points moves to a history batch).  Reads
 process see its own buffered writes: a read flushes that run first.
 
 The store is a few mixins over :class:`~cloudtrack.tracking.core.StoreCore`, one per part of
-MLflow's interface: experiments, runs, logging, history, search, logged models, and what it
-refuses (unsupported).  Every public method answers MLflow's errors
-(:mod:`cloudtrack.mlflow_errors`).
+MLflow's interface: experiments, runs, logging, history, search, logged models, what it
+refuses (unsupported), and what ``mlflow gc`` calls (housekeeping).  Every public method
+answers MLflow's errors (:mod:`cloudtrack.mlflow_errors`).
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from __future__ import annotations
 from cloudtrack.mlflow_errors import boundary
 from cloudtrack.tracking.experiments import ExperimentsMixin
 from cloudtrack.tracking.history import HistoryMixin
+from cloudtrack.tracking.housekeeping import HousekeepingMixin
 from cloudtrack.tracking.logged_models import LoggedModelsMixin
 from cloudtrack.tracking.logging import TAIL_MAX, LoggingMixin
 from cloudtrack.tracking.runs import RunsMixin
@@ -41,8 +42,8 @@ __all__ = ["INHERITED", "TAIL_MAX", "UNSUPPORTED_REASON", "BlobTrackingStore"]
 
 @boundary("__init__", "_search_runs", "_search_datasets")
 @refuse_the_rest
-class BlobTrackingStore(ExperimentsMixin, RunsMixin, LoggingMixin, HistoryMixin, SearchMixin,
-                        LoggedModelsMixin, TraceQueriesMixin):
+class BlobTrackingStore(HousekeepingMixin, ExperimentsMixin, RunsMixin, LoggingMixin,
+                        HistoryMixin, SearchMixin, LoggedModelsMixin, TraceQueriesMixin):
     """MLflow tracking store on a cloudtrack blob store (``s3://``, ``gs://``, ``wasbs://``,
     ``abfss://``, ``file:``)."""
 

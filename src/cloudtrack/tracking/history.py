@@ -36,6 +36,14 @@ def _sorted_unique(points: Iterable[list[Any]]) -> list[list[Any]]:
     return out
 
 
+def _run_metric(t: list[Any], run_id: str) -> Metric:
+    """A point as a run's history shows it: without the logged model and dataset it was
+    logged for, as MLflow's SQL store answers (its ``metrics`` table has no such columns; the
+    logged model keeps them).  MLflow's ``log_model`` relies on it: it links to the new model
+    every point of the run at its step whose ``model_id`` is None."""
+    return entities.metric([*t[:4], None, None, None], run_id)
+
+
 def _ntile_firsts(count: int, buckets: int) -> list[int]:
     """The index of the first of ``count`` ordered rows in each of SQL's ``NTILE(buckets)``
     buckets: sizes differ by at most one, the larger ones first; one row per bucket when
@@ -97,7 +105,7 @@ class HistoryMixin(StoreCore):
 
     def get_metric_history(self, run_id: str, metric_key: str, max_results: int | None = None,
                            page_token: str | None = None) -> PagedList[Metric]:
-        metrics = [entities.metric(t, run_id) for t in self._key_history(run_id, metric_key)]
+        metrics = [_run_metric(t, run_id) for t in self._key_history(run_id, metric_key)]
         offset = SearchUtils.parse_start_offset_from_page_token(page_token)
         if max_results is None:
             return PagedList(metrics[offset:], None)
@@ -116,7 +124,7 @@ class HistoryMixin(StoreCore):
         wanted = set(steps)
         points = [t for t in self._key_history(run_id, metric_key) if int(t[3]) in wanted]
         ordered = sorted(points, key=lambda t: (int(t[3]), int(t[2])))
-        return [MetricWithRunId(run_id=run_id, metric=entities.metric(t, run_id))
+        return [MetricWithRunId(run_id=run_id, metric=_run_metric(t, run_id))
                 for t in ordered[:max_results]]
 
     def get_metric_history_bulk_interval(self, run_ids: list[str], metric_key: str,
@@ -143,5 +151,5 @@ class HistoryMixin(StoreCore):
             if start_step is not None and end_step is not None:
                 points = [t for t in points if start_step <= int(t[3]) <= end_step]
             for t in _sample(sorted(points, key=order), max_results):
-                out.append(MetricWithRunId(run_id=run_id, metric=entities.metric(t, run_id)))
+                out.append(MetricWithRunId(run_id=run_id, metric=_run_metric(t, run_id)))
         return out

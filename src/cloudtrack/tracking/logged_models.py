@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import binascii
 import logging
+import math
 import uuid
 from typing import Any
 
@@ -14,13 +15,18 @@ from mlflow.entities import (
     LoggedModelParameter,
     LoggedModelStatus,
     LoggedModelTag,
+    Metric,
 )
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 from mlflow.store.entities.paged_list import PagedList
 from mlflow.store.tracking import SEARCH_LOGGED_MODEL_MAX_RESULTS_DEFAULT
 from mlflow.utils.name_utils import _generate_random_name
-from mlflow.utils.search_utils import SearchLoggedModelsPaginationToken, SearchLoggedModelsUtils
+from mlflow.utils.search_utils import (
+    SearchLoggedModelsPaginationToken,
+    SearchLoggedModelsUtils,
+    SearchUtils,
+)
 from mlflow.utils.time import get_current_time_millis
 from mlflow.utils.uri import append_to_uri_path
 from mlflow.utils.validation import (
@@ -170,17 +176,28 @@ class LoggedModelsMixin(StoreCore):
         self._update_model(model_id, change)
 
     def _log_model_metrics(self, run_id: str, metrics: list[list[Any]]) -> None:
-        """Copy a run's metric points that name a logged model onto that model, keeping the
-        latest point per (key, dataset name, dataset digest)."""
+        """Copy a run's metric points that name a logged model onto that model.
+
+        Every point is kept, as MLflow's SQL store keeps them (``logged_model_metrics``): once
+        per (key, timestamp, step, run), a NaN as 0.  The latest value of a key is a reader's
+        business (search_logged_models' order_by)."""
         by_model: dict[str, list[list[Any]]] = {}
         for t in metrics:
-            by_model.setdefault(t[4], []).append([*t, run_id])
+            key, value, timestamp, step, model_id, dataset_name, dataset_digest = t[:7]
+            value = 0.0 if math.isnan(float(value)) else value
+            by_model.setdefault(model_id, []).append(
+                [key, value, timestamp, step, model_id, dataset_name, dataset_digest, run_id])
         for model_id, points in by_model.items():
-            def change(rec: Record, points: list[list[Any]] = points) -> Record:
-                latest = {(m[0], m[5], m[6]): m for m in rec.get("metrics", [])}
-                records.merge_latest(latest, points, key=lambda p: (p[0], p[5], p[6]))
-                rec["metrics"] = list(latest.values())
-                return rec
+            def change(rec: Record, points: list[list[Any]] = points) -> Record | None:
+                stored = rec.setdefault("metrics", [])
+                known = {_point_identity(p) for p in stored}
+                added = False
+                for p in points:
+                    if _point_identity(p) not in known:
+                        known.add(_point_identity(p))
+                        stored.append(p)
+                        added = True
+                return rec if added else None
             try:
                 # A deleted model takes the points too, as in MLflow's stores.
                 self._update_model(model_id, change, deleted_too=True)
@@ -223,8 +240,8 @@ class LoggedModelsMixin(StoreCore):
                 if rec.get("lifecycle_stage") == LifecycleStage.DELETED:
                     continue
                 models.append(entities.logged_model(rec))
-        filtered = SearchLoggedModelsUtils.filter_logged_models(models, filter_string, datasets)
-        ordered = SearchLoggedModelsUtils.sort(filtered, order_by)
+        filtered = _filter(models, filter_string, datasets)
+        ordered = _sort(filtered, order_by)
         # One more than a page: a token when there is more (the SQL store's arithmetic).
         rows = ordered[offset:offset + max_results + 1]
         next_token = None
@@ -233,6 +250,71 @@ class LoggedModelsMixin(StoreCore):
                 offset=offset + max_results, experiment_ids=experiment_ids,
                 filter_string=filter_string, order_by=order_by).encode()
         return PagedList(rows[:max_results], next_token)
+
+
+def _point_identity(p: list[Any]) -> tuple[Any, ...]:
+    """What MLflow's SQL store keys a logged model's point by (with the model): key,
+    timestamp, step and run."""
+    return p[0], int(p[2]), int(p[3]), p[7] if len(p) > 7 else None
+
+
+def _on_dataset(m: Metric, dataset: dict[str, Any]) -> bool:
+    return (m.dataset_name == dataset.get("dataset_name")
+            and ("dataset_digest" not in dataset
+                 or m.dataset_digest == dataset["dataset_digest"]))
+
+
+def _filter(models: list[LoggedModel], filter_string: str | None,
+            datasets: list[dict[str, Any]] | None) -> list[LoggedModel]:
+    """MLflow's SQL store's filter: a metric clause holds when ANY point of the metric (on one
+    of ``datasets``, if given) satisfies it, not only the first or the latest; with datasets
+    and no metric clause, a model needs a point on one of them."""
+    if not filter_string and not datasets:
+        return models
+    clauses = SearchLoggedModelsUtils.parse_search_filter(filter_string)
+
+    def is_metric(c: dict[str, Any]) -> bool:
+        return bool(SearchLoggedModelsUtils.is_metric(c.get("type"), c["comparator"].upper()))
+
+    def holds(model: LoggedModel, c: dict[str, Any]) -> bool:
+        if not is_metric(c):
+            return bool(SearchLoggedModelsUtils._does_logged_model_match_clause(
+                model, c, datasets))
+        key = SearchUtils.translate_key_alias(c["key"])
+        compare = SearchUtils.get_comparison_func(c["comparator"].upper())
+        value = float(c["value"])
+        return any(m.key == key and compare(m.value, value)
+                   and (not datasets or any(_on_dataset(m, d) for d in datasets))
+                   for m in model.metrics or [])
+
+    if datasets and not any(is_metric(c) for c in clauses):
+        models = [m for m in models
+                  if any(_on_dataset(p, d) for p in m.metrics or [] for d in datasets)]
+    return [m for m in models if all(holds(m, c) for c in clauses)]
+
+
+def _sort(models: list[LoggedModel], order_by: list[dict[str, Any]] | None) -> list[LoggedModel]:
+    """MLflow's order of logged models, a metric ordering by its latest point as MLflow's SQL
+    store picks it: latest timestamp, then highest step, then first run id.  MLflow's sort
+    takes the first of the latest timestamp (a stable sort), so it sorts copies whose points
+    are in that order."""
+    if not any("." in str(o.get("field_name", "")) for o in order_by or [] if isinstance(o, dict)):
+        return SearchLoggedModelsUtils.sort(models, order_by)  # type: ignore[no-any-return]
+
+    def view(m: LoggedModel) -> LoggedModel:
+        points = sorted(m.metrics or [], key=lambda p: p.run_id or "")
+        points.sort(key=lambda p: p.step, reverse=True)
+        return LoggedModel(experiment_id=m.experiment_id, model_id=m.model_id, name=m.name,
+                           artifact_location=m.artifact_location,
+                           creation_timestamp=m.creation_timestamp,
+                           last_updated_timestamp=m.last_updated_timestamp,
+                           model_type=m.model_type, source_run_id=m.source_run_id,
+                           status=m.status, status_message=m.status_message, tags=m.tags,
+                           params=m.params, metrics=points)
+
+    originals = {m.model_id: m for m in models}
+    ordered = SearchLoggedModelsUtils.sort([view(m) for m in models], order_by)
+    return [originals[m.model_id] for m in ordered]
 
 
 def _settled(rec: Record) -> bool:
