@@ -141,8 +141,6 @@ class StoreCore(AbstractStore):
         self._entities: dict[str, tuple[str, Run]] = {}
         #: Finished runs' heads this process wrote, on their way into the head pages.
         self._page_writer = PageWriter(self.blobs)
-        #: Every experiment record this process writes goes into the experiment pages.
-        self.blobs.watch(self._page_experiment)
         self._run_locks = RunLocks()
         #: Where buffered data that cannot be written at exit is kept (journal.py).
         self.journal = Journal(self.config, self._write_journaled)
@@ -150,6 +148,10 @@ class StoreCore(AbstractStore):
                                 uri=self.store_uri, keeper=self.journal,
                                 patience=_longest_write(self.config))
         self._initialize()
+        #: Every experiment record this process writes goes into the experiment pages (from
+        #: here: the default experiment a new store starts with costs its readers one GET, not
+        #: every new store object a page write).
+        self.blobs.watch(self._page_experiment)
         if self.strict and self.journal.entries():
             # Strict writes never use the buffer, so its thread (which writes what earlier
             # processes kept in the journal before anything else) would never start.
