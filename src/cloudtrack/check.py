@@ -69,6 +69,8 @@ KINDS: dict[str, str] = {
     "stale_page_entries": "page entries of records that no longer exist",
     "snapshot_of_missing_experiment": "a head snapshot of an experiment that does not exist",
     "versions_of_missing_model": "registry versions of a registered model that does not exist",
+    "unfinished_rename": "the old record of a registered model a killed rename left behind "
+                         "(readers already see only the new one)",
     "artifacts_of_missing_run": "artifacts of a run that does not exist",
     "artifacts_of_missing_model": "artifacts of a logged model that does not exist",
     "temporary_file": "a temporary file a killed writer left (local stores)",
@@ -87,7 +89,7 @@ _ORDER = ["head_without_run_index", "logged_model_without_index", "experiment_wi
           "stale_page_entries", "unreadable_page", "temporary_file", "artifacts_of_missing_run",
           "artifacts_of_missing_model", "history_without_run", "run_of_missing_experiment",
           "run_index_without_head", "logged_model_of_missing_experiment",
-          "model_index_without_model", "versions_of_missing_model",
+          "model_index_without_model", "unfinished_rename", "versions_of_missing_model",
           "pages_of_missing_experiment", "snapshot_of_missing_experiment",
           "name_without_experiment", "pending_experiment"]
 
@@ -582,6 +584,33 @@ def _registry(st: _Store, out: list[Finding]) -> None:
                            f"{len(keys)} version(s) of registered model id {model_id}, "
                            "which does not exist", tuple(keys), st.size(keys), "delete",
                            st.young(keys), orphaned))
+
+
+    # A rename marks the old record with the new name, writes the new record, then deletes
+    # the old one: killed in between, the old record stays, marked, while the new one holds
+    # its id (readers leave the old one out: model_registry.current_models).
+    for key, rec in sorted(st.records.items()):
+        new_name = rec.get(build.RENAMED_TO) if key.startswith(layout.REGISTERED_MODELS) \
+            else None
+        if not new_name:
+            continue
+        new_key = layout.registered_model(str(new_name))
+        held_id = rec.get("id")
+        if new_key == key or st.records.get(new_key, {}).get("id") != held_id:
+            continue
+
+        def left_over(key: str = key, new_key: str = new_key, name: str = str(new_name),
+                      model_id: Any = held_id) -> bool:
+            try:
+                old, new = records.read(blobs, key), records.read(blobs, new_key)
+            except CloudtrackError:
+                return False
+            return old.get(build.RENAMED_TO) == name and \
+                old.get("id") == model_id == new.get("id")
+        out.append(Finding("unfinished_rename", key,
+                           f"registered model {rec.get('name')!r}, renamed to {new_name!r} by a "
+                           "rename that did not finish", (key,), st.size([key]), "delete",
+                           st.young([key]), left_over))
 
 
 def _referenced(st: _Store) -> str:

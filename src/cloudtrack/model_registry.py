@@ -83,10 +83,7 @@ log = logging.getLogger("cloudtrack.registry")
 
 _LATEST = "latest"
 
-#: A rename writes the record under the new name, then deletes the old one (docs/format.md):
-#: the old record is first marked with the new name, the new one names the old.
-RENAMED_TO = "renamed_to"
-RENAMED_FROM = "renamed_from"
+RENAMED_TO, RENAMED_FROM = build.RENAMED_TO, build.RENAMED_FROM
 
 #: A transition that archives the versions already in its stage commits on the model record
 #: (docs/format.md): ``archived_before[<stage>] = {"version": <n>, "at": <ms>}`` says that

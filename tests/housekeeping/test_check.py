@@ -23,7 +23,7 @@ from cloudtrack.blobs import Blobs
 from cloudtrack.check import HARMLESS, check
 from cloudtrack.cli import main
 from cloudtrack.model_registry import BlobRegistryStore
-from cloudtrack.store import layout, pages, records
+from cloudtrack.store import build, layout, pages, records
 from cloudtrack.tracking import BlobTrackingStore
 from tests.fixtures.services import Store
 from tests.fixtures.stores import registry_store, tracking_store
@@ -398,3 +398,37 @@ def test_progress_is_drawn_on_a_terminal_only(base: Base) -> None:
     result = CliRunner().invoke(main, ["check", base.s.store_uri])
     assert result.exit_code == 0 and "the store is whole" in result.stdout
     assert os.linesep not in result.stderr.strip()
+
+
+@pytest.mark.parametrize("store", ["local"], indirect=True)
+def test_the_old_record_of_an_unfinished_rename_is_garbage(base: Base) -> None:
+    """A rename of "rm" to "rm-new" killed after it wrote the new record and before it deleted
+    the old one leaves the old record, marked with the new name, beside the new one (same id):
+    readers see only "rm-new", a repair removes the old record and nothing else.  A mark
+    without the new record (killed before it wrote it) is the live model: left alone."""
+    uri = base.s.store_uri
+    old_key, new_key = layout.registered_model("rm"), layout.registered_model("rm-new")
+    rec = records.read(base.blobs, old_key)
+
+    def names() -> list[Any]:
+        reg = BlobRegistryStore(uri, config=base.s.config)
+        try:
+            return [(m.name, [v.version for v in reg.search_model_versions(
+                f"name = '{m.name}'")]) for m in reg.search_registered_models()]
+        finally:
+            reg.close()
+
+    base.blobs.put(old_key, records.dumps({**rec, build.RENAMED_TO: "rm-new"}))
+    assert _check(uri)[1]["counts"] == {}, "a mark alone is no leftover"
+    base.blobs.put(new_key, records.dumps({**rec, "name": "rm-new", build.RENAMED_FROM: "rm"}))
+    seen = names()
+    assert seen == [("rm-new", [1])]
+    code, report = _check(uri)
+    assert code == 1 and report["counts"] == {"unfinished_rename": 1}, report["findings"]
+    before = base.objects()
+    code, repaired = _check(uri, "--repair")
+    assert code == 0 and repaired["objects_removed"] == 1
+    after = base.objects()
+    assert set(before) - set(after) == {old_key}
+    assert all(after[k] == before[k] for k in after), "a repair changed data"
+    assert names() == seen

@@ -25,6 +25,10 @@ STAGE_DELETED_INTERNAL = "Deleted_Internal"
 #: ``ModelVersionStatus.READY`` and ``LoggedModelStatus.PENDING``
 VERSION_READY = "READY"
 MODEL_PENDING = "PENDING"
+#: A rename writes the record under the new name, then deletes the old one (docs/format.md):
+#: the old record is first marked with the new name, the new one names the old.
+RENAMED_TO = "renamed_to"
+RENAMED_FROM = "renamed_from"
 
 #: What a deleted model version keeps of its fields: only its number (so it is never reused),
 #: times, status, tags, model id and storage location, as MLflow's stores redact it.
