@@ -27,9 +27,10 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 from cloudtrack.errors import AlreadyExists, BlobNotFound, CloudtrackError
+from cloudtrack.progress import Progress, Silent
 from cloudtrack.store import build, claims, layout, pages, purge, records
 from cloudtrack.store.records import Record
 
@@ -92,27 +93,6 @@ _ORDER = ["head_without_run_index", "logged_model_without_index", "experiment_wi
           "model_index_without_model", "unfinished_rename", "versions_of_missing_model",
           "pages_of_missing_experiment", "snapshot_of_missing_experiment",
           "name_without_experiment", "pending_experiment"]
-
-
-class Progress(Protocol):
-    """Where a check says how far it got (the CLI draws a bar; the library stays quiet)."""
-
-    def start(self, label: str, total: int | None) -> None: ...
-
-    def advance(self, n: int = 1) -> None: ...
-
-    def finish(self) -> None: ...
-
-
-class _Silent:
-    def start(self, label: str, total: int | None) -> None:
-        pass
-
-    def advance(self, n: int = 1) -> None:
-        pass
-
-    def finish(self) -> None:
-        pass
 
 
 @dataclass(frozen=True)
@@ -276,7 +256,7 @@ def plan(blobs: Blobs, *, grace: float = GRACE_SECONDS,
          progress: Progress | None = None) -> CheckReport:
     """Read the whole store and find what is inconsistent (nothing is changed)."""
     started = time.monotonic()
-    progress = progress or _Silent()
+    progress = progress or Silent()
     st = _Store(blobs, grace, progress)
     keys = list(st.infos)
     report = CheckReport(store=blobs.uri, objects=len(keys), grace_seconds=grace,
@@ -703,7 +683,7 @@ def repair(blobs: Blobs, report: CheckReport, *, progress: Progress | None = Non
     """Repair what ``report`` planned, in :data:`_ORDER`: each finding is tested again first
     (and a folder listed again: anything in it younger than the grace period, and it is
     left)."""
-    progress = progress or _Silent()
+    progress = progress or Silent()
     report.repair = True
     todo = sorted(report.planned,
                   key=lambda f: _ORDER.index(f.kind) if f.kind in _ORDER else len(_ORDER))

@@ -23,7 +23,7 @@ from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from mlflow.entities import Experiment, LoggedModel, Metric, Run, RunStatus
 from mlflow.entities.model_registry import ModelVersion, ModelVersionTag
@@ -42,6 +42,7 @@ from cloudtrack.migrate.model import (
     run_fingerprint,
 )
 from cloudtrack.migrate.source import Source
+from cloudtrack.progress import Progress, Silent
 
 log = logging.getLogger("cloudtrack.migrate")
 
@@ -50,27 +51,6 @@ HISTORY_CHUNK = 50
 
 #: A run read from the source: the run, its earlier copy, its history, when it was deleted.
 _Read = tuple[Run, CopiedRun | None, list[Metric], int | None]
-
-
-class Progress(Protocol):
-    """Where a migration says how far it got (the CLI draws bars; the library stays quiet)."""
-
-    def start(self, label: str, total: int | None) -> None: ...
-
-    def advance(self, n: int = 1) -> None: ...
-
-    def finish(self) -> None: ...
-
-
-class _Silent:
-    def start(self, label: str, total: int | None) -> None:
-        pass
-
-    def advance(self, n: int = 1) -> None:
-        pass
-
-    def finish(self) -> None:
-        pass
 
 
 @dataclass(frozen=True)
@@ -105,7 +85,7 @@ def migrate(source: str, dest: str, *, experiments: Sequence[str] = (), registry
         src.close()
         raise
     try:
-        migration = Migration(src, dst, options, progress or _Silent())
+        migration = Migration(src, dst, options, progress or Silent())
         try:
             report = migration.run()
         finally:
