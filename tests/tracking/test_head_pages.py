@@ -88,16 +88,17 @@ def test_first_search_after_a_sweep_reads_pages_not_heads(store, monkeypatch) ->
     found = page_entries(setup, exp)
     live = {b: v for b, v in found.items() if not v["split"]}
     assert any(v["split"] for v in found.values()), "240 runs over 16 pages of 12 must split"
-    covered = set().union(*(v["keys"] for v in live.values()))
+    # Readers look for a run's entry in the deepest page on its path only: an entry anywhere
+    # else (in a page whose split was left half-done) is as good as none.
+    page_map = pages.PageMap(found)
+    covered = {k for bits, v in live.items() for k in v["keys"] if page_map.page_of(k) == bits}
     # Writers give entries up after a few lost races (at this page size they race a lot):
     # each costs a reader one GET, so a few are allowed, not more.
     uncovered = {layout.head(exp, r) for r in ids} - covered
     assert len(uncovered) <= len(ids) // 20, f"{len(uncovered)} runs in no page"
     assert all(len(v["keys"]) <= 12 for v in live.values())
-    # Each run's entry sits in the deepest page on its path, where writers and readers look.
-    page_map = pages.PageMap(found)
-    for bits, v in live.items():
-        assert all(page_map.page_of(k) == bits for k in v["keys"])
+    # And no live page holds an entry off its deepest path (a split left half-done would).
+    assert covered == set().union(*(v["keys"] for v in live.values()))
 
     reader = tracking_store(store, strict=True)
     counter = Requests(reader)
@@ -107,6 +108,67 @@ def test_first_search_after_a_sweep_reads_pages_not_heads(store, monkeypatch) ->
     assert calls["_get"] <= len(live) + len(uncovered), \
         f"{calls}: one GET per live page, and per run in no page"
     assert calls["_list_page"] <= 3, calls
+
+
+def key_under(bits: str, *taken: str) -> str:
+    """A head key (of experiment 7) whose page path starts with ``bits``, not one of ``taken``."""
+    return next(k for i in range(100_000)
+                if pages.key_bits(k := layout.head("7", f"{i:032x}"), len(bits)) == bits
+                and k not in taken)
+
+
+def test_a_split_is_tombstoned_first_and_a_half_done_one_is_finished(store) -> None:  # type: ignore[no-untyped-def]
+    """A split writes its tombstone before its halves, so a page that lost the race for its
+    tombstone is never left live beside its halves; a split an older version left half-done
+    (halves written, page still live) is finished by the next writer that lands on it."""
+    blobs = tracking_store(store, strict=True).blobs
+    folder = layout.head_pages("7")
+    old_0 = key_under("00000")
+    old_1 = key_under("000011")
+    new_1 = key_under("000010")
+    entry = ('"v1"', b'{"info": {}}')
+    # What an older version leaves when its tombstone loses for good: p0000 live, p00000 too.
+    blobs.put(pages.page_key(folder, "0000"), pages.pack({old_0: entry, old_1: entry}))
+    blobs.put(pages.page_key(folder, "00000"), pages.pack({old_0: entry}))
+    assert pages.merge(blobs, folder, {new_1: entry}) == {}
+    assert page_entries_in(blobs, folder) == {
+        "0000": (True, set()), "00000": (False, {old_0}), "00001": (False, {old_1, new_1})}
+
+    # A split now: tombstone first. Once the tombstone is written, a writer that still lists
+    # only the old page goes on to its halves.
+    monkeypatch = pytest.MonkeyPatch()
+    monkeypatch.setattr(pages, "MAX_ENTRIES", 2)
+    written: list[str] = []
+    put_if_version = blobs.put_if_version
+
+    def record(key: str, data: bytes, version: str) -> Any:
+        written.append(f"{pages.bits_of(key)}:{pages.unpack(data)[0]}")
+        return put_if_version(key, data, version)
+
+    monkeypatch.setattr(blobs, "put_if_version", record)
+    try:
+        third = key_under("000011", old_1)
+        assert pages.merge(blobs, folder, {third: entry}) == {}
+    finally:
+        monkeypatch.undo()
+    assert written[0] == "00001:True", written
+    found = page_entries_in(blobs, folder)
+    assert found["00001"] == (True, set())
+    assert found["000010"] == (False, {new_1}) and found["000011"] == (False, {old_1, third})
+    stale = pages.PageMap(["0000"])  # a listing taken before any split
+    fourth = key_under("000010", new_1)
+    assert pages.merge(blobs, folder, {fourth: entry}, stale) == {}
+    found = page_entries_in(blobs, folder)
+    assert fourth in found[pages.PageMap(found).page_of(fourth) or ""][1]
+    assert not any(fourth in keys for bits, (split, keys) in found.items() if split)
+
+
+def page_entries_in(blobs: Any, folder: str) -> dict[str, tuple[bool, set[str]]]:
+    out = {}
+    for info in blobs.list(folder):
+        split, entries = pages.unpack(blobs.get(info.key))
+        out[pages.bits_of(info.key) or ""] = (split, set(entries))
+    return out
 
 
 def test_search_results_equal_mlflow_with_pages_and_running_runs(

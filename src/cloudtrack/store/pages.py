@@ -91,6 +91,10 @@ class PageMap:
                 return path[:depth]
         return None
 
+    def has_halves(self, bits: str) -> bool:
+        """Whether pages below ``bits`` are listed (it is split, or its split half-done)."""
+        return any(len(b) > len(bits) and b.startswith(bits) for b in self.bits)
+
     def target_of(self, key: str) -> str:
         """Where a writer puts the record: its deepest listed page, or a new top-level one."""
         return self.page_of(key) or key_bits(key, MIN_BITS)
@@ -198,13 +202,18 @@ def merge(blobs: Blobs, folder: str, entries: RawEntries, pages: PageMap | None 
     for key, entry in entries.items():
         groups.setdefault(pages.target_of(key), {})[key] = entry
     lost: dict[str, tuple[str, bytes]] = {}
-    for part in map_fn(lambda item: _merge_page(blobs, folder, *item), list(groups.items())):
+    for part in map_fn(lambda item: _merge_page(blobs, folder, *item,
+                                                halved=pages.has_halves(item[0])),
+                       list(groups.items())):
         lost.update(part)
     return lost
 
 
-def _merge_page(blobs: Blobs, folder: str, bits: str,
-                entries: dict[str, tuple[str, bytes]]) -> dict[str, tuple[str, bytes]]:
+def _merge_page(blobs: Blobs, folder: str, bits: str, entries: dict[str, tuple[str, bytes]],
+                *, halved: bool = False) -> dict[str, tuple[str, bytes]]:
+    """Put ``entries`` into page ``bits``.  ``halved``: the listing shows pages below this
+    one, so if it is not a tombstone it is a split left half-done by an older version
+    (which wrote the halves first), and this writer finishes it."""
     key = page_key(folder, bits)
     for attempt in range(ATTEMPTS):
         try:
@@ -220,9 +229,11 @@ def _merge_page(blobs: Blobs, folder: str, bits: str,
                 split, stored = False, {}
             if split:
                 return _merge_children(blobs, folder, bits, entries)
+        elif halved:
+            return _merge_children(blobs, folder, bits, entries)
         merged = {**stored, **entries}
         try:
-            if len(merged) > MAX_ENTRIES:
+            if len(merged) > MAX_ENTRIES or halved:
                 return _split(blobs, folder, bits, merged, version)
             if version is None:
                 blobs.put_if_absent(key, pack(merged))
@@ -252,16 +263,19 @@ def _merge_children(blobs: Blobs, folder: str, bits: str,
 
 def _split(blobs: Blobs, folder: str, bits: str, merged: dict[str, tuple[str, bytes]],
            version: str | None) -> dict[str, tuple[str, bytes]]:
-    """Move the page's entries into its two halves, then leave a tombstone; return the
-    entries the halves did not take (lost races: the caller tries them again later).
+    """Leave a tombstone where the page was, then move its entries into its two halves;
+    return the entries the halves did not take (lost races: the caller tries them again
+    later).  Raises PreconditionFailed / AlreadyExists when another writer changed the page
+    since it was read (the caller reads it again).
 
-    The halves are written first, so at no point is an entry only in a page nobody reads; the
-    tombstone is written only over the version read, so entries another writer added to the
-    page meanwhile are not dropped (the caller reads again and moves them too)."""
-    lost = _merge_children(blobs, folder, bits, merged)
+    The tombstone comes first, written only over the version read: from then on every writer
+    that reads the page goes on to its halves, so no entry is ever added to a page readers no
+    longer look in (halves written first would leave such a page behind whenever the
+    tombstone lost its race for good).  Until the halves are written their entries are in no
+    page: readers GET those heads, which costs requests, never correctness."""
     key = page_key(folder, bits)
     if version is None:
         blobs.put_if_absent(key, pack({}, split=True))
     else:
         blobs.put_if_version(key, pack({}, split=True), version)
-    return lost
+    return _merge_children(blobs, folder, bits, merged)
