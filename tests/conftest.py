@@ -15,6 +15,7 @@ pytest_plugins = [
     "tests.fixtures.reference",
     "tests.fixtures.doctor",
     "tests.fixtures.faults",
+    "tests.fixtures.credentials",
 ]
 
 #: MLflow's default tracking URI (sqlite:///mlflow.db) creates this in the working directory:

@@ -16,7 +16,7 @@ from cloudtrack.errors import BlobNotFound, TransientError
 from cloudtrack.retry import RetryPolicy, call_with_retry
 
 WHAT = "PUT s3://bkt/p/runs/a.json"
-ADVICE = "to find out why, run: cloudtrack doctor s3://bkt/p"
+ADVICE = "Run `cloudtrack doctor s3://bkt/p` to see why."
 
 
 class Clock:
@@ -77,7 +77,7 @@ def test_an_endpoint_that_never_answers_costs_the_deadline_not_attempts_times_ti
     assert "(another attempt could end past the 30s retry deadline)" in message
     assert "the connection to http://e failed (Read timed out)" in message
     assert "cloudtrack retries this" not in message, "no promise of retries once they ended"
-    assert message.endswith(f"; {ADVICE}")
+    assert message.endswith(f"(Read timed out). {ADVICE}")
     assert isinstance(e.value.__cause__, OSError), "the SDK's error stays the cause"
     assert e.value.attempts == 2
     records = [r for r in caplog.records if r.name == "cloudtrack.retry"]

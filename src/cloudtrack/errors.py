@@ -3,9 +3,17 @@
 Backends translate SDK errors into these classes and keep the SDK error as ``__cause__``.
 Each class also subclasses the matching builtin (``FileNotFoundError``, ``PermissionError`` …)
 so callers that know nothing of cloudtrack still catch the right thing.
+
+An error the doctor can explain (credentials refused or missing, a permission, the network,
+TLS) ends with the command that does: :func:`doctor_hint`, added once by :func:`advise`.
 """
 
 from __future__ import annotations
+
+import shlex
+
+#: How the sentence :func:`doctor_hint` makes begins: a message holding it has its hint.
+DOCTOR_HINT_START = "Run `cloudtrack doctor "
 
 
 class CloudtrackError(Exception):
@@ -108,3 +116,41 @@ class CredentialsUnavailable(Unauthenticated):
 
 class UnsupportedOperation(CloudtrackError, NotImplementedError):
     """This store deliberately does not implement the operation."""
+
+
+def doctor_hint(uri: str) -> str:
+    """The sentence that ends an error the doctor can explain: the command to run for the store
+    ``uri`` (its display URI, secrets already removed)."""
+    return f"{DOCTOR_HINT_START}{shlex.quote(uri)}` to see why."
+
+
+def with_advice(message: str, advice: str | None) -> str:
+    """``message`` ending with the sentence ``advice``; unchanged when there is none, or when
+    ``message`` already carries a doctor hint (an error wrapped twice says it once)."""
+    if not advice or advice in message or (advice.startswith(DOCTOR_HINT_START)
+                                           and DOCTOR_HINT_START in message):
+        return message
+    body = message.rstrip().rstrip(".;,:")
+    return f"{body}. {advice}" if body else advice
+
+
+def advise(error: CloudtrackError, advice: str | None) -> CloudtrackError:
+    """``error`` itself, its message ending with ``advice`` (see :func:`with_advice`).
+
+    Changed in place rather than raised anew: the class, the attributes (``reason``,
+    ``retry_after`` …), the SDK error as ``__cause__`` and the traceback all stay as they were.
+    """
+    if error.args and isinstance(error.args[0], str):
+        message = with_advice(error.args[0], advice)
+        if message != error.args[0]:
+            error.args = (message, *error.args[1:])
+    return error
+
+
+def without_doctor_hint(message: str) -> str:
+    """``message`` without the doctor hint at its end (for a caller that shows the doctor's
+    diagnosis itself)."""
+    at = message.rfind(DOCTOR_HINT_START)
+    if at < 0 or not message.rstrip().endswith("to see why."):
+        return message
+    return message[:at].rstrip()

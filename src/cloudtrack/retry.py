@@ -10,8 +10,9 @@ and is retried.
 
 Each retry logs one WARNING line (what, which URI, attempt n of m, the cause in a few words,
 the wait) and never a traceback.  When retries run out, one :class:`TransientError` names the
-operation, the URI and the cause, and ends with the advice the caller gives (the blob layer's
-is the ``cloudtrack doctor`` command for the store); its ``__cause__`` stays the SDK's error.
+operation, the URI and the cause, and ends with the sentence of advice the caller gives (the
+blob layer's is the ``cloudtrack doctor`` command for the store); its ``__cause__`` stays the
+SDK's error.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import TypeVar
 
-from cloudtrack.errors import TransientError
+from cloudtrack.errors import TransientError, with_advice
 
 log = logging.getLogger("cloudtrack.retry")
 
@@ -101,8 +102,8 @@ def gave_up(error: TransientError, what: str, attempts: int, seconds: float, why
     if cause.startswith(f"{what} failed: "):
         cause = cause[len(what) + len(" failed: "):]
     tries = f"{attempts} attempt{'s' if attempts != 1 else ''}"
-    message = f"{what} failed after {tries} in {seconds:.1f}s" \
-        + (f" ({why})" if why else "") + f": {cause}" + (f"; {advice}" if advice else "")
+    message = with_advice(f"{what} failed after {tries} in {seconds:.1f}s"
+                          + (f" ({why})" if why else "") + f": {cause}", advice)
     final = TransientError(message, error.uri, retry_after=error.retry_after, cause=cause,
                            brief=error.brief)
     final.attempts = attempts

@@ -138,7 +138,8 @@ def test_message_names_operation_object_service_words_request_id_and_fix() -> No
         "GET s3://bkt/pre/k failed: the credentials from AWS_ACCESS_KEY_ID were accepted but "
         "are not allowed to do this (AccessDenied, HTTP 403: Access Denied; request id "
         "4442587FB7D0A2F9); allow the s3: action on this bucket and prefix in the IAM or "
-        "bucket policy")
+        "bucket policy, or check the bucket name (S3 answers AccessDenied, not NoSuchBucket, "
+        "for a bucket outside the caller's policy)")
     assert error.uri == OBJECT
 
 

@@ -56,7 +56,7 @@ def test_an_endpoint_that_never_answers_fails_within_the_deadline(
     what = f"{'PUT' if op == 'put' else 'GET'} {blobs.object_uri('runs/a.json')}"
     assert message.startswith(f"{what} failed after {e.value.attempts} attempts in ")
     assert "(another attempt could end past the 5s retry deadline)" in message
-    assert message.endswith(f"; to find out why, run: cloudtrack doctor {blobs.uri}")
+    assert message.endswith(f". Run `cloudtrack doctor {blobs.uri}` to see why.")
     assert "\n" not in message
     retries = [r for r in caplog.records if r.name == "cloudtrack.retry"]
     assert len(retries) == e.value.attempts - 1 >= 1

@@ -143,8 +143,8 @@ def parse_every_object(fs: FaultyStore) -> int:
     return count
 
 
-#: An error that ran out of retries: "<operation> <object URI> failed after …; to find out why,
-#: run: cloudtrack doctor <store URI>".
+#: An error that ran out of retries: "<operation> <object URI> failed after … Run `cloudtrack
+#: doctor <store URI>` to see why.".
 GAVE_UP = re.compile(r"\b(GET|PUT|PUT-IF-ABSENT|PUT-IF-VERSION|LIST|DELETE|HEAD|COPY|UPLOAD|"
                      r"DOWNLOAD|CREATE) (\S+) failed after \d+ attempts?\b")
 

@@ -91,7 +91,8 @@ def test_an_unreachable_store_fails_naming_it_and_the_doctor_and_keeps_the_journ
     error = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
     assert len(error) == 1, result.stderr
     assert error[0].startswith(f"error: {proxied.uri}: could not open {proxied.uri}")
-    assert error[0].endswith(f"cloudtrack doctor {proxied.uri} (2 entries left in the journal)")
+    assert error[0].endswith(f". Run `cloudtrack doctor {proxied.uri}` to see why. "
+                             "(2 entries left in the journal)")
     assert "Traceback" not in result.output
     assert len(store.journal.entries()) == 2
 

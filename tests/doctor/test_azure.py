@@ -145,13 +145,16 @@ def test_azure_token_over_plain_http_is_refused(home: Path, azurite: Azurite, az
     assert "https" in run.check("config.client")["summary"]
 
 
-def test_azure_account_mismatch_warns(home: Path, azurite: Azurite) -> None:
-    """The URI names one account, the connection string another: requests go to the latter."""
+def test_azure_account_mismatch_fails(home: Path, azurite: Azurite) -> None:
+    """Row 29: the URI names one account, the connection string another: every write would
+    land in the latter, so it is a failure (exit 1), and nothing is probed there."""
     uri = azurite.new_store("mismatch").replace(f"@{ACCOUNT}.", "@otheraccount.")
     run = doctor(home, azurite.env, uri)
-    assert run.code == 0 and run.report["status"] == "warn"
+    assert run.code == 1 and run.report["status"] == "fail"
     check = run.check("consistency.account")
-    assert check["cause"] == "endpoint-mismatch" and "otheraccount" in check["summary"]
+    assert check["status"] == "fail" and check["cause"] == "endpoint-mismatch"
+    assert "otheraccount" in check["summary"] and "land in" in check["summary"]
+    assert not any(c["id"].startswith("authz.") for c in run.report["checks"])
 
 
 def test_azure_firewall(home: Path) -> None:

@@ -62,8 +62,8 @@ def test_a_store_that_never_answers_ends_a_plain_script_within_the_deadline(
         assert len(failed) == 1, done.stderr
         assert re.search(rf"PUT-IF-VERSION {re.escape(held.uri)}/\S+ failed after \d attempts "
                          rf"in \d+\.\ds \(another attempt could end past the {DEADLINE:g}s "
-                         r"retry deadline\): (?i:.*read timeout).*; to find out why, run: "
-                         rf"cloudtrack doctor {re.escape(held.uri)}$", failed[0]), failed[0]
+                         r"retry deadline\): (?i:.*read timeout).*\. Run `cloudtrack doctor "
+                         rf"{re.escape(held.uri)}` to see why\.$", failed[0]), failed[0]
         # One traceback: the uncaught error's (chained to the SDK's), after the retry lines.
         before = done.stderr.split("Traceback", 1)[0].splitlines()
         assert before and all(retry.match(line) for line in before), done.stderr

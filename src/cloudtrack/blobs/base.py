@@ -9,8 +9,9 @@ copies between stores: server-side where the two stores are on one account
 
 Retries are bounded by ``CLOUDTRACK_MAX_ATTEMPTS`` and ``CLOUDTRACK_RETRY_DEADLINE``
 (:mod:`cloudtrack.retry`); once they run out, the error ends with the ``cloudtrack doctor``
-command for the store.  A download is checked against the length the service announced
-before it replaces the destination file.
+command for the store — and so does every error the doctor can explain (credentials refused,
+missing or expired, a permission, TLS).  A download is checked against the length the service
+announced before it replaces the destination file.
 """
 
 from __future__ import annotations
@@ -19,7 +20,6 @@ import abc
 import builtins
 import logging
 import os
-import shlex
 import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -36,6 +36,8 @@ from cloudtrack.errors import (
     PreconditionFailed,
     TransientError,
     Unauthenticated,
+    advise,
+    doctor_hint,
 )
 from cloudtrack.retry import DEFAULT_POLICY, RetryPolicy, call_with_retry
 
@@ -161,10 +163,10 @@ class Blobs(abc.ABC):
     def __init__(self, config: StoreConfig, *, retry: RetryPolicy | None = None) -> None:
         self.config = config
         self.retry = retry or retry_policy(config)
-        #: How the error raised once retries run out ends: the doctor command for this store
-        #: (not when the doctor itself is the caller).
-        self.advice: str | None = None if from_doctor(config) else \
-            f"to find out why, run: cloudtrack doctor {shlex.quote(self.uri)}"
+        #: How the errors the doctor can explain end (:meth:`diagnosable`, and every error
+        #: raised once retries run out): the doctor command for this store — not when the
+        #: doctor itself is the caller.
+        self.advice: str | None = None if from_doctor(config) else doctor_hint(self.uri)
         self._observers: builtins.list[Callable[[str, str, bytes], None]] = []
 
     # -- naming ---------------------------------------------------------------------------
@@ -195,8 +197,21 @@ class Blobs(abc.ABC):
         """The backend's reading of its SDK's errors (none for a backend without an SDK)."""
         return None
 
+    def diagnosable(self, error: CloudtrackError) -> bool:
+        """Whether ``error`` is one the doctor explains: the credentials (refused, missing,
+        expired), a permission, the network (what outlived its retries) or TLS."""
+        if isinstance(error, Unauthenticated | PermissionDenied | TransientError):
+            return True
+        facts = self.error_facts(error)
+        return facts is not None and facts.kind in ("credentials", "network", "tls")
+
     def _retry(self, fn: Callable[[int], T], what: str) -> T:
-        return call_with_retry(fn, what=what, policy=self.retry, advice=self.advice)
+        try:
+            return call_with_retry(fn, what=what, policy=self.retry, advice=self.advice)
+        except CloudtrackError as e:
+            if self.advice and self.diagnosable(e):
+                advise(e, self.advice)
+            raise
 
     # -- public operations ----------------------------------------------------------------
 

@@ -1,5 +1,6 @@
 """The ``cloudtrack`` command: thin click commands over the library, one module per command
-group (``config``, ``doctor``, ``demo``, ``migrate``, ``flush``, ``check``).  Commands print; the library
+group (``config``, ``doctor``, ``demo``, ``migrate``, ``flush``, ``check``,
+``login``/``logout``/``whoami``).  Commands print; the library
 they call never does."""
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ def _register() -> None:
         demo,
         doctor_cmd,
         flush_cmd,
+        login_cmd,
         migrate,
     )
 

@@ -68,7 +68,7 @@ def _flush_one(uri: str, journal: dict[str, Any] | None,
 
     from cloudtrack.config import resolve
     from cloudtrack.config.redaction import redact, redact_uri
-    from cloudtrack.errors import CloudtrackError, ConfigError
+    from cloudtrack.errors import CloudtrackError, ConfigError, doctor_hint, with_advice
     from cloudtrack.tracking.journal import Journal, store_identity
 
     shown = redact_uri(uri)
@@ -113,13 +113,13 @@ def _flush_one(uri: str, journal: dict[str, Any] | None,
         return result
     from cloudtrack.tracking import BlobTrackingStore
 
-    doctor = f"to find out why, run: cloudtrack doctor {identity['store']}"
+    doctor = doctor_hint(str(identity["store"]))
     try:
         store = BlobTrackingStore(uri, config=config)  # type: ignore[abstract]
     except (CloudtrackError, MlflowException) as e:
         message = " ".join(str(getattr(e, "message", None) or e).split())
-        return failed(f"could not open {identity['store']} to write its journal: {message}"
-                      + ("" if "cloudtrack doctor" in message else f"; {doctor}"))
+        return failed(with_advice(f"could not open {identity['store']} to write its journal: "
+                                  f"{message}", doctor))
     try:
         report = store.replay_journal()
     finally:
@@ -129,7 +129,7 @@ def _flush_one(uri: str, journal: dict[str, Any] | None,
                   entries_left=report.left)
     if report.error and report.left:
         message = report.error
-        return failed(message + ("" if "cloudtrack doctor" in message else f"; {doctor}"))
+        return failed(with_advice(message, doctor))
     if report.refused:
         result["exit_code"] = 1
         result["error"] = (f"{report.refused} entries could not be written and are set aside "

@@ -3,13 +3,14 @@
 A new backend is one row here, one module in each layer that has backends (``config/``,
 ``credentials/``, ``blobs/``, ``doctor/``) and one extra in ``pyproject.toml``.  Backend
 selection (:func:`cloudtrack.config.resolve`, :func:`cloudtrack.blobs.open_blobs`), the
-install hints, the doctor's list of supported schemes and the README's configuration
-reference all read :data:`BACKENDS`.  The parts that need an SDK are named as ``module:Name``
+install hints, the doctor's list of supported schemes, the "did you mean" of a misspelt scheme
+(:func:`closest_scheme`) and the README's configuration reference all read :data:`BACKENDS`.  The parts that need an SDK are named as ``module:Name``
 and imported on first use, so importing cloudtrack imports no SDK.
 """
 
 from __future__ import annotations
 
+import difflib
 import importlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -119,3 +120,46 @@ def backend_for_scheme(scheme: str) -> BackendSpec | None:
 
 def uri_form(scheme: str) -> str:
     return SCHEMES[scheme][1]
+
+
+#: The schemes MLflow itself takes for tracking, registry and artifact URIs: a URI with one of
+#: them is not a misspelling, and a misspelling of one is pointed at it.
+MLFLOW_SCHEMES: tuple[str, ...] = (
+    "http", "https", "sqlite", "postgresql", "mysql", "mssql", "databricks", "databricks-uc",
+    "uc", "mlflow-artifacts", "runs", "models", "dbfs", "hdfs", "ftp", "sftp")
+
+#: How alike (difflib's ratio) a scheme must be to a known one to be taken for its misspelling:
+#: low enough that a two-letter scheme one keystroke off (``s4``, ``gc``) qualifies.
+CLOSE_ENOUGH = 0.5
+
+
+def closest_scheme(scheme: str) -> str | None:
+    """The known scheme ``scheme`` most likely misspells (``s4`` -> ``s3``, ``gcs`` -> ``gs``,
+    ``wasb`` -> ``wasbs``, ``htps`` -> ``https``), or None when it is known or like none.
+
+    Among equally alike ones, the one sharing the longest beginning wins, then cloudtrack's own
+    schemes (``s4`` is as alike to ``s3`` as to ``gs``, and means ``s3``)."""
+    scheme = scheme.lower()
+    known = [*SCHEMES, *(s for s in MLFLOW_SCHEMES if s not in SCHEMES)]
+    if not scheme or scheme in known:
+        return None
+    scored = [(difflib.SequenceMatcher(None, scheme, k).ratio(), _shared_start(scheme, k), -i, k)
+              for i, k in enumerate(known)]
+    ratio, _, _, best = max(scored)
+    return best if ratio >= CLOSE_ENOUGH else None
+
+
+def _shared_start(a: str, b: str) -> int:
+    """How many leading characters ``a`` and ``b`` share."""
+    return next((i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y),
+                min(len(a), len(b)))
+
+
+def suggest_uri(uri: str) -> str | None:
+    """``uri`` (as given, secrets and all: the caller redacts) with its scheme replaced by the
+    one it most likely misspells, or None (:func:`closest_scheme`)."""
+    scheme, sep, rest = uri.partition(":")
+    if not sep:
+        return None
+    best = closest_scheme(scheme)
+    return f"{best}:{rest}" if best is not None else None

@@ -58,7 +58,7 @@ class AzureCredentials:
         chosen = str(setting.value) if setting is not None else "credential-chain"
         #: The credential comes from AZURE_STORAGE_CONNECTION_STRING (which the client reads).
         self.from_connection_string = (setting is not None
-                                       and setting.source == f"env:{_CONNECTION_STRING}")
+                                       and bool(config.environ.get(_CONNECTION_STRING)))
         self._explicit = explicit
         self._owned: Any = None
         self._lock = threading.Lock()
@@ -68,6 +68,12 @@ class AzureCredentials:
         self.signer = self._signer_name(chosen)
 
     def _signer_name(self, chosen: str) -> str:
+        login = self.config.setting("login")
+        if login is not None and self._explicit is None and chosen != "credential-chain":
+            what = {"account-key": "the account key", "sas": "the SAS token"}.get(chosen, chosen)
+            if self.from_connection_string:
+                what = "the connection string"
+            return f"{what} of `cloudtrack login {login.value}` ({login.source.split(':')[0]})"
         if self._explicit is not None:
             return "the token credential given to AzureBlobs"
         if chosen == "credential-chain":
@@ -126,9 +132,10 @@ class AzureCredentials:
         return parse_sas(self.secret() or "") if self.kind == "sas" else {}
 
     def describe(self) -> Credential:
-        source = (f"env:{_CONNECTION_STRING}" if self.from_connection_string
-                  else "argument" if self._explicit is not None
-                  else f"env:{_VARIABLES[self.kind]}" if self.kind != "token" else "chain")
+        setting = self.config.setting("credential")
+        source = ("argument" if self._explicit is not None
+                  else setting.source if setting is not None and self.kind != "token"
+                  else "chain")
         if self.kind == "sas":
             fields = self.sas_fields()
             return Credential("sas", self.signer, source, expires=sas_time(fields.get("se", "")),

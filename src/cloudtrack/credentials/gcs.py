@@ -22,6 +22,7 @@ from google.auth.credentials import AnonymousCredentials
 
 from cloudtrack.config import StoreConfig, redact
 from cloudtrack.credentials.base import Credential, secrets
+from cloudtrack.credentials.vault import GCS_KEY_INFO
 from cloudtrack.errors import CredentialsUnavailable, TransientError
 
 SCOPES = ("https://www.googleapis.com/auth/devstorage.full_control",)
@@ -51,8 +52,11 @@ class GcsCredentials:
         path = config.get("credentials_file")
         #: The key file named by GOOGLE_APPLICATION_CREDENTIALS, if any.
         self.key_file = str(path) if path else None
+        #: The service-account key of the store's ``cloudtrack login``, if any.
+        self.key_info = config.environ.get(GCS_KEY_INFO) or None
         #: No credentials are sent: a bare STORAGE_EMULATOR_HOST, as the SDK does it.
-        self.anonymous = self.key_file is None and bool(config.get("emulator_host"))
+        self.anonymous = (self.key_file is None and self.key_info is None
+                          and bool(config.get("emulator_host")))
         self._lock = threading.Lock()
         self._loaded: tuple[Any, str | None] | None = None
 
@@ -78,6 +82,8 @@ class GcsCredentials:
                 creds, project = google.auth.load_credentials_from_file(self.key_file,
                                                                         scopes=SCOPES)
                 return creds, project
+            if self.key_info:
+                return self._load_login()
             if self.anonymous:
                 return AnonymousCredentials(), None
             creds, project = google.auth.default(scopes=SCOPES)
@@ -95,6 +101,21 @@ class GcsCredentials:
                 reason = "missing"
             raise CredentialsUnavailable(redact(message), uri, reason=reason,
                                          tried=self.places()) from e
+
+    def _load_login(self) -> tuple[Any, str | None]:
+        from google.oauth2 import service_account
+
+        login = self.config.setting("login")
+        target = login.value if login is not None else self.config.display_uri
+        try:
+            info = json.loads(self.key_info or "")
+            creds = service_account.Credentials.from_service_account_info(info, scopes=SCOPES)
+        except (ValueError, TypeError, KeyError) as e:
+            raise CredentialsUnavailable(
+                f"the service-account key of `cloudtrack login {target}` cannot be loaded "
+                f"({type(e).__name__}); run `cloudtrack login {target} --key-file KEY.json` "
+                "again", self.config.display_uri, reason="invalid") from None
+        return creds, info.get("project_id")
 
     def key_file_problem(self) -> KeyFileProblem | None:
         """What is wrong with the file GOOGLE_APPLICATION_CREDENTIALS names, found without the
@@ -136,7 +157,10 @@ class GcsCredentials:
         source = self.config.setting("credentials_file")
         if self.anonymous:
             return Credential("anonymous", "no credentials (STORAGE_EMULATOR_HOST)", "emulator")
+        login = self.config.setting("login")
         where = (f"the key file from {source.source}" if source is not None and source.value
+                 else f"the service-account key of `cloudtrack login {login.value}` "
+                      f"({login.source.split(':')[0]})" if self.key_info and login is not None
                  else "Application Default Credentials")
         if self._loaded is None:
             return Credential("token", where, where)

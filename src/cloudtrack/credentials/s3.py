@@ -149,9 +149,11 @@ class S3Credentials:
 
     def describe(self) -> Credential:
         access = self.config.setting("access_key_id")
+        login = self.config.setting("login")
         if access is not None and access.value:
-            return Credential("access-key", "AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY",
-                              access.source)
+            signer = ("AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY" if login is None
+                      else f"the keys of `cloudtrack login {login.value}`")
+            return Credential("access-key", signer, access.source)
         profile = self.profile or self.config.get("profile")
         if profile:
             return Credential("access-key", f"profile {profile}", f"profile:{profile}")
@@ -180,6 +182,9 @@ class S3Credentials:
                 f"the {creds.method} credential provider failed: {text}", self.config.display_uri,
                 reason="expired" if "expired" in text.lower() else "invalid") from e
         what = METHODS.get(creds.method, creds.method)
+        login = self.config.setting("login")
+        if creds.method == "explicit" and login is not None:
+            what = f"`cloudtrack login {login.value}` ({login.source.split(':')[0]})"
         if creds.method in _PROFILED:
             what += f" (profile {self.config.environ.get('AWS_PROFILE') or 'default'!r})"
         session = " with a session token" if frozen.token else ""

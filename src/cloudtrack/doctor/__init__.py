@@ -22,6 +22,7 @@ import logging
 import os
 import posixpath
 import re
+import shlex
 import time
 import urllib.parse
 import urllib.request
@@ -29,7 +30,15 @@ from collections.abc import Mapping
 
 from cloudtrack.blobs import blobs_class
 from cloudtrack.config import BACKENDS as BACKEND_TABLE
-from cloudtrack.config import SCHEMES, StoreConfig, backend, redact_uri, resolve, split_scheme
+from cloudtrack.config import (
+    SCHEMES,
+    StoreConfig,
+    backend,
+    redact_uri,
+    resolve,
+    split_scheme,
+    suggest_uri,
+)
 from cloudtrack.doctor.core import (
     BACKENDS,
     CAUSES,
@@ -40,7 +49,7 @@ from cloudtrack.doctor.core import (
     Stop,
     describe_settings,
 )
-from cloudtrack.errors import ConfigError, MissingDependencyError
+from cloudtrack.errors import ConfigError, CredentialsUnavailable, MissingDependencyError
 
 log = logging.getLogger("cloudtrack.doctor")
 
@@ -131,17 +140,29 @@ def _diagnose(p: Probe, uri: str, origin: str, backend: str | None) -> None:
             "sqlite": " (MLflow's own SQL store: nothing for cloudtrack to diagnose)",
             "databricks": " (Databricks: MLflow's own Databricks client)",
         }.get(scheme, "")
-        p.fail("config.uri", "config", "config-invalid",
-               f"{redact_uri(uri)} (from {origin}) has the scheme {scheme!r}{note}; the doctor "
-               f"diagnoses {', '.join(s + ':' for s in supported_schemes())} URIs and plain paths",
-               "set MLFLOW_TRACKING_URI (or pass the URI) to a cloudtrack store — "
+        fix = ("set MLFLOW_TRACKING_URI (or pass the URI) to a cloudtrack store — "
                + "; ".join(form for _, (_, form) in SCHEMES.items())
                + " — or to an MLflow server's http(s):// URL")
+        suggestion = suggest_uri(redact_uri(uri))
+        if suggestion:
+            where = f"`cloudtrack doctor {shlex.quote(suggestion)}`" \
+                if origin == "the command line" else f"{suggestion} in {origin.removeprefix('env:')}"
+            fix = f"if {scheme}: is a typo, use {where}; otherwise {fix}"
+        p.fail("config.uri", "config", "config-invalid",
+               f"{redact_uri(uri)} (from {origin}) has the scheme {scheme!r}{note}; the doctor "
+               f"diagnoses {', '.join(s + ':' for s in supported_schemes())} URIs and plain paths"
+               + (f". Did you mean {suggestion}?" if suggestion else ""), fix)
     try:
         config = resolve(uri, p.environ)
     except ConfigError as e:
         p.fail("config.uri", "config", "config-invalid", f"{e} (the URI came from {origin})",
                _config_fix(str(e)))
+    except CredentialsUnavailable as e:
+        # resolve() reads the store's `cloudtrack login`: a locked or missing keyring.
+        p.fail("auth.login", "auth", "credentials-missing",
+               f"the `cloudtrack login` for {redact_uri(uri)} cannot be read: {e}",
+               "unlock or start the keyring (`cloudtrack whoami` shows which one is in use), "
+               f"or log in again: `cloudtrack login {redact_uri(uri)}`")
     diagnose_store(p, config, origin)
 
 
@@ -165,7 +186,49 @@ def diagnose_store(p: Probe, config: StoreConfig, origin: str = "") -> None:
     p.ok("config.extra", "config", f"the {config.backend} backend is installed"
          + (f" (extra [{spec.extra}])" if spec.extra else ""))
     p.ok("config.settings", "config", describe_settings(config))
+    _login_checks(p, config)
     importlib.import_module(spec.doctor).diagnose(p, config)
+
+
+def _login_checks(p: Probe, config: StoreConfig) -> None:
+    """Which `cloudtrack login` covers the store, where it is kept, and whether the keys it
+    holds go where it was saved for."""
+    from cloudtrack.credentials import vault
+
+    login = config.setting("login")
+    if login is None:
+        try:
+            saved = vault.Vault(p.environ).match(config.display_uri)
+        except ConfigError:
+            saved = None
+        outranking = vault.environment_outranks(config.backend, p.environ)
+        if saved is not None and outranking:
+            p.ok("config.login", "config",
+                 f"the `cloudtrack login` for {saved.target} is not used: "
+                 f"{', '.join(outranking)} set in the environment outrank(s) it")
+        return
+    where = login.source.split(":", 1)[0]
+    if where == "keyring":
+        info = vault.keyring_info()
+        p.ok("config.login", "config", f"credentials from `cloudtrack login {login.value}`, "
+             f"kept in the OS keyring ({info.name})")
+    else:
+        p.warn("config.login", "config", "config-invalid",
+               f"credentials from `cloudtrack login {login.value}`, kept in a plain file "
+               f"({vault.Vault(p.environ).insecure_path}, --insecure-storage)",
+               "log in again where a secure keyring runs, to keep the secret encrypted")
+    saved_endpoint = config.setting("login_endpoint_url")
+    used = config.get("endpoint_url")
+    if saved_endpoint is not None and used and \
+            str(saved_endpoint.value).rstrip("/") != str(used).rstrip("/"):
+        source = config.setting("endpoint_url")
+        p.fail("consistency.login-endpoint", "consistency", "endpoint-mismatch",
+               f"the keys of `cloudtrack login {login.value}` were saved for "
+               f"{redact_uri(str(saved_endpoint.value))}, but requests go to "
+               f"{redact_uri(str(used))} (from {source.source if source else '?'}), which will "
+               "refuse them or is not the store you meant",
+               f"unset {source.source.removeprefix('env:') if source else 'the endpoint variable'}"
+               ", or log in again with the endpoint you mean")
 
 
 def _config_fix(message: str) -> str:

@@ -31,6 +31,7 @@ from cloudtrack.doctor.core import (
 )
 from cloudtrack.doctor.store import (
     AccessFix,
+    ContainerDoubt,
     Finding,
     check_marker,
     fallback_finding,
@@ -103,9 +104,12 @@ def _diagnose(p: Probe, config: StoreConfig, blobs: AzureBlobs) -> None:
     else:
         _token(p, credentials)
 
+    mismatches: set[str] = set()
+    sas_scope = credentials.sas_fields().get("sr", "") if credentials.kind == "sas" else ""
     probe_access(p, blobs, classify=_classifier(config, credentials.kind, credentials.signer,
-                                                skew),
-                 access_fix=_access_fix(config, credentials.kind, p), where=config.display_uri)
+                                                skew, sas_scope, mismatches),
+                 access_fix=_access_fix(config, credentials.kind, p), where=config.display_uri,
+                 doubt=_container_doubt(config, credentials.kind, mismatches))
     check_marker(p, blobs)
 
 
@@ -113,11 +117,15 @@ def _static_consistency(p: Probe, config: StoreConfig, endpoint: str) -> None:
     account = str(config.get("account"))
     named = config.get("connection_string_account")
     if named and str(named).lower() != account:
-        p.warn("consistency.account", "consistency", "endpoint-mismatch",
-               f"the URI names account {account!r}, AZURE_STORAGE_CONNECTION_STRING account "
-               f"{named!r}: requests go to the connection string's endpoint "
-               f"{redact_uri(endpoint)}, signed for {named!r}",
-               f"use a connection string of {account!r}, or fix the URI's account")
+        # A failure, not a warning: every write would land in the other account, while MLflow
+        # records the URI's account in every artifact location.
+        source = config.setting("connection_string_account")
+        p.fail("consistency.account", "consistency", "endpoint-mismatch",
+               f"the URI names account {account!r}, the connection string (from "
+               f"{source.source if source else 'AZURE_STORAGE_CONNECTION_STRING'}) account "
+               f"{named!r}: requests would go to the connection string's endpoint "
+               f"{redact_uri(endpoint)}, signed for {named!r}, so every write would land in "
+               f"{named!r}", f"use a connection string of {account!r}, or fix the URI's account")
     host = (urllib.parse.urlsplit(endpoint).hostname or "").lower()
     if any(host.endswith(s) for s in _PUBLIC_SUFFIXES):
         what = "Azure Storage"
@@ -221,7 +229,13 @@ def _token(p: Probe, credentials: AzureCredentials) -> None:
 # -- errors and fixes ------------------------------------------------------------------------
 
 
-def _classifier(config: StoreConfig, kind: str, signer: str, skew: float | None) -> Any:
+#: SAS scopes (``sr=``) signed for one container: blob, container, directory.
+_ONE_CONTAINER = ("b", "c", "d")
+
+
+def _classifier(config: StoreConfig, kind: str, signer: str, skew: float | None,
+                sas_scope: str = "", denials: set[str] | None = None) -> Any:
+    """``denials`` collects the error code of every refusal, for :func:`_container_doubt`."""
     account = str(config.get("connection_string_account") or config.get("account"))
 
     def classify(e: BaseException, op: str) -> Finding:
@@ -250,18 +264,33 @@ def _classifier(config: StoreConfig, kind: str, signer: str, skew: float | None)
             if "audience" in text:
                 return Finding("auth", "credentials-invalid", f"the token's audience is wrong "
                                f"({said})", f"request tokens for {SCOPE}", id="auth.accepted")
+            doubt = ""
             if kind == "account-key":
                 fix = (f"the key is not the key of account {account!r}: copy key1 or key2 again "
                        "(Storage account → Access keys), or it was rotated")
+            elif kind == "sas" and sas_scope in _ONE_CONTAINER:
+                # The container's name is part of what a container SAS signs: one issued for
+                # another container fails here, never as ContainerNotFound.
+                doubt = (f"; a SAS of scope sr={sas_scope} is signed for one container, and a "
+                         "SAS issued for another container is refused exactly like this, so "
+                         f"the container name {config.container!r} in the URI may be wrong — "
+                         "as likely as a SAS whose signing key was rotated or that was copied "
+                         "incompletely")
+                fix = (f"check that {config.container!r}, the URI's container, is the one the "
+                       "SAS was issued for; if it is, "
+                       + _sas_fix(config, "a new SAS (the key that signed this one was "
+                                  "rotated, or it was cut short)"))
             elif kind == "sas":
                 fix = _sas_fix(config, "a new SAS (this one is malformed or its signing key "
                                "was rotated)")
             else:
                 fix = "sign in again (`az login`) or check the identity's tenant"
             return Finding("auth", "credentials-invalid",
-                           f"the service could not authenticate {signer} ({said or e})", fix,
-                           id="auth.accepted")
+                           f"the service could not authenticate {signer} ({said or e}){doubt}",
+                           fix, id="auth.accepted")
         if isinstance(e, PermissionDenied):
+            if denials is not None:
+                denials.add(code)
             if code == "AuthorizationFailure":
                 why = ("the account's firewall / virtual-network rules refuse this network, or "
                        "the account forbids this kind of credential")
@@ -279,6 +308,29 @@ def _classifier(config: StoreConfig, kind: str, signer: str, skew: float | None)
         return fallback_finding(e, op, str(config.get("endpoint_url")))
 
     return classify
+
+
+def _container_doubt(config: StoreConfig, kind: str, denials: set[str]) -> ContainerDoubt:
+    """With a token, a role granted on some containers only answers
+    AuthorizationPermissionMismatch — not ContainerNotFound — for any other container name,
+    whether it exists or not: when every probe is refused that way, the name may be wrong."""
+    account = str(config.get("connection_string_account") or config.get("account"))
+
+    def doubt(denied: Sequence[str]) -> Finding | None:
+        if kind in ("account-key", "sas") or denials != {"AuthorizationPermissionMismatch"}:
+            return None
+        return Finding(
+            "authz", "permission-denied",
+            f"every request on container {config.container!r} is refused with "
+            "AuthorizationPermissionMismatch: the identity has no data role on it — or the "
+            "container name is wrong, since Azure answers the same, not ContainerNotFound, "
+            "when the identity's role covers other containers only, whether this one exists "
+            "or not",
+            f"check the container name in the URI (`az storage container list --account-name "
+            f"{account} --auth-mode login -o table` lists those you may see); if it is right, "
+            "grant the role below", id="authz.container")
+
+    return doubt
 
 
 def _access_fix(config: StoreConfig, kind: str, p: Probe) -> AccessFix:

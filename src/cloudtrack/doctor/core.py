@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Literal, NoReturn, TypeVar
 
 from cloudtrack.config import BACKENDS as BACKEND_TABLE
-from cloudtrack.config import StoreConfig, parse_connection_string, redact, redact_uri
+from cloudtrack.config import Setting, StoreConfig, parse_connection_string, redact, redact_uri
 from cloudtrack.credentials import Credential, mask_key_id
 from cloudtrack.errors import ConfigError, CredentialsUnavailable
 
@@ -339,19 +339,21 @@ def with_timeouts(config: StoreConfig, seconds: float) -> StoreConfig:
     return dataclasses.replace(config, settings=settings)
 
 
+def shown(setting: Setting) -> str:
+    """A setting's value as cloudtrack shows it (the doctor, ``cloudtrack config``): secrets as
+    ``***``, an access key id masked (``AKIA…PIK6``), passwords and signatures out of URLs."""
+    value = setting.shown()
+    if setting.name == "access_key_id" and setting.value and not setting.secret:
+        return mask_key_id(str(setting.value))
+    if isinstance(setting.value, str) and "://" in setting.value and not setting.secret:
+        return redact_uri(setting.value)
+    return value
+
+
 def describe_settings(config: StoreConfig, skip: Iterable[str] = ()) -> str:
     """``name=value (source)`` for each resolved setting, secrets hidden."""
-    parts = []
-    for s in config.settings:
-        if s.name in skip:
-            continue
-        value = s.shown()
-        if s.name == "access_key_id" and s.value:
-            value = mask_key_id(str(s.value))
-        elif isinstance(s.value, str) and "://" in s.value:
-            value = redact_uri(s.value)
-        parts.append(f"{s.name}={value} ({s.source})")
-    return "; ".join(parts)
+    return "; ".join(f"{s.name}={shown(s)} ({s.source})" for s in config.settings
+                     if s.name not in skip)
 
 
 def duration(seconds: float) -> str:

@@ -28,6 +28,7 @@ from cloudtrack.doctor.core import (
 )
 from cloudtrack.doctor.store import (
     AccessFix,
+    ContainerDoubt,
     Finding,
     check_marker,
     fallback_finding,
@@ -103,7 +104,8 @@ def _diagnose(p: Probe, config: StoreConfig, blobs: GcsBlobs) -> None:
     classify = _classifier(config, endpoint, credentials)
     _iam(p, blobs, classify, identity, config)
     probe_access(p, blobs, classify=classify, access_fix=_access_fix(config, identity),
-                 where=config.display_uri)
+                 where=config.display_uri,
+                 doubt=None if anonymous else _bucket_doubt(config, credentials))
     check_marker(p, blobs)
 
 
@@ -260,6 +262,27 @@ def _classifier(config: StoreConfig, endpoint: str, credentials: GcsCredentials)
         return fallback_finding(e, op, redact_uri(endpoint))
 
     return classify
+
+
+def _bucket_doubt(config: StoreConfig, credentials: GcsCredentials) -> ContainerDoubt:
+    """GCS answers 404 for a bucket that does not exist, so a bucket where every probe is
+    denied exists — but the caller may do nothing in it, which is what another project's
+    bucket looks like: bucket names are global, and a mistyped or generic name often belongs
+    to someone else.  Said beside the permission, which it may be just as well."""
+    def doubt(denied: Sequence[str]) -> Finding:
+        who = credentials.who()
+        project = credentials.project()
+        mine = f"the buckets of project {project}" if project else "your project's buckets"
+        return Finding(
+            "authz", "permission-denied",
+            f"bucket gs://{config.container} exists (GCS answers 404, not 403, for a bucket "
+            f"that does not exist), but {who} may do nothing in it: either it is not the "
+            "bucket you meant — bucket names are global, so a mistyped or generic name often "
+            "belongs to another project — or no role on it was granted to this account",
+            f"check the bucket name in the URI first (`gcloud storage ls` lists {mine}); if "
+            "it is the right bucket, grant the role below", id="authz.container")
+
+    return doubt
 
 
 def _access_fix(config: StoreConfig, identity: str | None) -> AccessFix:

@@ -52,6 +52,8 @@ class ServerCredentials:
     sources: Mapping[str, str] = field(default_factory=dict)
     verify: bool | str = True
     client_cert: str | None = None
+    #: Why the ``cloudtrack login`` covering the server could not be read (a locked keyring).
+    login_error: str | None = None
 
     @property
     def kind(self) -> str:
@@ -107,6 +109,21 @@ def server_credentials(uri: str, environ: Mapping[str, str]) -> ServerCredential
         "MLFLOW_TRACKING_PASSWORD") else path
     token = environ.get("MLFLOW_TRACKING_TOKEN") or None
     sources["token"] = "env:MLFLOW_TRACKING_TOKEN"
+    from cloudtrack.credentials.vault import ENV_CREDENTIALS
+
+    if not any(environ.get(name) for name in ENV_CREDENTIALS["server"]):
+        # A `cloudtrack login` comes after MLflow's variables and before its credentials file
+        # (cloudtrack's plugin signs every request with it: src/cloudtrack/credentials/server.py).
+        found = _login_credentials(uri, environ)
+        if isinstance(found, str):
+            return ServerCredentials(None, None, None, {}, trust.MLFLOW_SERVER.verify(environ),
+                                     environ.get("MLFLOW_TRACKING_CLIENT_CERT_PATH") or None,
+                                     login_error=found)
+        if found is not None:
+            username, password, token, sources = found
+            return ServerCredentials(username, password, token, sources,
+                                     trust.MLFLOW_SERVER.verify(environ),
+                                     environ.get("MLFLOW_TRACKING_CLIENT_CERT_PATH") or None)
     parts = urllib.parse.urlsplit(uri)
     if not (username and password) and not token and parts.username and parts.password:
         username, password = urllib.parse.unquote(parts.username), urllib.parse.unquote(
@@ -115,6 +132,28 @@ def server_credentials(uri: str, environ: Mapping[str, str]) -> ServerCredential
     return ServerCredentials(username, password, token, sources,
                              trust.MLFLOW_SERVER.verify(environ),
                              environ.get("MLFLOW_TRACKING_CLIENT_CERT_PATH") or None)
+
+
+def _login_credentials(uri: str, environ: Mapping[str, str]
+                       ) -> tuple[str | None, str | None, str | None, dict[str, str]] | str | None:
+    """(username, password, token, sources) of the login covering ``uri``; a string saying
+    why it cannot be read; None when no login covers it."""
+    from cloudtrack.credentials import server
+    from cloudtrack.credentials.vault import Vault
+    from cloudtrack.errors import CredentialsUnavailable
+
+    try:
+        login = Vault(environ).find(uri)
+        if login is None or not login.kind.startswith("server-"):
+            return None
+        if login.kind == "server-basic":
+            return (login.public.get("username"), login.secret.get("password"), None,
+                    {"username": login.source, "password": login.source})
+        header, _ = server.authorization(login)
+        what = " (its token command)" if login.kind == "server-token-command" else ""
+        return None, None, header.removeprefix("Bearer "), {"token": login.source + what}
+    except CredentialsUnavailable as e:
+        return str(e)
 
 
 # -- what answered -----------------------------------------------------------------------------
@@ -194,6 +233,11 @@ def diagnose(p: Probe, uri: str, origin: str) -> None:
                f"{redact_uri(uri)} (from {origin}) has no host",
                "set MLFLOW_TRACKING_URI like http://mlflow.example.com:5000")
     creds = server_credentials(uri, p.environ)
+    if creds.login_error:
+        p.fail("auth.login", "auth", "credentials-missing",
+               f"the `cloudtrack login` for {redact_uri(uri)} cannot be read: {creds.login_error}",
+               "unlock or start the keyring (`cloudtrack whoami` shows which one is in use), "
+               f"or log in again: `cloudtrack login {redact_uri(uri)}`")
     p.secret(creds.password, creds.token)
     if creds.kind == "basic":
         raw = f"{creds.username}:{creds.password}".encode()

@@ -7,6 +7,7 @@ prefix and the command that attaches it when something is denied."""
 
 from __future__ import annotations
 
+import difflib
 import json
 import re
 from collections.abc import Mapping, Sequence
@@ -29,6 +30,7 @@ from cloudtrack.doctor.core import (
 )
 from cloudtrack.doctor.store import (
     AccessFix,
+    ContainerDoubt,
     Finding,
     check_marker,
     fallback_finding,
@@ -127,7 +129,8 @@ def _diagnose(p: Probe, config: StoreConfig, blobs: S3Blobs, custom: bool) -> No
                f"bucket {blobs.bucket!r} does not exist at {endpoint} (HEAD answered 404)",
                _missing_bucket_fix(config, blobs.bucket, custom))
     probe_access(p, blobs, classify=_classifier(config, endpoint, custom, identity),
-                 access_fix=_access_fix(config, identity), where=config.display_uri)
+                 access_fix=_access_fix(config, identity), where=config.display_uri,
+                 doubt=_bucket_doubt(p, config, blobs, head, identity))
     if bucket_region and region and bucket_region != region:
         p.warn("consistency.region", "consistency", "endpoint-mismatch",
                f"bucket {blobs.bucket!r} reports region {bucket_region}, the client uses "
@@ -332,6 +335,62 @@ def _classifier(config: StoreConfig, endpoint: str, custom: bool,
         return fallback_finding(e, op, endpoint)
 
     return classify
+
+
+def _bucket_doubt(p: Probe, config: StoreConfig, blobs: S3Blobs, head: Answer,
+                  identity: str | None) -> ContainerDoubt:
+    """Catalogue row 28: S3 answers AccessDenied, not NoSuchBucket, to a caller without rights
+    on a bucket, whether it exists or not, so a mistyped name reads as a missing permission.
+    When every probe is denied and so is the bucket-level HEAD (a HEAD that answers proves the
+    bucket exists), ListBuckets with the same credentials tells which is likelier: a bucket
+    of this account is listed; one missing from the list is most likely a wrong name."""
+    bucket = config.container
+
+    def doubt(denied: Sequence[str]) -> Finding | None:
+        if head.status != 403:
+            return None
+        names = _bucket_names(p, blobs)
+        if names is not None and bucket in names:
+            return None  # the account's own bucket: the name is right, the policy is not
+        who = f"the credentials of {identity}" if identity else "the credentials"
+        seen = (f"every request on it is denied, the bucket-level HEAD too (HTTP 403), though "
+                f"S3 accepts {who} (AccessDenied, not a signature error)")
+        why = ("S3 answers AccessDenied, not NoSuchBucket, for a bucket the caller has no "
+               "rights on, whether it exists or not")
+        if names is None:
+            summary = (f"the bucket name {bucket!r} may be wrong: {seen}. {why}, so a wrong name "
+                       "is as likely as a missing permission; these credentials may not list "
+                       "buckets either (no s3:ListAllMyBuckets), so the doctor cannot tell which")
+            fix = (f"check the bucket name {bucket!r} in the URI (the S3 console, or `aws s3 "
+                   "ls` with credentials that may list buckets, shows the real names); if it "
+                   "is right, grant the access below")
+            return Finding("authz", "permission-denied", summary, fix, id="authz.container")
+        close = difflib.get_close_matches(bucket, names, n=3, cutoff=0.6)
+        meant = " or ".join(f"s3://{c}/{config.prefix}".rstrip("/") for c in close)
+        summary = (f"the bucket name {bucket!r} is likely wrong: it is not among the "
+                   f"{len(names)} bucket(s) these credentials can list (ListBuckets), and "
+                   f"{seen}. {why}; another account's bucket (whose bucket policy would have "
+                   "to let these credentials in) is the less likely reading"
+                   + (f". Did you mean {meant}?" if meant else ""))
+        fix = ((f"use {meant} if that is the bucket you meant; otherwise check" if meant
+                else "check")
+               + f" the bucket name {bucket!r} in the URI (`aws s3 ls` lists this account's "
+               "buckets); if it is right — another account's bucket — its owner must grant "
+               "the access below")
+        return Finding("authz", "permission-denied", summary, fix, id="authz.container")
+
+    return doubt
+
+
+def _bucket_names(p: Probe, blobs: S3Blobs) -> list[str] | None:
+    """The buckets these credentials can list (ListBuckets), or None when they may not."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    try:
+        answer = p.call(blobs.client.list_buckets, what="ListBuckets")
+    except (ClientError, BotoCoreError, ProbeTimeout):
+        return None
+    return [str(b.get("Name")) for b in answer.get("Buckets") or []]
 
 
 def _region_in(message: str) -> str | None:

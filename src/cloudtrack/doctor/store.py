@@ -49,6 +49,10 @@ class Finding:
 Classifier = Callable[[BaseException, str], Finding]
 #: The operations that were denied -> one fix that grants all of them.
 AccessFix = Callable[[Sequence[str]], str]
+#: Every probe denied (these operations) -> what that says of the container itself — a
+#: service that answers "denied" for a container the caller has no rights on, whether it
+#: exists or not, makes a wrong name look like a missing permission — or None.
+ContainerDoubt = Callable[[Sequence[str]], Finding | None]
 
 
 def fallback_finding(e: BaseException, op: str, where: str) -> Finding:
@@ -77,8 +81,11 @@ class _Steps:
         self.access_fix = access_fix
         #: (id, operation, summary, finding or None for a pass)
         self.rows: list[tuple[str, str, str, Finding | None]] = []
+        #: Whether any probe passed: then the container exists and its name is right.
+        self.passed = False
 
     def ok(self, id: str, summary: str) -> None:
+        self.passed = True
         self.rows.append((id, "", summary, None))
 
     def run(self, id: str, op: str, fn: Callable[[], object]) -> tuple[bool, object]:
@@ -98,9 +105,15 @@ class _Steps:
         self.flush()
         self.p.fail(id, finding.layer, finding.cause, finding.summary, finding.fix)
 
-    def flush(self) -> None:
+    def flush(self, doubt: ContainerDoubt | None = None) -> None:
         denied = [op for _, op, _, f in self.rows
                   if f is not None and f.cause == "permission-denied"]
+        if doubt is not None and denied and not self.passed:
+            # Read first: the report's root is the first failing check of its layer.
+            found = doubt(denied)
+            if found is not None:
+                self.p.note_fail(found.id or "authz.container", found.layer, found.cause,
+                                 found.summary, found.fix)
         for id, _op, summary, finding in self.rows:
             if finding is None:
                 self.p.ok(id, id.split(".")[0], summary)
@@ -113,8 +126,11 @@ class _Steps:
 
 
 def probe_access(p: Probe, blobs: Blobs, *, classify: Classifier, access_fix: AccessFix,
-                 where: str) -> None:
-    """Record the authz checks of ``blobs``; end the chain on a failure below authz."""
+                 where: str, doubt: ContainerDoubt | None = None) -> None:
+    """Record the authz checks of ``blobs``; end the chain on a failure below authz.
+
+    When every probe is denied, ``doubt`` may add a finding about the container itself (its
+    name), recorded before the probes' own."""
     steps = _Steps(p, classify, access_fix)
     key = f"{PROBE_DIR}/{_host()}-{os.getpid()}-{uuid.uuid4().hex[:12]}"
     created = deleted = False
@@ -161,7 +177,7 @@ def probe_access(p: Probe, blobs: Blobs, *, classify: Classifier, access_fix: Ac
                     p.warn("consistency.delete", "consistency", "endpoint-mismatch",
                            f"{key} still exists after a successful delete",
                            f"delete {key} by hand; the endpoint's deletes are not immediate")
-        steps.flush()
+        steps.flush(doubt)
     finally:
         if created and not deleted:
             try:

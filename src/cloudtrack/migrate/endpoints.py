@@ -21,8 +21,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
-from cloudtrack.config import backend_for_scheme, local_path, redact_uri, split_scheme
-from cloudtrack.errors import CloudtrackError, ConfigError
+from cloudtrack.config import backend_for_scheme, local_path, redact_uri, split_scheme, suggest_uri
+from cloudtrack.errors import CloudtrackError, ConfigError, without_doctor_hint
 
 if TYPE_CHECKING:
     from cloudtrack.migrate.rest import ServerRequests
@@ -87,8 +87,10 @@ def classify(uri: str) -> Kind:
         return "filestore" if is_mlflow_file_store(local_path(uri)) else "cloudtrack"
     if backend_for_scheme(scheme) is not None:
         return "cloudtrack"
+    suggestion = suggest_uri(redact_uri(uri))
     raise ConfigError(
-        f"{redact_uri(uri)!r} is not a store cloudtrack migrate knows (scheme {scheme!r}); "
+        f"{redact_uri(uri)!r} is not a store cloudtrack migrate knows (scheme {scheme!r}"
+        + (f"; did you mean {suggestion!r}?" if suggestion else "") + "); "
         "use a cloudtrack store (s3://, gs://, wasbs://, abfss://, file: or a directory), an "
         "MLflow SQL store (sqlite:///path.db, postgresql://…), an MLflow FileStore directory, "
         "or an MLflow server (http(s)://…)")
@@ -140,6 +142,8 @@ def _explain(uri: str, role: str, error: BaseException) -> str:
         except Exception:  # the diagnosis is a courtesy; the error above stands
             log.debug("the doctor could not diagnose %s", redact_uri(uri), exc_info=True)
             return message
+        # The doctor's diagnosis follows, and the command: the error's own hint would repeat it.
+        message = f"cannot open {role} {redact_uri(uri)}: {without_doctor_hint(str(error))}"
         root = report.root
         if root is not None:
             message += f"\n  cause: {report.cause}: {root.summary}"

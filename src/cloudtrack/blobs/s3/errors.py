@@ -81,7 +81,8 @@ TABLE = ErrorTable(CODES, statuses={
 }, hints={
     ContainerNotFound: HINT_MISSING_BUCKET,
     PermissionDenied: "allow the s3: action on this bucket and prefix in the IAM or bucket "
-                      "policy",
+                      "policy, or check the bucket name (S3 answers AccessDenied, not "
+                      "NoSuchBucket, for a bucket outside the caller's policy)",
     Unauthenticated: "check the credentials: AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY "
                      "(+ AWS_SESSION_TOKEN), AWS_PROFILE, or the AWS credential chain; renew "
                      "expired tokens and check the system clock",

@@ -1,0 +1,332 @@
+"""``cloudtrack login`` / ``logout`` / ``whoami``: one login per store or MLflow server, its
+secret in the OS keyring (:mod:`cloudtrack.credentials.vault`), and where every credential in
+use comes from.
+
+Secrets are never taken from the command line (other users can read a process's arguments):
+they come from a hidden prompt, from stdin when it is not a terminal, or from a file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Mapping
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import click
+
+from cloudtrack.cli import main
+from cloudtrack.cli.common import fail
+from cloudtrack.config import redact, resolve
+from cloudtrack.credentials import mask_key_id, vault
+from cloudtrack.credentials.vault import ENV_CREDENTIALS, KeyringUnavailable, Login, Vault
+from cloudtrack.errors import BlobNotFound, CloudtrackError
+
+_AZURE_KINDS = {"account-key": ("azure-account-key", "account_key", "Storage account key"),
+                "sas": ("azure-sas", "sas_token", "SAS token"),
+                "connection-string": ("azure-connection-string", "connection_string",
+                                      "Connection string")}
+
+
+def _read_secret(label: str, secret_file: str | None) -> str:
+    """A secret from ``secret_file``, stdin (not a terminal) or a hidden prompt."""
+    if secret_file is not None:
+        try:
+            value = Path(secret_file).read_text().strip()
+        except OSError as e:
+            fail(f"cannot read --secret-file {secret_file}: {e.strerror}", 2)
+    elif not sys.stdin.isatty():
+        value = sys.stdin.readline().strip()
+    else:
+        value = click.prompt(label, hide_input=True, err=True).strip()
+    if not value:
+        fail(f"no {label.lower()} given (prompt, stdin or --secret-file)", 2)
+    return value
+
+
+def _ask(value: str | None, label: str) -> str:
+    if value:
+        return value
+    if not sys.stdin.isatty():
+        fail(f"--{label.lower().replace(' ', '-')} is needed when stdin is not a terminal", 2)
+    return str(click.prompt(label, err=True)).strip()
+
+
+def _build(target: str, kind: str, opts: Mapping[str, Any]) -> Login:
+    secret_file = opts["secret_file"]
+    if kind == "s3":
+        key_id = _ask(opts["access_key_id"], "Access key id")
+        public = {"access_key_id": key_id}
+        if opts["endpoint_url"]:
+            public["endpoint_url"] = opts["endpoint_url"]
+        return Login(target, "s3-keys", public,
+                     {"secret_access_key": _read_secret("Secret access key", secret_file)})
+    if kind == "azure":
+        name, field, label = _AZURE_KINDS[opts["azure_credential"]]
+        return Login(target, name, {}, {field: _read_secret(label, secret_file)})
+    if kind == "gcs":
+        key_file = opts["key_file"]
+        if not key_file:
+            fail("a gs:// login needs --key-file KEY.json (a service-account key)", 2)
+        try:
+            text = Path(key_file).read_text()
+            info = json.loads(text)
+        except (OSError, ValueError) as e:
+            fail(f"--key-file {key_file} is not a readable JSON key file ({e})", 2)
+        if not isinstance(info, dict) or info.get("type") != "service_account":
+            fail(f"--key-file {key_file} is not a service-account key (its type is "
+                 f"{info.get('type') if isinstance(info, dict) else None!r})", 2)
+        return Login(target, "gcs-service-account",
+                     {"client_email": str(info.get("client_email", ""))}, {"key_json": text})
+    # an MLflow server
+    if opts["token_command"]:
+        return Login(target, "server-token-command", {},
+                     {"token_command": opts["token_command"]})
+    if opts["token"]:
+        return Login(target, "server-token", {}, {"token": _read_secret("Token", secret_file)})
+    username = _ask(opts["username"], "Username")
+    return Login(target, "server-basic", {"username": username},
+                 {"password": _read_secret("Password", secret_file)})
+
+
+def _check_store(login: Login) -> str:
+    """One live call to the store with ``login`` alone (no variable, no other login)."""
+    from cloudtrack.blobs import open_blobs
+
+    backend = vault.backend_of(login.target)
+    env = {k: v for k, v in os.environ.items() if k not in ENV_CREDENTIALS[backend]}
+    env.update({"CLOUDTRACK_KEYRING": "off", "CLOUDTRACK_RETRY_DEADLINE": "15",
+                "CLOUDTRACK_MAX_ATTEMPTS": "2"})
+    env.update(login.store_environ())
+    config = resolve(login.target, env)
+    blobs = open_blobs(config)
+    try:
+        blobs.exists("cloudtrack-login-check")
+    except BlobNotFound as e:
+        raise CloudtrackError(f"{config.display_uri}: {e}") from None
+    finally:
+        blobs.close()
+    return f"{config.display_uri} answered with these credentials"
+
+
+@main.command("login")
+@click.argument("target")
+@click.option("--access-key-id", help="s3://: the access key id (prompted if not given).")
+@click.option("--endpoint-url", help="s3://: an S3-compatible endpoint (MinIO, R2, …) to keep "
+              "with the login.")
+@click.option("--azure-credential", type=click.Choice(sorted(_AZURE_KINDS)),
+              default="account-key", show_default=True,
+              help="wasbs:// / abfss://: what the secret is.")
+@click.option("--key-file", type=click.Path(dir_okay=False),
+              help="gs://: a service-account key file; its content goes to the keyring.")
+@click.option("--username", help="MLflow server: the user name (its password is prompted).")
+@click.option("--token", is_flag=True, help="MLflow server: the secret is a bearer token.")
+@click.option("--token-command", help="MLflow server: a command that prints a fresh token "
+              "(run again before each token expires).")
+@click.option("--secret-file", type=click.Path(dir_okay=False),
+              help="Read the secret from this file (else stdin when piped, else a prompt).")
+@click.option("--insecure-storage", is_flag=True, help="No secure keyring here: keep the secret "
+              "in a file of mode 0600 instead.")
+@click.option("--no-check", is_flag=True, help="Store without the live check.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def login_cmd(target: str, **opts: Any) -> None:
+    """Keep the credentials for TARGET (a store URI or an MLflow server URL) in the OS
+    keyring; unchanged MLflow code pointed at TARGET (or anything under it) then uses them.
+
+    Order everywhere: explicit arguments, environment variables, this login, the SDKs' chains.
+    """
+    try:
+        kind = vault.backend_of(target)
+        vault.canonical(target)
+    except CloudtrackError as e:
+        fail(str(e), 2)
+    login = _build(target, kind, opts)
+    checked = "not checked (--no-check)"
+    if not opts["no_check"]:
+        try:
+            if kind == "server":
+                from cloudtrack.credentials import server
+
+                status, said = server.check(target, login)
+                if status not in (200, 403):
+                    fail(f"{redact(target)}: {said}; nothing stored", 1)
+                checked = said
+            else:
+                checked = _check_store(login)
+        except CloudtrackError as e:
+            fail(f"the check with these credentials failed: {_scrub(str(e), login)}; "
+                 "nothing stored", 1)
+    try:
+        stored = Vault().save(login, insecure=opts["insecure_storage"])
+    except KeyringUnavailable as e:
+        fail(str(e), 1)
+    outranking = vault.environment_outranks(kind, os.environ)
+    result = {"target": stored.target, "kind": stored.kind, "storage": stored.storage,
+              "keyring": stored.keyring, "check": checked,
+              "outranked_by": outranking}
+    if opts["as_json"]:
+        click.echo(json.dumps(result, indent=2))
+    else:
+        where = (f"the OS keyring ({stored.keyring})" if stored.storage == "keyring"
+                 else f"{Vault().insecure_path} (mode 0600)")
+        click.echo(f"Logged in to {stored.target}: {vault.KINDS[stored.kind]}, kept in {where}.")
+        click.echo(f"Check: {checked}.")
+    if stored.storage == "file":
+        click.echo("warning: the secret is in a plain file; anyone who can read it as this user "
+                   "can use it", err=True)
+    if outranking:
+        click.echo(f"warning: {', '.join(outranking)} set in this environment outrank(s) the "
+                   "login; unset to use it", err=True)
+
+
+def _scrub(text: str, login: Login) -> str:
+    for secret in login.secrets():
+        text = text.replace(secret, "***")
+    return redact(text)
+
+
+@main.command("logout")
+@click.argument("target")
+def logout_cmd(target: str) -> None:
+    """Forget the login for TARGET (its secret leaves the keyring)."""
+    try:
+        kind = vault.backend_of(target)
+        removed = Vault().remove(target)
+    except KeyringUnavailable as e:
+        fail(str(e), 1)
+    except CloudtrackError as e:
+        fail(str(e), 2)
+    if removed is None:
+        click.echo(f"No login for {redact(target)}.")
+    else:
+        click.echo(f"Logged out of {removed.target}.")
+    still = vault.environment_outranks(kind, os.environ)
+    if still:
+        click.echo(f"warning: {', '.join(still)} still set in this environment: requests to "
+                   f"{redact(target)} still authenticate with it", err=True)
+
+
+def masked(secret: str | None) -> str | None:
+    """A secret as whoami shows it: its length hidden, its last four characters kept when it
+    is long enough that they give nothing away."""
+    if not secret:
+        return None
+    return f"****{secret[-4:]}" if len(secret) >= 20 else "****"
+
+
+def _when(ts: datetime | float | None) -> str | None:
+    if ts is None:
+        return None
+    when = ts if isinstance(ts, datetime) else datetime.fromtimestamp(ts, timezone.utc)
+    return when.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _whoami_store(target: str) -> dict[str, Any]:
+    from cloudtrack.credentials import credentials_for
+
+    out: dict[str, Any] = {"target": redact(target), "kind": "store"}
+    try:
+        config = resolve(target)
+    except CloudtrackError as e:
+        out["error"] = str(e)
+        return out
+    provider = credentials_for(config)
+    try:
+        described = provider.describe()
+        out.update(credential=described.kind, signer=described.signer, source=described.source)
+        cred = provider.current(timeout=10)
+        out.update(signer=cred.signer, source=cred.source, expires=_when(cred.expires),
+                   renews=cred.renews, identity=cred.identity)
+        login = config.setting("login")
+        secret = min(cred.secrets, key=len, default=None)
+        key_id = config.get("access_key_id")
+        out["secret"] = (f"{mask_key_id(str(key_id))} / {masked(secret)}" if key_id
+                         else masked(secret))
+        if login is not None:
+            out["login"] = login.value
+    except CloudtrackError as e:
+        out["error"] = str(e)
+    finally:
+        provider.close()
+    return out
+
+
+def _whoami_server(target: str) -> dict[str, Any]:
+    from cloudtrack.credentials import server
+    from cloudtrack.credentials.base import decode_jwt
+
+    out: dict[str, Any] = {"target": redact(target), "kind": "server"}
+    from_env = vault.environment_outranks("server", os.environ)
+    if from_env:
+        out.update(source=", ".join(f"env:{n}" for n in from_env),
+                   credential="MLflow's variables")
+        username = os.environ.get("MLFLOW_TRACKING_USERNAME")
+        token = os.environ.get("MLFLOW_TRACKING_TOKEN")
+        out["identity"] = username or (decode_jwt(token).get("sub") if token else None)
+        out["secret"] = masked(token or os.environ.get("MLFLOW_TRACKING_PASSWORD"))
+        return out
+    try:
+        login = server.login_for(target)
+        if login is None:
+            out.update(source="none", credential="none")
+            return out
+        out.update(source=login.source, credential=vault.KINDS[login.kind], login=login.target)
+        header, source = server.authorization(login)
+        if login.kind == "server-basic":
+            out["identity"] = login.public.get("username")
+            out["secret"] = masked(login.secret.get("password"))
+        else:
+            assert source is not None
+            token = header.removeprefix("Bearer ")
+            claims = decode_jwt(token)
+            out["identity"] = claims.get("sub") or claims.get("email") or claims.get("upn")
+            out["expires"] = _when(source.expires)
+            out["renews"] = login.kind == "server-token-command"
+            out["secret"] = masked(token)
+        out["check"] = server.check(target, login)[1]
+    except CloudtrackError as e:
+        out["error"] = str(e)
+    return out
+
+
+@main.command("whoami")
+@click.argument("target", required=False)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def whoami_cmd(target: str | None, as_json: bool) -> None:
+    """For TARGET (default: every login, and MLFLOW_TRACKING_URI): the credential in use, where
+    it came from, its masked secret and expiry, and the identity it stands for."""
+    targets = [target] if target else [login.target for login in Vault().logins()]
+    tracking = os.environ.get("MLFLOW_TRACKING_URI")
+    if not target and tracking and tracking not in targets and "://" in tracking:
+        targets.append(tracking)
+    try:
+        info = vault.bounded(vault.keyring_info, vault.keyring_timeout(), "finding the keyring")
+        keyring = {"backend": info.name, "secure": info.secure, "why": info.why}
+    except KeyringUnavailable as e:
+        keyring = {"backend": None, "secure": False, "why": str(e)}
+    rows = []
+    for t in targets:
+        try:
+            kind = vault.backend_of(t)
+        except CloudtrackError as e:
+            rows.append({"target": redact(t), "error": str(e)})
+            continue
+        rows.append(_whoami_server(t) if kind == "server" else _whoami_store(t))
+    failed = any("error" in r for r in rows)
+    if as_json:
+        click.echo(json.dumps({"keyring": keyring, "targets": rows}, indent=2))
+    else:
+        click.echo(f"keyring  {keyring['backend']} "
+                   f"({'secure' if keyring['secure'] else 'NOT secure'}: {keyring['why']})")
+        if not rows:
+            click.echo("no logins (cloudtrack login TARGET), and MLFLOW_TRACKING_URI is unset")
+        for r in rows:
+            click.echo(f"\n{r['target']}")
+            for name in ("credential", "signer", "source", "secret", "identity", "expires",
+                         "renews", "login", "check", "error"):
+                if r.get(name) not in (None, ""):
+                    click.echo(f"  {name:<10} {r[name]}")
+    sys.exit(1 if failed else 0)

@@ -1,0 +1,163 @@
+"""``cloudtrack login`` with a real Secret Service (gnome-keyring on a private D-Bus,
+backends/keyring): the secret lives in the keyring and nowhere else, unchanged MLflow code logs
+with it on every cloud backend and through a token server whose tokens live five seconds, and a
+locked keyring fails fast with a message.  Every test asserts its secrets never appear in what
+was printed."""
+
+from __future__ import annotations
+
+import json
+import textwrap
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from backends.keyring import SecretService
+from cloudtrack.credentials.vault import canonical
+from tests.credentials.common import LOGGING, assert_no_secret, child_env, cli, python
+from tests.credentials.test_login_stores import logged, login_args
+from tests.fixtures.services import Store
+
+
+def test_the_secret_lives_in_the_keyring_and_unchanged_code_logs_with_it(
+        store: Store, secret_service: SecretService, tmp_path: Path) -> None:
+    if store.backend == "local":
+        pytest.skip("a local directory needs no login")
+    args, secret, keep, secrets = login_args(store)
+    env = child_env(tmp_path, {**keep, **secret_service.env})
+    done = cli(env, "login", store.uri, *args, "--json", stdin=secret)
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    assert result["storage"] == "keyring" and "SecretService" in result["keyring"]
+    folder = tmp_path / ".config" / "cloudtrack"
+    assert not (folder / "credentials.json").exists()
+    index = (folder / "logins.json").read_text()
+    kept = secret_service.get_secret("cloudtrack", canonical(store.uri))
+    assert kept is not None
+    for s in [*secrets, secret]:
+        if s:
+            assert s not in index
+            assert s in kept or s in json.loads(kept).get("key_json", "")
+
+    run = python({**env, "MLFLOW_TRACKING_URI": store.uri}, LOGGING)
+    assert run.returncode == 0, run.stderr[-3000:]
+    params, metrics = logged(store, run.stdout.split()[-1])
+    assert params == {"lr": "0.01"} and metrics == {"loss": pytest.approx(1 / 3)}
+
+    who = cli(env, "whoami", "--json")
+    assert who.returncode == 0, who.stdout + who.stderr
+    report = json.loads(who.stdout)
+    assert report["keyring"]["secure"] is True
+    row = report["targets"][0]
+    assert row["login"] == store.uri and "error" not in row
+    assert_no_secret([*secrets, secret], done.stdout, done.stderr, run.stdout, run.stderr,
+                     who.stdout, who.stderr)
+
+    assert cli(env, "logout", store.uri).returncode == 0
+    assert secret_service.get_secret("cloudtrack", canonical(store.uri)) is None
+
+
+def test_a_locked_keyring_fails_fast_and_says_so(
+        store: Store, secret_service: SecretService, tmp_path: Path) -> None:
+    if store.backend != "s3":
+        pytest.skip("the keyring is the same for every backend")
+    args, secret, keep, _ = login_args(store)
+    env = child_env(tmp_path, {**keep, **secret_service.env})
+    assert cli(env, "login", store.uri, *args, stdin=secret).returncode == 0
+    secret_service.lock()
+    try:
+        t0 = time.monotonic()
+        run = python({**env, "MLFLOW_TRACKING_URI": store.uri}, LOGGING)
+        took = time.monotonic() - t0
+        assert run.returncode != 0
+        assert "keyring is locked" in run.stderr and "unlock" in run.stderr
+        assert took < 60
+        again = cli(env, "login", store.uri, *args, stdin=secret)
+        assert again.returncode == 1 and "locked" in again.stderr
+        who = cli(env, "whoami", store.uri, "--json")
+        assert who.returncode == 1 and "locked" in json.loads(who.stdout)["targets"][0]["error"]
+        doctor = cli(env, "doctor", store.uri, "--json")
+        assert doctor.returncode == 1
+        check = {c["id"]: c for c in json.loads(doctor.stdout)["checks"]}["auth.login"]
+        assert check["cause"] == "credentials-missing" and "locked" in check["summary"]
+        assert_no_secret([secret], run.stdout, run.stderr, again.stdout, again.stderr,
+                         who.stdout, doctor.stdout, doctor.stderr)
+    finally:
+        secret_service.unlock()
+
+
+#: Logs one metric point every 50 ms for ``seconds`` through MlflowClient, then reads the
+#: history back; prints the count logged and the count read.
+_LONG_JOB = textwrap.dedent("""
+    import sys, time
+    from mlflow import MlflowClient
+    seconds = float(sys.argv[1])
+    client = MlflowClient()
+    exp = client.create_experiment("long-job")
+    run = client.create_run(exp)
+    rid, n, t0 = run.info.run_id, 0, time.time()
+    while time.time() - t0 < seconds:
+        client.log_metric(rid, "loss", 1.0 / (n + 1), step=n)
+        n += 1
+        time.sleep(0.05)
+    client.set_terminated(rid)
+    print(n, len(client.get_metric_history(rid, "loss")))
+""")
+
+
+def test_a_job_outlives_many_token_lifetimes_and_a_revoked_token(
+        secret_service: SecretService, token_gate, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    gate = token_gate(lifetime=5.0)
+    env = child_env(tmp_path, secret_service.env)
+    done = cli(env, "login", gate.url, "--token-command", gate.token_command_line())
+    assert done.returncode == 0, done.stderr
+    gate.reset_stats()
+    script = tmp_path / "job.py"
+    script.write_text(_LONG_JOB)
+    # Well into the job, the server revokes every token (a new signing key): the next request
+    # is refused with 401, a new token is fetched and the request sent again.
+    stop = threading.Event()
+
+    def revoke_once_busy() -> None:
+        # Just after a token was issued, so that no fetch is under way (a token fetched while
+        # the key changes is already a new-key token, and nothing would be refused).
+        issued = None
+        while not stop.wait(0.05):
+            stats = gate.stats()
+            if stats.forwarded < 100:
+                continue
+            if issued is None:
+                issued = stats.issued
+            elif stats.issued > issued:
+                time.sleep(0.5)
+                gate.revoke()
+                return
+
+    revoker = threading.Thread(target=revoke_once_busy, daemon=True)
+    revoker.start()
+    try:
+        import subprocess
+        import sys
+
+        job = subprocess.run([sys.executable, str(script), "30"],
+                             env={**env, "MLFLOW_TRACKING_URI": gate.url}, capture_output=True,
+                             text=True, timeout=240, check=False)
+    finally:
+        stop.set()
+    assert job.returncode == 0, job.stderr[-3000:]
+    counts = [line for line in job.stdout.splitlines() if line.replace(" ", "").isdigit()]
+    sent, read = map(int, counts[-1].split())
+    assert sent == read and sent > 200
+    stats = gate.stats()
+    assert stats.issued >= 6, stats  # 30 s of 5-second tokens, fetched ahead of expiry
+    assert stats.unauthorized["expired"] == 0, stats
+    assert stats.unauthorized["invalid"] >= 1, stats  # the revocation, answered once
+    assert stats.unauthorized["invalid"] <= 3, stats
+    who = cli(env, "whoami", gate.url, "--json")
+    row = json.loads(who.stdout)["targets"][0]
+    assert row["identity"] == gate.subject and row["renews"] is True and row["expires"]
+    assert_no_secret([gate.client_secret], done.stdout, done.stderr, job.stdout, job.stderr,
+                     who.stdout)
+    assert "eyJ" not in job.stderr + who.stdout  # no token printed

@@ -1,0 +1,183 @@
+"""``cloudtrack login`` for stores: the secret goes to the keyring (or, asked for, a 0600 file),
+and unchanged MLflow code with ``MLFLOW_TRACKING_URI`` set to the store then logs with it — on
+S3 (moto with IAM), Azure (Azurite) and GCS (the emulator's service-account keys).  Real
+services, a real keyring; every test asserts the secrets never appear in what was printed."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+from pathlib import Path
+from typing import Any
+
+import pytest
+from mlflow.entities import ViewType
+
+from cloudtrack.config import parse_connection_string
+from tests.credentials.common import LOGGING, assert_no_secret, child_env, cli, python
+from tests.fixtures.services import Store
+from tests.fixtures.stores import tracking_store
+
+PLAINTEXT = {"PYTHON_KEYRING_BACKEND": "keyrings.alt.file.PlaintextKeyring"}
+
+
+def login_args(store: Store) -> tuple[list[str], str, dict[str, str], list[str]]:
+    """(login arguments, the secret for stdin, what the child keeps of the store's environment,
+    the secrets to look for in output) for the store's backend."""
+    env = store.env
+    if store.backend == "s3":
+        return (["--access-key-id", env["AWS_ACCESS_KEY_ID"], "--endpoint-url",
+                 env["MLFLOW_S3_ENDPOINT_URL"]], env["AWS_SECRET_ACCESS_KEY"], {},
+                [env["AWS_SECRET_ACCESS_KEY"]])
+    if store.backend == "azure":
+        conn = env["AZURE_STORAGE_CONNECTION_STRING"]
+        key = {k.lower(): v for k, v in parse_connection_string(conn).items()}["accountkey"]
+        return (["--azure-credential", "connection-string"], conn,
+                {k: v for k, v in env.items() if k != "AZURE_STORAGE_CONNECTION_STRING"},
+                [key])
+    if store.backend == "gcs":
+        key_file = env["GOOGLE_APPLICATION_CREDENTIALS"]
+        private = json.loads(Path(key_file).read_text())["private_key"]
+        body = private.split("-----")[2].strip().splitlines()[3]  # a line of the key itself
+        return (["--key-file", key_file], "",
+                {k: v for k, v in env.items() if k != "GOOGLE_APPLICATION_CREDENTIALS"},
+                [body])
+    raise AssertionError(store.backend)
+
+
+def logged(store: Store, run_id: str) -> Any:
+    run = tracking_store(store).get_run(run_id)
+    return run.data.params, run.data.metrics
+
+
+@pytest.fixture
+def cloud(store: Store) -> Store:
+    if store.backend == "local":
+        pytest.skip("a local directory needs no login")
+    return store
+
+
+def test_a_plaintext_keyring_is_refused_and_insecure_storage_is_a_0600_file(
+        cloud: Store, tmp_path: Path) -> None:
+    args, secret, keep, secrets = login_args(cloud)
+    env = child_env(tmp_path, {**keep, **PLAINTEXT})
+    refused = cli(env, "login", cloud.uri, *args, stdin=secret)
+    assert refused.returncode == 1, refused.stderr
+    assert "PlaintextKeyring" in refused.stderr and "--insecure-storage" in refused.stderr
+    assert not (tmp_path / ".config" / "cloudtrack" / "logins.json").exists()
+
+    stored = cli(env, "login", cloud.uri, *args, "--insecure-storage", "--json", stdin=secret)
+    assert stored.returncode == 0, stored.stderr
+    assert json.loads(stored.stdout)["storage"] == "file"
+    assert "plain file" in stored.stderr
+    secret_file = tmp_path / ".config" / "cloudtrack" / "credentials.json"
+    assert stat.S_IMODE(os.stat(secret_file).st_mode) == 0o600
+
+    # Unchanged MLflow code, the store's URI, no credential variable: the login signs.
+    run = python({**env, "MLFLOW_TRACKING_URI": cloud.uri}, LOGGING)
+    assert run.returncode == 0, run.stderr[-3000:]
+    params, metrics = logged(cloud, run.stdout.split()[-1])
+    assert params == {"lr": "0.01"} and metrics == {"loss": pytest.approx(1 / 3)}
+    assert_no_secret([*secrets, secret], refused.stdout, refused.stderr, stored.stdout,
+                     stored.stderr, run.stdout, run.stderr)
+
+    gone = cli(env, "logout", cloud.uri)
+    assert gone.returncode == 0 and "Logged out" in gone.stdout
+    assert json.loads(secret_file.read_text()) == {}
+    again = python({**env, "MLFLOW_TRACKING_URI": cloud.uri}, LOGGING)
+    assert again.returncode != 0
+
+
+def test_a_login_that_does_not_work_is_not_stored(cloud: Store, tmp_path: Path) -> None:
+    args, secret, keep, _ = login_args(cloud)
+    if cloud.backend == "gcs":
+        wrong = cloud.service.bad_credentials_env()["GOOGLE_APPLICATION_CREDENTIALS"]
+        args = ["--key-file", wrong]
+    elif cloud.backend == "azure":
+        secret = cloud.service.bad_credentials_env()["AZURE_STORAGE_CONNECTION_STRING"]
+    else:
+        secret = "x" * 40
+    env = child_env(tmp_path, {**keep, **PLAINTEXT})
+    refused = cli(env, "login", cloud.uri, *args, "--insecure-storage", stdin=secret)
+    assert refused.returncode == 1, refused.stdout + refused.stderr
+    assert "nothing stored" in refused.stderr
+    assert not (tmp_path / ".config" / "cloudtrack" / "logins.json").exists()
+    assert_no_secret([secret], refused.stdout, refused.stderr)
+
+
+def test_the_environment_outranks_a_login_and_config_says_where_values_came_from(
+        tmp_path: Path, store: Store) -> None:
+    if store.backend != "s3":
+        pytest.skip("the order is the same code for every backend; S3 has two IAM users")
+    args, secret, _, _ = login_args(store)
+    env = child_env(tmp_path, PLAINTEXT)
+    assert cli(env, "login", store.uri, *args, "--insecure-storage", stdin=secret).returncode == 0
+    shown = cli(env, "config", store.uri, "--json")
+    sources = {s["name"]: s["source"] for s in json.loads(shown.stdout)["settings"]}
+    assert sources["access_key_id"].startswith("insecure-file:s3://")
+    assert sources["endpoint_url"].startswith("insecure-file:s3://")
+    # Variables outrank the login (all of it: its endpoint belongs to its keys): the
+    # no-access user's keys are used, and refused.
+    no_access = store.service.no_access_env()  # type: ignore[attr-defined]
+    outranked = python({**env, "MLFLOW_TRACKING_URI": store.uri,
+                        "MLFLOW_S3_ENDPOINT_URL": store.env["MLFLOW_S3_ENDPOINT_URL"],
+                        "AWS_ACCESS_KEY_ID": no_access["AWS_ACCESS_KEY_ID"],
+                        "AWS_SECRET_ACCESS_KEY": no_access["AWS_SECRET_ACCESS_KEY"]}, LOGGING)
+    assert outranked.returncode != 0
+    assert "AccessDenied" in outranked.stderr or "denied" in outranked.stderr.lower()
+    assert_no_secret([secret, no_access["AWS_SECRET_ACCESS_KEY"]], outranked.stdout,
+                     outranked.stderr, shown.stdout)
+
+
+def test_the_longest_matching_login_wins(store: Store, tmp_path: Path) -> None:
+    if store.backend != "s3":
+        pytest.skip("matching is the same code for every backend")
+    args, secret, _, _ = login_args(store)
+    bucket = store.uri.split("/")[2]
+    env = child_env(tmp_path, PLAINTEXT)
+    no_access = store.service.no_access_env()  # type: ignore[attr-defined]
+    bad = ["--access-key-id", no_access["AWS_ACCESS_KEY_ID"], "--endpoint-url",
+           store.env["MLFLOW_S3_ENDPOINT_URL"], "--no-check"]
+    assert cli(env, "login", f"s3://{bucket}", *bad, "--insecure-storage",
+               stdin=no_access["AWS_SECRET_ACCESS_KEY"]).returncode == 0
+    assert cli(env, "login", store.uri, *args, "--insecure-storage", stdin=secret).returncode == 0
+    run = python({**env, "MLFLOW_TRACKING_URI": store.uri}, LOGGING)
+    assert run.returncode == 0, run.stderr[-2000:]
+    who = cli(env, "whoami", store.uri, "--json")
+    row = json.loads(who.stdout)["targets"][0]
+    assert row["login"] == store.uri and row["source"] == "explicit"
+    assert row["secret"].startswith(store.env["AWS_ACCESS_KEY_ID"][:4])
+    # The bucket-wide login still covers the rest of the bucket.
+    sibling = python({**env, "MLFLOW_TRACKING_URI": f"s3://{bucket}/elsewhere"}, LOGGING)
+    assert sibling.returncode != 0
+    assert_no_secret([secret, no_access["AWS_SECRET_ACCESS_KEY"]], who.stdout, who.stderr,
+                     run.stderr, sibling.stderr)
+    runs = tracking_store(store).search_runs(
+        [e.experiment_id for e in tracking_store(store).search_experiments()], "",
+        ViewType.ALL)
+    assert len(runs) == 1
+
+
+def test_the_doctor_names_the_login_and_a_login_whose_keys_go_elsewhere(
+        store: Store, tmp_path: Path) -> None:
+    if store.backend != "s3":
+        pytest.skip("the endpoint a login was saved for is an S3-compatible setting")
+    args, secret, _, _ = login_args(store)
+    env = child_env(tmp_path, PLAINTEXT)
+    assert cli(env, "login", store.uri, *args, "--insecure-storage", stdin=secret).returncode == 0
+    ok = cli(env, "doctor", store.uri, "--json")
+    report = json.loads(ok.stdout)
+    checks = {c["id"]: c for c in report["checks"]}
+    assert ok.returncode == 0, ok.stdout
+    assert checks["config.login"]["status"] == "warn" and "plain file" in \
+        checks["config.login"]["summary"]
+    # A variable names another endpoint: the login's keys would be sent there.
+    elsewhere = cli({**env, "MLFLOW_S3_ENDPOINT_URL": "http://127.0.0.1:9"}, "doctor",
+                    store.uri, "--json")
+    assert elsewhere.returncode == 1, elsewhere.stdout
+    failed = {c["id"]: c for c in json.loads(elsewhere.stdout)["checks"]}
+    check = failed["consistency.login-endpoint"]
+    assert check["status"] == "fail" and check["cause"] == "endpoint-mismatch"
+    assert "MLFLOW_S3_ENDPOINT_URL" in check["fix"]
+    assert_no_secret([secret], ok.stdout, ok.stderr, elsewhere.stdout, elsewhere.stderr)
