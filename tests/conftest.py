@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import os
+import tempfile
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,6 +19,10 @@ pytest_plugins = [
     "tests.fixtures.faults",
     "tests.fixtures.credentials",
 ]
+
+# The tests never read or write the logins (`cloudtrack login`) of whoever runs them: their
+# own configuration folder, empty.  Tests of logins give their processes a HOME of their own.
+os.environ["CLOUDTRACK_CONFIG_DIR"] = tempfile.mkdtemp(prefix="cloudtrack-test-config-")
 
 #: MLflow's default tracking URI (sqlite:///mlflow.db) creates this in the working directory:
 #: a test (or a code path) that reaches it without meaning to leaves it in the checkout.

@@ -186,10 +186,14 @@ class Login:
 
 def config_dir(environ: Mapping[str, str] | None = None) -> Path:
     """cloudtrack's configuration folder: ``CLOUDTRACK_CONFIG_DIR``, else
-    ``$XDG_CONFIG_HOME/cloudtrack``, else ``~/.config/cloudtrack``."""
+    ``$XDG_CONFIG_HOME/cloudtrack``, else ``~/.config/cloudtrack`` (of ``environ``, or of the
+    process for what ``environ`` does not say)."""
     env = os.environ if environ is None else environ
-    if env.get("CLOUDTRACK_CONFIG_DIR"):
-        return Path(env["CLOUDTRACK_CONFIG_DIR"])
+    # A given environment that does not name the folder still belongs to this user.
+    named = env.get("CLOUDTRACK_CONFIG_DIR") or (
+        os.environ.get("CLOUDTRACK_CONFIG_DIR") if "HOME" not in env else None)
+    if named:
+        return Path(named)
     base = env.get("XDG_CONFIG_HOME") or os.path.join(
         env.get("HOME") or os.path.expanduser("~"), ".config")
     return Path(base) / "cloudtrack"
