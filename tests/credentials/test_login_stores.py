@@ -181,3 +181,30 @@ def test_the_doctor_names_the_login_and_a_login_whose_keys_go_elsewhere(
     assert check["status"] == "fail" and check["cause"] == "endpoint-mismatch"
     assert "MLFLOW_S3_ENDPOINT_URL" in check["fix"]
     assert_no_secret([secret], ok.stdout, ok.stderr, elsewhere.stdout, elsewhere.stderr)
+
+
+@pytest.mark.parametrize("kind", ["account-key", "sas"])
+def test_an_azure_account_key_or_sas_login_with_its_endpoint(
+        store: Store, tmp_path: Path, kind: str) -> None:
+    if store.backend != "azure":
+        pytest.skip("Azure's account key and SAS")
+    from tests.fixtures.doctor import ALL, sas_env
+
+    azurite = store.service
+    conn = store.env["AZURE_STORAGE_CONNECTION_STRING"]
+    pairs = {k.lower(): v for k, v in parse_connection_string(conn).items()}
+    secret = pairs["accountkey"] if kind == "account-key" else parse_connection_string(
+        sas_env(azurite, store.uri, 1, **ALL)["AZURE_STORAGE_CONNECTION_STRING"]
+    )["SharedAccessSignature"]
+    env = child_env(tmp_path, PLAINTEXT)
+    done = cli(env, "login", store.uri, "--azure-credential", kind, "--endpoint-url",
+               pairs["blobendpoint"], "--insecure-storage", stdin=secret)
+    assert done.returncode == 0, done.stderr
+    run = python({**env, "MLFLOW_TRACKING_URI": store.uri}, LOGGING)
+    assert run.returncode == 0, run.stderr[-3000:]
+    params, _ = logged(store, run.stdout.split()[-1])
+    assert params == {"lr": "0.01"}
+    who = cli(env, "whoami", store.uri, "--json")
+    row = json.loads(who.stdout)["targets"][0]
+    assert row["login"] == store.uri and row["source"].startswith("insecure-file:azure://")
+    assert_no_secret([secret], done.stdout, done.stderr, run.stdout, run.stderr, who.stdout)

@@ -66,7 +66,9 @@ def _build(target: str, kind: str, opts: Mapping[str, Any]) -> Login:
                      {"secret_access_key": _read_secret("Secret access key", secret_file)})
     if kind == "azure":
         name, field, label = _AZURE_KINDS[opts["azure_credential"]]
-        return Login(target, name, {}, {field: _read_secret(label, secret_file)})
+        extra = {"endpoint_url": opts["endpoint_url"]} if opts["endpoint_url"] \
+            and name != "azure-connection-string" else {}
+        return Login(target, name, extra, {field: _read_secret(label, secret_file)})
     if kind == "gcs":
         key_file = opts["key_file"]
         if not key_file:
@@ -115,8 +117,9 @@ def _check_store(login: Login) -> str:
 @main.command("login")
 @click.argument("target")
 @click.option("--access-key-id", help="s3://: the access key id (prompted if not given).")
-@click.option("--endpoint-url", help="s3://: an S3-compatible endpoint (MinIO, R2, …) to keep "
-              "with the login.")
+@click.option("--endpoint-url", help="s3://: an S3-compatible endpoint (MinIO, R2, …); "
+              "wasbs:// with a key or SAS: a blob endpoint other than the URI's (Azurite, a "
+              "private endpoint). Kept with the login.")
 @click.option("--azure-credential", type=click.Choice(sorted(_AZURE_KINDS)),
               default="account-key", show_default=True,
               help="wasbs:// / abfss://: what the secret is.")

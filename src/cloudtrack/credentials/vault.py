@@ -169,6 +169,15 @@ class Login:
             if p.get("endpoint_url"):
                 env["MLFLOW_S3_ENDPOINT_URL"] = p["endpoint_url"]
             return env
+        if self.kind in ("azure-account-key", "azure-sas") and p.get("endpoint_url"):
+            # An endpoint other than the URI's (Azurite, a private endpoint): only a
+            # connection string carries one.
+            account = canonical(self.target).removeprefix("azure://").split(".", 1)[0]
+            signer = (f"AccountName={account};AccountKey={s.get('account_key', '')}"
+                      if self.kind == "azure-account-key"
+                      else f"SharedAccessSignature={s.get('sas_token', '').lstrip('?')}")
+            return {"AZURE_STORAGE_CONNECTION_STRING":
+                    f"{signer};BlobEndpoint={p['endpoint_url'].rstrip('/')};"}
         if self.kind == "azure-account-key":
             return {"AZURE_STORAGE_ACCESS_KEY": s.get("account_key", "")}
         if self.kind == "azure-sas":
