@@ -148,6 +148,7 @@ def test_the_longest_matching_login_wins(store: Store, tmp_path: Path) -> None:
     row = json.loads(who.stdout)["targets"][0]
     assert row["login"] == store.uri and row["source"] == "explicit"
     assert row["secret"].startswith(store.env["AWS_ACCESS_KEY_ID"][:4])
+    assert row["identity"].startswith("arn:aws:iam::") and row["identity"].endswith("tester")
     # The bucket-wide login still covers the rest of the bucket.
     sibling = python({**env, "MLFLOW_TRACKING_URI": f"s3://{bucket}/elsewhere"}, LOGGING)
     assert sibling.returncode != 0

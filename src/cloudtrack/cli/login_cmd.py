@@ -243,6 +243,8 @@ def _whoami_store(target: str) -> dict[str, Any]:
         cred = provider.current(timeout=10)
         out.update(signer=cred.signer, source=cred.source, expires=_when(cred.expires),
                    renews=cred.renews, identity=cred.identity)
+        if config.backend == "s3" and not cred.identity:
+            out["identity"] = _s3_identity(config)
         login = config.setting("login")
         secret = min(cred.secrets, key=len, default=None)
         key_id = config.get("access_key_id")
@@ -255,6 +257,33 @@ def _whoami_store(target: str) -> dict[str, Any]:
     finally:
         provider.close()
     return out
+
+
+def _s3_identity(config: Any) -> str | None:
+    """Who the S3 credentials are, as STS GetCallerIdentity says (at the store's endpoint when
+    it is custom: MinIO and moto answer there); None when no STS answers."""
+    from botocore.config import Config
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    from cloudtrack.blobs import open_blobs
+    from cloudtrack.blobs.s3.client import sdk_verify
+
+    blobs: Any = open_blobs(config)
+    try:
+        frozen = blobs.credentials.signing().get_frozen_credentials()
+        env = config.environ
+        endpoint = env.get("AWS_ENDPOINT_URL_STS") or env.get("AWS_ENDPOINT_URL") or (
+            blobs.endpoint_url if config.get("endpoint_url") else None)
+        sts = blobs.credentials.session.create_client(
+            "sts", region_name=blobs.region, endpoint_url=endpoint, verify=sdk_verify(config),
+            aws_access_key_id=frozen.access_key, aws_secret_access_key=frozen.secret_key,
+            aws_session_token=frozen.token,
+            config=Config(connect_timeout=5, read_timeout=10, retries={"total_max_attempts": 1}))
+        return str(sts.get_caller_identity().get("Arn")) or None
+    except (BotoCoreError, ClientError, AttributeError):
+        return None
+    finally:
+        blobs.close()
 
 
 def _whoami_server(target: str) -> dict[str, Any]:
