@@ -245,6 +245,13 @@ class SecretService:
         return self._collection
 
     @property
+    def keyring_pid(self) -> int:
+        """The gnome-keyring daemon's process id (a test stops it to wedge the service)."""
+        if self._daemon is None:
+            raise SecretServiceError("the Secret Service is not running: start() it first")
+        return self._daemon.pid
+
+    @property
     def pids(self) -> list[int]:
         """The bus's and the daemon's process ids (for cleanup checks)."""
         return [proc.pid for _, proc, _ in self._processes()]

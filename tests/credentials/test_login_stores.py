@@ -126,6 +126,9 @@ def test_the_environment_outranks_a_login_and_config_says_where_values_came_from
                         "AWS_SECRET_ACCESS_KEY": no_access["AWS_SECRET_ACCESS_KEY"]}, LOGGING)
     assert outranked.returncode != 0
     assert "AccessDenied" in outranked.stderr or "denied" in outranked.stderr.lower()
+    # Logging out while a variable still authenticates says so.
+    out = cli({**env, "AWS_ACCESS_KEY_ID": no_access["AWS_ACCESS_KEY_ID"]}, "logout", store.uri)
+    assert out.returncode == 0 and "AWS_ACCESS_KEY_ID still set" in out.stderr
     assert_no_secret([secret, no_access["AWS_SECRET_ACCESS_KEY"]], outranked.stdout,
                      outranked.stderr, shown.stdout)
 

@@ -392,7 +392,7 @@ class Vault:
             return {str(k): str(v) for k, v in entry.items()}
         import keyring
 
-        info = keyring_info()
+        info = bounded(keyring_info, self.timeout, "finding the keyring")
         if not info.secure:
             raise KeyringUnavailable(
                 f"the login for {login.target} is kept in the OS keyring, but the keyring in "
@@ -431,7 +431,7 @@ class Vault:
         else:
             import keyring
 
-            info = keyring_info()
+            info = bounded(keyring_info, self.timeout, "finding the keyring")
             if not info.secure:
                 raise KeyringUnavailable(
                     f"refusing to store the secret for {login.target}: the keyring in use is "
