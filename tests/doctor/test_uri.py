@@ -36,4 +36,5 @@ def test_the_variable_wins() -> None:
 
 
 def test_supported_schemes_come_from_the_registry() -> None:
-    assert set(supported_schemes()) == {"s3", "gs", "wasbs", "abfss", "file", "http", "https"}
+    assert set(supported_schemes()) == {"s3", "gs", "wasbs", "abfss", "file", "http", "https",
+                                        "databricks", "databricks-uc", "azureml"}

@@ -57,9 +57,9 @@ __all__ = ["BACKENDS", "CAUSES", "LAYERS", "Check", "DoctorReport", "default_uri
            "diagnose_store", "run", "supported_schemes"]
 
 def supported_schemes() -> list[str]:
-    """URI schemes the doctor diagnoses: those of every backend in the backend table, and
-    http(s) for MLflow servers."""
-    return [s for spec in BACKEND_TABLE for s in spec.schemes] + ["http", "https"]
+    """URI schemes the doctor diagnoses: those of every backend in the backend table, http(s)
+    for MLflow servers, and the managed platforms (Databricks, Azure ML)."""
+    return [s for spec in BACKEND_TABLE for s in spec.schemes] + ["http", "https", *PLATFORMS]
 
 
 def default_uri(environ: Mapping[str, str], cwd: str | None = None) -> tuple[str, str]:
@@ -88,10 +88,19 @@ def default_uri(environ: Mapping[str, str], cwd: str | None = None) -> tuple[str
     return "sqlite:///" + posixpath.abspath(urllib.request.pathname2url(db)), "MLflow's default"
 
 
+#: Managed platforms MLflow reaches through URIs of their own -> the doctor module for them.
+PLATFORMS = {"databricks": "databricks", "databricks-uc": "databricks", "azureml": "azureml"}
+
+
 def _backend_of(uri: str) -> str | None:
+    # MLflow reads the bare words as Databricks, not as directories.
+    if uri.strip() in ("databricks", "databricks-uc"):
+        return "databricks"
     scheme = split_scheme(uri)
     if scheme in ("http", "https"):
         return "http"
+    if scheme in PLATFORMS:
+        return PLATFORMS[scheme]
     entry = SCHEMES.get(scheme)
     return entry[0] if entry is not None else None
 
@@ -133,6 +142,9 @@ def _diagnose(p: Probe, uri: str, origin: str, backend: str | None) -> None:
         from cloudtrack.doctor import http
 
         http.diagnose(p, uri, origin)
+        return
+    if backend in ("databricks", "azureml"):
+        importlib.import_module(f"cloudtrack.doctor.{backend}").diagnose(p, uri, origin)
         return
     if backend is None:
         scheme = split_scheme(uri)
