@@ -48,11 +48,13 @@ def test_cloud_schemes_and_http(tmp_path: Path) -> None:
     code = ("from mlflow.tracking._tracking_service.utils import _tracking_store_registry as t\n"
             "from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository as a\n"
             "print(t.get_store_builder('s3://b').__module__, t.get_store_builder('gs://b').__module__,"
-            " t.get_store_builder('http://h').__module__, type(a('s3://bkt/x')).__name__)")
+            " t.get_store_builder('http://h').__module__, type(a('s3://bkt/x')).__name__,"
+            " type(t.get_store_builder('http://h')('http://h')).__module__)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          env={**os.environ, **env}, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
-    s3, gs, http, repo = out.stdout.split()
+    s3, gs, http, repo, rest = out.stdout.split()
     assert s3 == gs == "cloudtrack.mlflow_plugin"
-    assert http.startswith("mlflow.")
+    # http(s) is built by cloudtrack (so a `cloudtrack login` can sign it), as MLflow's RestStore.
+    assert http == "cloudtrack.credentials.server" and rest.startswith("mlflow.store.")
     assert repo == "BlobArtifactRepository"
