@@ -1,0 +1,403 @@
+"""A stand-in for an Azure Machine Learning workspace's MLflow endpoint, over HTTPS on a free
+loopback port, and a token source for ``DefaultAzureCredential`` on loopback.
+
+No emulator of Azure ML exists, so :class:`AzureMLWorkspace` answers the way the regional
+endpoint ``https://<region>.api.azureml.ms/mlflow/v2.0/subscriptions/<sub>/resourceGroups/<rg>/
+providers/Microsoft.MachineLearningServices/workspaces/<ws>/api/2.0/mlflow/…`` does:
+
+* no ``Authorization`` header: 401 with the Bearer challenge naming the subscription's tenant
+  (``WWW-Authenticate: Bearer authorization_uri="https://login.microsoftonline.com/<tid>"`` —
+  how Azure tools discover a subscription's tenant);
+* a token it did not issue, an expired one, one for another audience or from another tenant:
+  401 with Azure Resource Manager's documented error codes (``InvalidAuthenticationToken``,
+  ``ExpiredAuthenticationToken``, ``InvalidAuthenticationTokenTenant``) and their messages;
+* a principal without a role on the workspace: 403 ``AuthorizationFailed`` naming the action
+  (``Microsoft.MachineLearningServices/workspaces/experiments/read``) and the scope, in the
+  words of Azure's "Troubleshoot Azure RBAC" page;
+* another workspace than its own: 404 ``ResourceNotFound``;
+* ``private_link=True``: every request, signed or not, refused with Azure ML's 403
+  ``UserError`` "Access to workspace was denied based on workspace private link
+  configuration." (what a workspace without public network access answers from outside);
+* otherwise ``experiments/search`` answers 200 with MLflow's JSON.
+
+Clients reach it by the workspace's real host name: the certificate (signed by a throw-away CA,
+trusted through ``REQUESTS_CA_BUNDLE``/``SSL_CERT_FILE``) is issued for ``*.api.azureml.ms``,
+the tests map the name to 127.0.0.1 in the doctor's own mount namespace (its ``/etc/hosts``),
+and the URI carries the port — azureml-mlflow builds its host URL as ``"https://" + netloc``,
+so a port in the URI is used as given.
+
+Tokens come from :class:`ManagedIdentityEndpoint`, the same stand-in for App Service's
+managed-identity endpoint as ``backends/azure``'s (``IDENTITY_ENDPOINT``/``IDENTITY_HEADER``,
+read by ``DefaultAzureCredential``'s unmodified chain), minting management-audience tokens of
+several principals: one holding a workspace role, one holding none, one of another tenant.
+Signatures are random; the workspace accepts exactly the tokens the endpoint issued.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import ipaddress
+import json
+import re
+import secrets
+import tempfile
+import threading
+import time
+import urllib.parse
+import uuid
+from collections.abc import Mapping
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any, NamedTuple
+
+from backends._common import LOOPBACK
+
+REGION = "eastus"
+HOST = f"{REGION}.api.azureml.ms"
+SUBSCRIPTION = "5a1b2c3d-0000-4000-8000-00000000a001"
+RESOURCE_GROUP = "ml-rg"
+WORKSPACE = "ml-ws"
+#: The tenant the subscription belongs to, and another one.
+TENANT_ID = "c10d7ac4-0000-4000-8000-000000000001"
+OTHER_TENANT_ID = "d20e8bd5-0000-4000-8000-000000000002"
+#: Principals: one with "AzureML Data Scientist" on the workspace, one with no role there.
+MEMBER_OID = "c10d7ac4-0000-4000-8000-0000000000aa"
+OUTSIDER_OID = "c10d7ac4-0000-4000-8000-0000000000cc"
+APP_ID = "c10d7ac4-0000-4000-8000-0000000000bb"
+MANAGEMENT = "https://management.azure.com/"
+#: What the token endpoint hands out: ``valid`` (the member), ``no-role`` (the outsider),
+#: ``other-tenant`` (the member's app in another tenant), ``expired``, ``forged`` (a token the
+#: workspace never issued: its signature does not verify), ``wrong-audience`` (for Storage).
+TOKEN_KINDS = ("valid", "no-role", "other-tenant", "expired", "forged", "wrong-audience")
+SCOPE = (f"/subscriptions/{SUBSCRIPTION}/resourceGroups/{RESOURCE_GROUP}/providers/"
+         f"Microsoft.MachineLearningServices/workspaces/{WORKSPACE}")
+
+
+def tracking_uri(port: int, host: str = HOST, *, workspace: str = WORKSPACE) -> str:
+    """The workspace's MLflow tracking URI as ``az ml workspace show`` prints it (v1.0), with
+    the stand-in's port."""
+    return (f"azureml://{host}:{port}/mlflow/v1.0/subscriptions/{SUBSCRIPTION}/resourceGroups/"
+            f"{RESOURCE_GROUP}/providers/Microsoft.MachineLearningServices/workspaces/{workspace}")
+
+
+def _b64url(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def mint(kind: str, audience: str = MANAGEMENT, *, lifetime: int = 3600) -> str:
+    """A JWT shaped like an Entra ID access token of ``kind`` (one of :data:`TOKEN_KINDS`)."""
+    if kind not in TOKEN_KINDS:
+        raise ValueError(f"unknown token kind {kind!r}; one of {', '.join(TOKEN_KINDS)}")
+    now = int(time.time())
+    iat = now - 2 * lifetime if kind == "expired" else now - 60
+    tenant = OTHER_TENANT_ID if kind == "other-tenant" else TENANT_ID
+    claims: dict[str, Any] = {
+        "aud": "https://storage.azure.com" if kind == "wrong-audience" else audience,
+        "iss": f"https://sts.windows.net/{tenant}/", "iat": iat, "nbf": iat,
+        "exp": iat + lifetime, "tid": tenant, "appid": APP_ID,
+        "oid": OUTSIDER_OID if kind == "no-role" else MEMBER_OID,
+        "sub": "cloudtrack-test-identity", "ver": "1.0",
+    }
+    header = {"alg": "RS256", "typ": "JWT", "kid": "cloudtrack-test"}
+    return ".".join([_b64url(json.dumps(header).encode()), _b64url(json.dumps(claims).encode()),
+                     _b64url(secrets.token_bytes(64))])
+
+
+def _claims(token: str) -> dict[str, Any]:
+    try:
+        payload = token.split(".")[1]
+        value = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    except (IndexError, ValueError):
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+# -- TLS -----------------------------------------------------------------------------------
+
+
+class TlsFiles(NamedTuple):
+    ca: Path
+    cert: Path
+    key: Path
+
+
+def make_tls_files(folder: Path, names: tuple[str, ...]) -> TlsFiles:
+    """A throw-away CA and a server certificate for ``names`` (and 127.0.0.1) signed by it."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    now = dt.datetime.now(dt.timezone.utc)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "cloudtrack test CA")])
+    ca_cert = (
+        x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name)
+        .public_key(ca_key.public_key()).serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=2))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True,
+                                     content_commitment=False, key_encipherment=False,
+                                     data_encipherment=False, key_agreement=False,
+                                     encipher_only=False, decipher_only=False), critical=True)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()),
+                       critical=False)
+        .sign(ca_key, hashes.SHA256()))
+    key = ec.generate_private_key(ec.SECP256R1())
+    alt: list[x509.GeneralName] = [x509.DNSName(n) for n in names]
+    alt.append(x509.IPAddress(ipaddress.ip_address(LOOPBACK)))
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, names[0])]))
+        .issuer_name(ca_name).public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName(alt), critical=False)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()),
+                       critical=False)
+        .sign(ca_key, hashes.SHA256()))
+    files = TlsFiles(folder / "ca.pem", folder / "cert.pem", folder / "key.pem")
+    files.ca.write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
+    files.cert.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    files.key.write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                            serialization.PrivateFormat.PKCS8,
+                                            serialization.NoEncryption()))
+    files.key.chmod(0o600)
+    return files
+
+
+# -- the managed-identity token source ------------------------------------------------------
+
+
+class _Json(BaseHTTPRequestHandler):
+    def reply(self, status: int, body: Mapping[str, Any] | None,
+              headers: Mapping[str, str] | None = None) -> None:
+        data = json.dumps(body).encode() if body is not None else b""
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json; charset=utf-8")
+        self.send_header("Content-Length", str(len(data)))
+        for k, v in (headers or {}).items():
+            self.send_header(k, v)
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+class _TokenHandler(_Json):
+    server: ManagedIdentityEndpoint
+
+    def do_GET(self) -> None:
+        url = urllib.parse.urlsplit(self.path)
+        parts = url.path.strip("/").split("/")
+        query = dict(urllib.parse.parse_qsl(url.query))
+        if self.headers.get("X-IDENTITY-HEADER") != self.server.secret:
+            return self.reply(401, {"error": "unauthorized",
+                                    "error_description": "X-IDENTITY-HEADER missing or wrong"})
+        if len(parts) != 3 or parts[1:] != ["msi", "token"] or parts[0] not in TOKEN_KINDS:
+            return self.reply(404, {"error": "not_found"})
+        resource = query.get("resource")
+        if not resource:
+            return self.reply(400, {"error": "invalid_request",
+                                    "error_description": "resource is required"})
+        token = mint(parts[0], resource)
+        self.server.minted.add(token)
+        if parts[0] != "forged":
+            self.server.issued.add(token)
+        self.reply(200, {"access_token": token, "expires_on": str(_claims(token)["exp"]),
+                         "resource": resource, "token_type": "Bearer", "client_id": APP_ID})
+
+
+class ManagedIdentityEndpoint(ThreadingHTTPServer):
+    """App Service's managed-identity endpoint, on loopback: ``env(kind)`` announces it."""
+
+    daemon_threads = True
+
+    def __init__(self) -> None:
+        super().__init__((LOOPBACK, 0), _TokenHandler)
+        self.secret = secrets.token_hex(16)
+        #: Every token handed out (the workspace accepts these and no others).
+        self.issued: set[str] = set()
+        #: Every token minted, issued or forged (none may appear in a client's output).
+        self.minted: set[str] = set()
+
+    def env(self, kind: str = "valid") -> dict[str, str]:
+        if kind not in TOKEN_KINDS:
+            raise ValueError(f"unknown token kind {kind!r}; one of {', '.join(TOKEN_KINDS)}")
+        return {"IDENTITY_ENDPOINT": f"http://{LOOPBACK}:{self.server_address[1]}/{kind}/msi/token",
+                "IDENTITY_HEADER": self.secret}
+
+
+# -- the workspace -----------------------------------------------------------------------------
+
+
+_PATH = re.compile(r"^/mlflow/v[12]\.0/subscriptions/([^/]+)/resourceGroups/([^/]+)/providers/"
+                   r"Microsoft\.MachineLearningServices/workspaces/([^/]+)(/.*)$", re.IGNORECASE)
+_AUDIENCES = ("https://management.core.windows.net/", "https://management.core.windows.net",
+              "https://management.azure.com/", "https://management.azure.com")
+
+
+def _arm_error(code: str, message: str) -> dict[str, Any]:
+    return {"error": {"code": code, "message": message}}
+
+
+def _challenge(tenant: str, error: str = "", description: str = "") -> dict[str, str]:
+    value = f'Bearer authorization_uri="https://login.microsoftonline.com/{tenant}"'
+    if error:
+        value += f', error="{error}", error_description="{description}"'
+    return {"WWW-Authenticate": value}
+
+
+class _WorkspaceHandler(_Json):
+    server: AzureMLWorkspace
+    protocol_version = "HTTP/1.1"
+
+    def _any(self) -> None:
+        length = int(self.headers.get("Content-Length") or 0)
+        if length:
+            self.rfile.read(length)
+        status, body, headers = self.server.answer(self.command, self.path,
+                                                   self.headers.get("Authorization", ""))
+        self.reply(status, body, {"x-ms-request-id": str(uuid.uuid4()),
+                                  "x-aml-cluster": f"vienna-{REGION}-01",
+                                  "x-request-time": "0.012", **headers})
+
+    do_GET = do_POST = do_PATCH = do_DELETE = _any
+
+
+class AzureMLWorkspace(ThreadingHTTPServer):
+    """The stand-in workspace endpoint (see the module's docstring), with its token source.
+
+    Use as a context manager; :attr:`uri` is the tracking URI, :meth:`env` the variables of a
+    client whose ``DefaultAzureCredential`` gets ``kind`` tokens."""
+
+    daemon_threads = True
+
+    def __init__(self, *, private_link: bool = False) -> None:
+        super().__init__((LOOPBACK, 0), _WorkspaceHandler)
+        self.private_link = private_link
+        self._tmp = Path(tempfile.mkdtemp(prefix="cloudtrack-azureml-"))
+        self.tls = make_tls_files(self._tmp, (HOST, "*.api.azureml.ms",
+                                              f"*.workspace.{REGION}.api.azureml.ms"))
+        import ssl
+
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.load_cert_chain(str(self.tls.cert), str(self.tls.key))
+        self.socket = ctx.wrap_socket(self.socket, server_side=True)
+        self.tokens = ManagedIdentityEndpoint()
+        #: (method, path, had a bearer token) of every request, for the tests.
+        self.requests: list[tuple[str, str, bool]] = []
+        self._serving = [threading.Thread(target=s.serve_forever, args=(0.05,), daemon=True)
+                         for s in (self, self.tokens)]
+
+    @property
+    def port(self) -> int:
+        return int(self.server_address[1])
+
+    @property
+    def uri(self) -> str:
+        return tracking_uri(self.port)
+
+    def env(self, kind: str = "valid") -> dict[str, str]:
+        ca = str(self.tls.ca)
+        return {**self.tokens.env(kind), "REQUESTS_CA_BUNDLE": ca, "SSL_CERT_FILE": ca}
+
+    def __enter__(self) -> AzureMLWorkspace:
+        for t in self._serving:
+            t.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for s in (self, self.tokens):
+            s.shutdown()
+            s.server_close()
+        import shutil
+
+        shutil.rmtree(self._tmp, ignore_errors=True)
+
+    # -- what the endpoint answers -----------------------------------------------------------
+
+    def answer(self, method: str, path: str, authorization: str
+               ) -> tuple[int, dict[str, Any] | None, dict[str, str]]:
+        self.requests.append((method, path, authorization.startswith("Bearer ")))
+        if self.private_link:
+            return 403, {"error": {
+                "code": "UserError",
+                "message": "Access to workspace was denied based on workspace private link "
+                           "configuration.",
+                "details": [],
+                "additionalInfo": [{"type": "ComponentName",
+                                    "info": {"value": "managementfrontend"}}]}}, {}
+        m = _PATH.match(urllib.parse.urlsplit(path).path)
+        if m is None:
+            return 404, _arm_error("NotFound", "The requested resource was not found."), {}
+        if not authorization.startswith("Bearer "):
+            return 401, _arm_error("AuthenticationFailed",
+                                   "Authentication failed. The 'Authorization' header is "
+                                   "missing."), _challenge(
+                TENANT_ID, "invalid_token",
+                "The authentication failed because of missing 'Authorization' header.")
+        token = authorization[len("Bearer "):]
+        claims = _claims(token)
+        refused = self._refusal(token, claims)
+        if refused is not None:
+            code, message = refused
+            return 401, _arm_error(code, message), _challenge(TENANT_ID, "invalid_token",
+                                                              message.split(". ")[0] + ".")
+        sub, rg, ws, rest = m.groups()
+        if (sub.lower(), rg.lower(), ws.lower()) != (SUBSCRIPTION, RESOURCE_GROUP.lower(),
+                                                     WORKSPACE.lower()):
+            return 404, _arm_error(
+                "ResourceNotFound",
+                f"The Resource 'Microsoft.MachineLearningServices/workspaces/{ws}' under "
+                f"resource group '{rg}' was not found. For more details please go to "
+                "https://aka.ms/ARMResourceNotFoundFix"), {}
+        if claims.get("oid") != MEMBER_OID:
+            oid = claims.get("oid", "?")
+            return 403, _arm_error(
+                "AuthorizationFailed",
+                f"The client '{oid}' with object id '{oid}' does not have authorization to "
+                "perform action 'Microsoft.MachineLearningServices/workspaces/experiments/read' "
+                f"over scope '{SCOPE}' or the scope is invalid. If access was recently granted, "
+                "please refresh your credentials."), {}
+        if rest.startswith("/api/2.0/mlflow/experiments/search"):
+            return 200, {"experiments": [{
+                "experiment_id": "8d5f5c0e-0c1f-4c3b-9f0a-5b9e2a1d0001", "name": "Default",
+                "artifact_location": "", "lifecycle_stage": "active",
+                "creation_time": 1700000000000, "last_update_time": 1700000000000}]}, {}
+        return 404, {"error_code": "ENDPOINT_NOT_FOUND",
+                     "message": f"No API found for '{rest}'"}, {}
+
+    def _refusal(self, token: str, claims: Mapping[str, Any]) -> tuple[str, str] | None:
+        if token not in self.tokens.issued or not claims:
+            return "InvalidAuthenticationToken", "The access token is invalid."
+        now = time.time()
+        if float(claims.get("exp", 0)) <= now:
+            def utc(t: float) -> str:
+                return dt.datetime.fromtimestamp(t, dt.timezone.utc).strftime(
+                    "%m/%d/%Y %H:%M:%S")
+            return ("ExpiredAuthenticationToken",
+                    f"The access token expiry UTC time '{utc(float(claims['exp']))}' is "
+                    f"earlier than current UTC time '{utc(now)}'.")
+        if claims.get("aud") not in _AUDIENCES:
+            return ("InvalidAuthenticationToken",
+                    f"The access token has been obtained for wrong audience or resource "
+                    f"'{claims.get('aud')}'. It should exactly match with one of the allowed "
+                    f"audiences '{', '.join(_AUDIENCES)}'.")
+        if claims.get("tid") != TENANT_ID:
+            return ("InvalidAuthenticationTokenTenant",
+                    f"The access token is from the wrong issuer '{claims.get('iss')}'. It must "
+                    f"match the tenant 'https://sts.windows.net/{TENANT_ID}/' associated with "
+                    f"this subscription. Please use the authority (URL) "
+                    f"'https://login.windows.net/{TENANT_ID}' to get the token.")
+        return None
+
+
+__all__ = ["HOST", "OTHER_TENANT_ID", "REGION", "RESOURCE_GROUP", "SUBSCRIPTION", "TENANT_ID", "TOKEN_KINDS",
+           "WORKSPACE", "AzureMLWorkspace", "ManagedIdentityEndpoint", "mint", "tracking_uri"]

@@ -1,0 +1,291 @@
+"""``cloudtrack doctor`` on Azure Machine Learning workspaces (``azureml://`` tracking URIs;
+catalogue rows 26 and 27).
+
+No Azure ML runs on loopback, so the workspace is the stand-in of ``backends/azureml`` (its
+docstring says what it answers, and where those answers come from), reached through the
+``azureml://`` URI itself: the doctor runs as the real command in a child process whose mount
+namespace has its own ``/etc/hosts`` (``eastus.api.azureml.ms`` → 127.0.0.1) and a
+``/etc/resolv.conf`` pointing at 127.0.0.1, so no name lookup leaves this machine; the URI
+carries the stand-in's port (azureml-mlflow connects to ``https://`` + the URI's netloc).
+Tokens come from ``DefaultAzureCredential``'s unmodified chain, through the stand-in of App
+Service's managed-identity endpoint.
+
+azureml-mlflow is not installed here (nor may it be required).  Where a test needs MLflow's
+plugin present, a tiny fake distribution on the child's PYTHONPATH stands in for it: an
+``azureml.mlflow`` module and the ``mlflow.tracking_store`` entry point ``azureml`` that the
+real package registers — the doctor only looks them up, never imports the plugin.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from backends.azureml.service import (
+    HOST,
+    OTHER_TENANT_ID,
+    REGION,
+    RESOURCE_GROUP,
+    SUBSCRIPTION,
+    TENANT_ID,
+    WORKSPACE,
+    AzureMLWorkspace,
+    tracking_uri,
+)
+from cloudtrack.doctor import azureml
+from tests.doctor import standins
+from tests.fixtures.doctor import RUN_BOUND, Run, assert_no_secrets, doctor, expect, healthy
+
+pytestmark = pytest.mark.timeout(120)
+
+WSID = "0a1b2c3d-4e5f-4a6b-8c7d-000000000123"
+PRIVATE_HOST = f"{WSID}.workspace.{REGION}.api.azureml.ms"
+
+
+# -- the URI -------------------------------------------------------------------------------------
+
+
+def test_parse_names_every_part() -> None:
+    ws = azureml.parse(tracking_uri(443))
+    assert isinstance(ws, azureml.Workspace)
+    assert (ws.region, ws.subscription, ws.resource_group, ws.name) == (
+        REGION, SUBSCRIPTION, RESOURCE_GROUP, WORKSPACE)
+    assert ws.endpoint == f"https://{HOST}" and ws.cloud.scope == \
+        "https://management.azure.com/.default"
+    assert ws.api_base("2.0").endswith(f"/mlflow/v2.0/subscriptions/{SUBSCRIPTION}/resourceGroups/"
+                                       f"{RESOURCE_GROUP}/providers/Microsoft."
+                                       f"MachineLearningServices/workspaces/{WORKSPACE}")
+    private = azureml.parse(tracking_uri(443, PRIVATE_HOST))
+    assert isinstance(private, azureml.Workspace) and private.workspace_id == WSID
+    china = azureml.parse(tracking_uri(443, "chinaeast2.api.ml.azure.cn"))
+    assert isinstance(china, azureml.Workspace) and "chinacloudapi" in china.cloud.scope
+
+
+@pytest.mark.parametrize("uri, why", [
+    ("azureml://eastus.api.azureml.ms/mlflow/v1.0/subscriptions/abc/resourceGroups/rg/providers/"
+     "Microsoft.MachineLearningServices/workspaces/ws", "not a subscription id"),
+    ("azureml://eastus.api.azureml.ms/mlflow/v1.0/subscriptions/" + SUBSCRIPTION, "path"),
+    ("azureml://example.com/mlflow/v1.0/subscriptions/" + SUBSCRIPTION, "regional endpoint"),
+    ("azureml:///mlflow/v1.0", "no host"),
+])
+def test_parse_says_what_is_wrong(uri: str, why: str) -> None:
+    found = azureml.parse(uri)
+    assert isinstance(found, str) and why in found
+
+
+def test_malformed_uri(home: Path) -> None:
+    """An azureml:// URI cut short (a copy-paste that lost the workspace): config-invalid,
+    and the fix shows the expected form and the command that prints the real URI.  The old
+    SDK's URIs carried a token in ``?auth=``: it is not printed."""
+    token = "eyJ0eXAiOiJKV1QiLCJhbGciOiJSUzI1NiJ9.c2VjcmV0LXRva2VuLWNsYWltcw.c2lnbmF0dXJl"
+    run = doctor(home, {}, f"azureml://{HOST}/mlflow/v1.0/subscriptions/{SUBSCRIPTION}"
+                 f"/resourceGroups/{RESOURCE_GROUP}?auth-type=ArmTokenAuthentication&auth={token}",
+                 extra_secrets=(token,))
+    expect(run, "config-invalid", backend="azureml")
+    fix = run.check("config.uri")["fix"]
+    assert "workspaces/<workspace>" in fix and "mlflow_tracking_uri" in fix
+
+
+# -- the command against the stand-in workspace -------------------------------------------------
+
+
+def _confine(tmp_path: Path, hosts: str, *, no_network: bool = False) -> list[str]:
+    """A command prefix: a private mount namespace (and with ``no_network`` a network
+    namespace with nothing in it) whose /etc/hosts is ``hosts`` and whose DNS server is
+    127.0.0.1 — no lookup leaves this machine."""
+    unshare = shutil.which("unshare")
+    if unshare is None:
+        pytest.skip("unshare is not available: names cannot be confined to loopback")
+    (tmp_path / "hosts").write_text(f"127.0.0.1 localhost\n{hosts}\n")
+    (tmp_path / "resolv.conf").write_text("nameserver 127.0.0.1\noptions timeout:1 attempts:1\n")
+    prefix = [unshare, "-mn" if no_network else "-m", "sh", "-c",
+              'mount --bind "$0" /etc/hosts && mount --bind "$1" /etc/resolv.conf && shift '
+              '&& exec "$@"', str(tmp_path / "hosts"), str(tmp_path / "resolv.conf")]
+    probe = subprocess.run([*prefix, "true"], capture_output=True, timeout=30)
+    if probe.returncode != 0:
+        pytest.skip(f"mount namespaces are not allowed here: {probe.stderr.decode()[-300:]}")
+    return prefix
+
+
+@pytest.fixture(scope="module")
+def plugin(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A folder for PYTHONPATH standing in for an installed azureml-mlflow: its module and the
+    entry point through which MLflow finds it (both are all the doctor looks at)."""
+    root = tmp_path_factory.mktemp("fake-azureml-mlflow")
+    module = root / "azureml" / "mlflow"
+    module.mkdir(parents=True)
+    (module / "__init__.py").write_text('"""Stands in for azureml-mlflow in tests."""\n')
+    info = root / "azureml_mlflow-0.0.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: azureml-mlflow\n"
+                                   "Version: 0.0.0+cloudtrack.standin\n")
+    (info / "entry_points.txt").write_text(
+        "[mlflow.tracking_store]\nazureml = azureml.mlflow.entry_point_loaders:"
+        "azureml_store_builder\n")
+    return str(root)
+
+
+@pytest.fixture
+def workspace() -> Iterator[AzureMLWorkspace]:
+    with AzureMLWorkspace() as ws:
+        yield ws
+
+
+def _run(home: Path, tmp_path: Path, ws: AzureMLWorkspace, kind: str | None, plugin: str | None,
+         **extra: str) -> Run:
+    env = {**(ws.env(kind) if kind else {"REQUESTS_CA_BUNDLE": str(ws.tls.ca),
+                                         "SSL_CERT_FILE": str(ws.tls.ca)}), **extra}
+    if plugin:
+        env["PYTHONPATH"] = plugin
+    run = doctor(home, env, ws.uri, wrap=_confine(tmp_path, f"127.0.0.1 {HOST}"))
+    assert_no_secrets(run, sorted(ws.tokens.minted))
+    assert ws.tokens.minted or kind is None
+    assert run.report["backend"] == "azureml"
+    return run
+
+
+def test_healthy(home: Path, tmp_path: Path, workspace: AzureMLWorkspace, plugin: str) -> None:
+    """A workspace where the managed identity holds 'AzureML Data Scientist', with the plugin
+    installed (the fake distribution stands in for it): every check passes."""
+    run = _run(home, tmp_path, workspace, "valid", plugin)
+    healthy(run, "azureml")
+    assert "0.0.0+cloudtrack.standin" in run.check("config.extra")["summary"]
+    assert "/mlflow/v2.0/" in run.check("config.settings")["summary"]
+    assert "ManagedIdentityCredential" in run.check("auth.credential")["summary"]
+    assert TENANT_ID in run.check("auth.tenant")["summary"]
+    assert any(bearer and "experiments/search" in path
+               for _, path, bearer in workspace.requests), "the token was sent to the workspace"
+
+
+def test_plugin_missing(home: Path, tmp_path: Path, workspace: AzureMLWorkspace) -> None:
+    """Row 26: "unsupported URI 'azureml://…'" — azureml-mlflow is not installed (as here).
+    dependency-missing with the install command; everything else is still diagnosed (and
+    passes: the same healthy workspace)."""
+    run = _run(home, tmp_path, workspace, "valid", None)
+    expect(run, "dependency-missing")
+    assert [c["id"] for c in run.failing()] == ["config.extra"]
+    assert "pip install azureml-mlflow" in run.check("config.extra")["fix"]
+    assert run.check("authz.read")["status"] == "ok"
+
+
+def test_no_credential_in_the_chain(home: Path, tmp_path: Path, workspace: AzureMLWorkspace,
+                                    plugin: str) -> None:
+    """Row 27, first half: DefaultAzureCredential failed to retrieve a token.  The chain is
+    limited to the developer credentials (AZURE_TOKEN_CREDENTIALS=dev), so it never asks the
+    instance metadata service (which would leave loopback); none of them is signed in here."""
+    run = _run(home, tmp_path, workspace, None, plugin, AZURE_TOKEN_CREDENTIALS="dev")
+    expect(run, "credentials-missing")
+    check = run.check("auth.credential")
+    assert "AzureCliCredential" in check["summary"] and "management.azure.com" in check["summary"]
+    assert f"az login --tenant {TENANT_ID}" in check["fix"], "the tenant of the 401 challenge"
+
+
+def test_expired_token(home: Path, tmp_path: Path, workspace: AzureMLWorkspace,
+                       plugin: str) -> None:
+    """A stale token cache handing out an expired token: the doctor says so from the token's
+    claims, and shows the workspace's own 401 ExpiredAuthenticationToken."""
+    run = _run(home, tmp_path, workspace, "expired", plugin)
+    expect(run, "token-expired")
+    assert "expired" in run.check("auth.identity")["summary"]
+    assert "ExpiredAuthenticationToken" in run.check("auth.accepted")["summary"]
+
+
+def test_invalid_token(home: Path, tmp_path: Path, workspace: AzureMLWorkspace,
+                       plugin: str) -> None:
+    """A token the workspace does not accept though its claims look fine (a revoked or
+    tampered one; here its signature is not one the stand-in issued): 401
+    InvalidAuthenticationToken → credentials-invalid."""
+    run = _run(home, tmp_path, workspace, "forged", plugin)
+    expect(run, "credentials-invalid")
+    assert "InvalidAuthenticationToken" in run.check("auth.accepted")["summary"]
+
+
+def test_no_workspace_role(home: Path, tmp_path: Path, workspace: AzureMLWorkspace,
+                           plugin: str) -> None:
+    """Row 27: AuthorizationFailed — a principal with no role on the workspace: the doctor
+    names the action, the role and the command that grants it, scoped to the workspace."""
+    run = _run(home, tmp_path, workspace, "no-role", plugin)
+    expect(run, "permission-denied")
+    check = run.check("authz.read")
+    assert "workspaces/experiments/read" in check["summary"]
+    assert run.check("auth.accepted")["status"] == "ok"
+    fix = check["fix"]
+    assert 'az role assignment create --assignee c10d7ac4-0000-4000-8000-0000000000cc' in fix
+    assert '--role "AzureML Data Scientist"' in fix
+    assert f"workspaces/{WORKSPACE}" in fix
+
+
+def test_tenant_mismatch(home: Path, tmp_path: Path, workspace: AzureMLWorkspace,
+                         plugin: str) -> None:
+    """A credential signed in to another tenant than the subscription's (a guest, a second
+    directory): the token's tid against the tenant of the workspace's 401 challenge, and the
+    workspace's own InvalidAuthenticationTokenTenant."""
+    run = _run(home, tmp_path, workspace, "other-tenant", plugin)
+    expect(run, "credentials-invalid")
+    tenant = run.check("auth.tenant")
+    assert tenant["status"] == "fail"
+    assert OTHER_TENANT_ID in tenant["summary"] and TENANT_ID in tenant["summary"]
+    assert f"az login --tenant {TENANT_ID}" in tenant["fix"]
+    assert f"--tenant {TENANT_ID}" in run.check("auth.accepted")["fix"]
+
+
+def test_workspace_refuses_this_network(home: Path, tmp_path: Path, plugin: str) -> None:
+    """Row 27, the network half: a workspace without public network access, reached from
+    outside its virtual network, refuses even an unauthenticated request with 403 "Access to
+    workspace was denied based on workspace private link configuration." — told apart from
+    a credential problem; the credential is still checked (and is fine)."""
+    with AzureMLWorkspace(private_link=True) as ws:
+        run = _run(home, tmp_path, ws, "valid", plugin)
+    expect(run, "permission-denied")
+    check = run.check("http.answer")
+    assert "private link" in check["summary"] and "no credentials" in check["summary"]
+    assert "--public-network-access Enabled" in check["fix"]
+    assert run.check("auth.credential")["status"] == "ok"
+
+
+def test_wrong_workspace(home: Path, tmp_path: Path, workspace: AzureMLWorkspace,
+                         plugin: str) -> None:
+    """A URI naming a workspace that is not there: 404 ResourceNotFound."""
+    env = {**workspace.env("valid"), "PYTHONPATH": plugin}
+    uri = tracking_uri(workspace.port, workspace="no-such-ws")
+    run = doctor(home, env, uri, wrap=_confine(tmp_path, f"127.0.0.1 {HOST}"))
+    expect(run, "container-not-found")
+    assert "az ml workspace show" in run.check("authz.read")["fix"]
+
+
+def test_private_link_name_from_outside(home: Path, tmp_path: Path, plugin: str) -> None:
+    """Row 27: a private-link workspace from outside its virtual network.  Its name resolves
+    (through the privatelink alias, as the private DNS zone answers) to the private endpoint's
+    address, which this machine has no route to.  The child runs in an empty network namespace,
+    so the connection attempt fails at once and sends nothing anywhere."""
+    wrap = _confine(tmp_path, f"10.20.0.5 {WSID}.workspace.{REGION}.privatelink.api.azureml.ms "
+                    f"{PRIVATE_HOST}", no_network=True)
+    env = {"PYTHONPATH": plugin, "AZURE_TOKEN_CREDENTIALS": "dev"}
+    run = doctor(home, env, tracking_uri(443, PRIVATE_HOST), wrap=wrap)
+    expect(run, "network-timeout")
+    assert "private" in run.check("dns")["summary"]
+    tcp = run.check("tcp")
+    assert "outside the workspace's virtual network" in tcp["summary"]
+    assert "privatelink.api.azureml.ms" in tcp["fix"]
+    assert run.check("auth.credential")["status"] == "fail", "credentials are checked too"
+    assert run.seconds < RUN_BOUND
+
+
+def test_name_does_not_resolve(home: Path, tmp_path: Path, workspace: AzureMLWorkspace,
+                               plugin: str) -> None:
+    """gaierror for the workspace's host: a private-link name whose private DNS zone this
+    machine's DNS does not know (DNS confined to a loopback stub answering NXDOMAIN).  The
+    credential is still checked."""
+    env = {**workspace.env("valid"), "PYTHONPATH": plugin}
+    with standins.nxdomain_dns():
+        run = doctor(home, env, tracking_uri(workspace.port, PRIVATE_HOST),
+                     wrap=_confine(tmp_path, ""))
+    expect(run, "dns-failure")
+    check = run.check("dns")
+    assert PRIVATE_HOST in check["summary"] and "privatelink.api.azureml.ms" in check["fix"]
+    assert run.check("auth.credential")["status"] == "ok"
+    assert run.seconds < RUN_BOUND
