@@ -422,3 +422,21 @@ def test_experiments_are_paged_too(store, mlflow_reference: Callable[[], MlflowR
         setup.blobs.put(info.key, b"not a page")
     got = tracking_store(store, strict=True).search_experiments(ViewType.ALL, max_results=1000)
     assert show(got) == show(sqlite.search_experiments(ViewType.ALL, max_results=1000))
+
+
+def test_an_experiment_creation_in_progress_is_not_paged(store) -> None:  # type: ignore[no-untyped-def]
+    """A process whose last write of an experiment record is a creation not yet settled (it
+    was killed, or its name claim failed) leaves nothing of it in the pages: readers read such
+    records directly and decide by the claim."""
+    from cloudtrack.store import claims
+
+    writer = tracking_store(store, strict=True)
+    writer.create_experiment("settled")
+    key = layout.experiment("424242")
+    writer.blobs.put(key, records.dumps({"experiment_id": "424242", "name": "in-progress",
+                                         claims.PENDING: True}))
+    writer.close()  # what is queued for the pages is written now
+    reader = tracking_store(store, strict=True)
+    paged = set().union(*(pages.unpack(reader.blobs.get(i.key))[1]
+                          for i in reader.blobs.list(layout.experiment_pages())))
+    assert paged and key not in paged

@@ -21,8 +21,8 @@ from mlflow.utils.validation import _parse_experiment_id, _validate_run_id
 
 from cloudtrack.blobs import open_blobs
 from cloudtrack.config import StoreConfig, resolve
-from cloudtrack.errors import AlreadyExists, BlobNotFound
-from cloudtrack.store import build, layout, marker, pages, records
+from cloudtrack.errors import AlreadyExists, BlobNotFound, CloudtrackError
+from cloudtrack.store import build, claims, layout, marker, pages, records
 from cloudtrack.store.cache import VersionedCache
 from cloudtrack.store.cas import Change, versioned_update
 from cloudtrack.store.pagewriter import PageWriter, is_finished
@@ -159,7 +159,12 @@ class StoreCore(AbstractStore):
 
     def _page_experiment(self, key: str, version: str, data: bytes) -> None:
         if key.startswith(layout.EXPERIMENTS) and key.endswith(".json"):
-            self._page_writer.add(layout.experiment_pages(), key, version, data)
+            try:
+                pending = bool(records.parse(data, key).get(claims.PENDING))
+            except CloudtrackError:
+                return
+            if not pending:  # a creation not yet settled is read directly, like a search does
+                self._page_writer.add(layout.experiment_pages(), key, version, data)
 
     def _root_uri(self) -> str:
         if self.config.backend == "file":
