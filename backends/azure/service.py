@@ -135,8 +135,10 @@ class TlsFiles(NamedTuple):
     key: Path
 
 
-def make_tls_files(folder: Path) -> TlsFiles:
-    """A throw-away CA and a server certificate for 127.0.0.1 / localhost signed by it.
+def make_tls_files(folder: Path, names: tuple[str, ...] = ("localhost",),
+                   common_name: str = "127.0.0.1") -> TlsFiles:
+    """A throw-away CA and a server certificate for 127.0.0.1 and the DNS ``names`` signed by
+    it (``common_name`` its subject).
 
     A separate CA (rather than one self-signed leaf) keeps strict verifiers happy: the trust
     anchor is a proper CA, the leaf a proper server certificate.
@@ -168,14 +170,14 @@ def make_tls_files(folder: Path) -> TlsFiles:
     key = ec.generate_private_key(ec.SECP256R1())
     cert = (
         x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")]))
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)]))
         .issuer_name(ca_name)
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - dt.timedelta(minutes=5))
         .not_valid_after(now + dt.timedelta(days=1))
         .add_extension(x509.SubjectAlternativeName([
-            x509.IPAddress(ipaddress.ip_address(LOOPBACK)), x509.DNSName("localhost")]),
+            x509.IPAddress(ipaddress.ip_address(LOOPBACK)), *(x509.DNSName(n) for n in names)]),
             critical=False)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)

@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
-import ipaddress
 import json
 import re
 import secrets
@@ -49,9 +48,10 @@ import uuid
 from collections.abc import Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 from backends._common import LOOPBACK
+from backends.azure.service import make_tls_files
 
 REGION = "eastus"
 HOST = f"{REGION}.api.azureml.ms"
@@ -114,61 +114,6 @@ def _claims(token: str) -> dict[str, Any]:
 
 
 # -- TLS -----------------------------------------------------------------------------------
-
-
-class TlsFiles(NamedTuple):
-    ca: Path
-    cert: Path
-    key: Path
-
-
-def make_tls_files(folder: Path, names: tuple[str, ...]) -> TlsFiles:
-    """A throw-away CA and a server certificate for ``names`` (and 127.0.0.1) signed by it."""
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-
-    now = dt.datetime.now(dt.timezone.utc)
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "cloudtrack test CA")])
-    ca_cert = (
-        x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name)
-        .public_key(ca_key.public_key()).serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + dt.timedelta(days=2))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True,
-                                     content_commitment=False, key_encipherment=False,
-                                     data_encipherment=False, key_agreement=False,
-                                     encipher_only=False, decipher_only=False), critical=True)
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()),
-                       critical=False)
-        .sign(ca_key, hashes.SHA256()))
-    key = ec.generate_private_key(ec.SECP256R1())
-    alt: list[x509.GeneralName] = [x509.DNSName(n) for n in names]
-    alt.append(x509.IPAddress(ipaddress.ip_address(LOOPBACK)))
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, names[0])]))
-        .issuer_name(ca_name).public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + dt.timedelta(days=1))
-        .add_extension(x509.SubjectAlternativeName(alt), critical=False)
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()),
-                       critical=False)
-        .sign(ca_key, hashes.SHA256()))
-    files = TlsFiles(folder / "ca.pem", folder / "cert.pem", folder / "key.pem")
-    files.ca.write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
-    files.cert.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    files.key.write_bytes(key.private_bytes(serialization.Encoding.PEM,
-                                            serialization.PrivateFormat.PKCS8,
-                                            serialization.NoEncryption()))
-    files.key.chmod(0o600)
-    return files
 
 
 # -- the managed-identity token source ------------------------------------------------------
@@ -283,8 +228,8 @@ class AzureMLWorkspace(ThreadingHTTPServer):
         super().__init__((LOOPBACK, 0), _WorkspaceHandler)
         self.private_link = private_link
         self._tmp = Path(tempfile.mkdtemp(prefix="cloudtrack-azureml-"))
-        self.tls = make_tls_files(self._tmp, (HOST, "*.api.azureml.ms",
-                                              f"*.workspace.{REGION}.api.azureml.ms"))
+        self.tls = make_tls_files(self._tmp, common_name=HOST, names=(
+            HOST, "*.api.azureml.ms", f"*.workspace.{REGION}.api.azureml.ms"))
         import ssl
 
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)

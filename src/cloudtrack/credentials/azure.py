@@ -47,6 +47,30 @@ def sas_time(value: str) -> datetime | None:
     return None
 
 
+def chain_error(credential: Any, e: BaseException, what: str,
+                uri: str | None = None) -> CredentialsUnavailable:
+    """Why a credential chain (``DefaultAzureCredential``) got no token for ``what``: every
+    credential it tried and why each was skipped, and whether that means none is set up
+    (``missing``), one expired, or one was refused."""
+    message = str(getattr(e, "message", "") or e)
+    lines = [line.strip() for line in message.splitlines()]
+    tried = tuple(line for line in lines if re.match(r"^[A-Za-z]+Credential:", line))
+    # The chain goes on past a credential that is merely unavailable and stops at the first
+    # that tried and failed: all of them listed means none could even try.
+    total = len(getattr(credential, "credentials", ()) or ())
+    last = tried[-1].lower() if tried else message.lower()
+    if tried and len(tried) >= total:
+        reason = "missing"
+    elif "expired" in last or "aadsts700082" in last or "aadsts50173" in last:
+        reason = "expired"
+    else:
+        reason = "invalid"
+    said = " | ".join(tried) if tried else " ".join(message.split())[:600]
+    return CredentialsUnavailable(
+        f"{type(credential).__name__} got no token for {what}; it tried: {said}", uri,
+        reason=reason, tried=tried)
+
+
 class AzureCredentials:
     """What signs one Azure store's requests: an account key, a SAS, or a token credential."""
 
@@ -187,23 +211,7 @@ class AzureCredentials:
         return name
 
     def _chain_error(self, credential: Any, e: Exception) -> CredentialsUnavailable:
-        message = str(getattr(e, "message", "") or e)
-        lines = [line.strip() for line in message.splitlines()]
-        tried = tuple(line for line in lines if re.match(r"^[A-Za-z]+Credential:", line))
-        # The chain goes on past a credential that is merely unavailable and stops at the
-        # first that tried and failed: all of them listed means none could even try.
-        total = len(getattr(credential, "credentials", ()) or ())
-        last = tried[-1].lower() if tried else message.lower()
-        if tried and len(tried) >= total:
-            reason = "missing"
-        elif "expired" in last or "aadsts700082" in last or "aadsts50173" in last:
-            reason = "expired"
-        else:
-            reason = "invalid"
-        said = " | ".join(tried) if tried else " ".join(message.split())[:600]
-        return CredentialsUnavailable(
-            f"{type(credential).__name__} got no token for Azure Storage; it tried: {said}",
-            self.config.display_uri, reason=reason, tried=tried)
+        return chain_error(credential, e, "Azure Storage", self.config.display_uri)
 
     def close(self) -> None:
         with self._lock:

@@ -38,11 +38,10 @@ from typing import Any
 from cloudtrack.config import redact_uri
 from cloudtrack.config import tls as trust
 from cloudtrack.credentials import Credential, decode_jwt, jwt_expiry
-from cloudtrack.credentials.azure import AzureCredentials
+from cloudtrack.credentials.azure import AzureCredentials, chain_error
 from cloudtrack.doctor import net
 from cloudtrack.doctor.answer import Answer, call_endpoint
 from cloudtrack.doctor.core import Probe, ProbeTimeout, Stop, check_expiry, duration
-from cloudtrack.errors import CredentialsUnavailable
 
 #: The plugin MLflow needs for ``azureml://`` URIs, and how MLflow finds it.
 PLUGIN = "azureml-mlflow"
@@ -456,26 +455,6 @@ class _Token:
     claims: Mapping[str, Any]
 
 
-def _chain_error(credential: Any, e: BaseException, scope: str) -> CredentialsUnavailable:
-    """Every credential the chain tried and why it was skipped (the form of
-    :meth:`AzureCredentials.current`'s message, for Resource Manager's scope)."""
-    message = str(getattr(e, "message", "") or e)
-    lines = [line.strip() for line in message.splitlines()]
-    tried = tuple(line for line in lines if re.match(r"^[A-Za-z]+Credential:", line))
-    total = len(getattr(credential, "credentials", ()) or ())
-    last = tried[-1].lower() if tried else message.lower()
-    if tried and len(tried) >= total:
-        reason = "missing"  # none could even try
-    elif "expired" in last or "aadsts700082" in last or "aadsts50173" in last:
-        reason = "expired"
-    else:
-        reason = "invalid"
-    said = " | ".join(tried) if tried else " ".join(message.split())[:600]
-    return CredentialsUnavailable(
-        f"{type(credential).__name__} got no token for {scope}; it tried: {said}",
-        reason=reason, tried=tried)
-
-
 def _token(p: Probe, ws: Workspace, tenant: str | None) -> _Token:
     from azure.core.exceptions import ClientAuthenticationError
     from azure.identity import DefaultAzureCredential
@@ -494,7 +473,7 @@ def _token(p: Probe, ws: Workspace, tenant: str | None) -> _Token:
                    "hangs", f"sign in with `{login}`, or set AZURE_TOKEN_CREDENTIALS to the one "
                    "credential you use (e.g. AzureCliCredential, ManagedIdentityCredential)")
         except ClientAuthenticationError as e:
-            error = _chain_error(credential, e, ws.cloud.scope)
+            error = chain_error(credential, e, ws.cloud.scope)
             p.fail("auth.credential", "auth", unavailable_cause(error), str(error),
                    f"sign in with `{login}` (then AZURE_TOKEN_CREDENTIALS=AzureCliCredential "
                    "speeds the chain up), run where a managed or workload identity is "

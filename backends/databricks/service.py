@@ -1,0 +1,436 @@
+"""A stand-in Databricks workspace: a threaded HTTP(S) server on ``127.0.0.1:<free port>``
+answering the parts of the workspace REST API MLflow's Databricks client and the doctor use,
+with the status codes and error bodies Databricks sends (public API docs, databricks-sdk's
+tests, and answers quoted in public issues).
+
+No real workspace is reachable from tests; this answers the same bytes for the cases the
+doctor must tell apart:
+
+* credentials: PATs (``dapi…``) as ``Authorization: Bearer``; no credential → 401
+  ``{"error_code": 401, "message": "Credential was not sent or was of an unsupported type for
+  this API. [ReqId: …]"}``; an unknown, revoked or expired token → **403** ``{"error_code":
+  "403", "message": "Invalid access token."}`` (workspaces do not answer 401 here);
+* OAuth M2M: ``POST /oidc/v1/token`` (client id and secret by HTTP Basic or in the form,
+  ``grant_type=client_credentials``, ``scope=all-apis``) issues opaque tokens valid
+  ``token_lifetime`` seconds; a wrong, revoked or expired secret → 401 ``{"error":
+  "invalid_client", "error_description": "Client authentication failed"}``;
+  ``/oidc/.well-known/oauth-authorization-server`` names the endpoints;
+* ``GET /api/2.0/preview/scim/v2/Me``: the user, or the service principal (``applicationId``);
+* MLflow: experiments ``search``/``get``/``get-by-name``/``create``/``delete``, runs
+  ``create``/``delete``, ``registered-models/search``; experiment paths are workspace paths
+  under existing folders (``/Users/<name>``, ``/Shared``); a folder in ``denied_folders`` →
+  403 ``PERMISSION_DENIED``; a missing parent → 404 ``RESOURCE_DOES_NOT_EXIST``;
+* Unity Catalog: ``GET /api/2.1/unity-catalog/catalogs``, ``POST``/``DELETE
+  /api/2.1/unity-catalog/models``, ``GET /api/2.1/unity-catalog/effective-permissions/…``;
+  privileges come from ``grants`` (principal → {(securable, privilege)}); a missing one →
+  403 ``PERMISSION_DENIED`` "User does not have USE CATALOG on Catalog 'main'." (or USE
+  SCHEMA / CREATE MODEL on Schema 'main.default').
+
+Modes (:data:`MODES`): ``healthy`` (the above); ``sso`` (every path redirects to a login
+page, as a workspace URL behind an SSO front or a private-link name reached from outside);
+``reset`` (every connection is reset at its first bytes, as a firewall that cuts the TLS
+handshake).
+"""
+
+from __future__ import annotations
+
+import base64
+import email.utils
+import json
+import secrets
+import socket
+import ssl
+import struct
+import threading
+import time
+import urllib.parse
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+from backends._common import LOOPBACK
+
+MODES = ("healthy", "sso", "reset")
+NO_CREDENTIAL = "Credential was not sent or was of an unsupported type for this API."
+INVALID_TOKEN = "Invalid access token."
+
+Reply = tuple[int, dict[str, str], bytes]
+
+
+@dataclass
+class Principal:
+    name: str
+    #: ``user`` or ``service-principal`` (then ``name`` is its application id).
+    kind: str = "user"
+    display: str = ""
+    id: str = field(default_factory=lambda: str(uuid.uuid4().int)[:16])
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: StandInWorkspace
+    protocol_version = "HTTP/1.1"
+
+    def _any(self) -> None:
+        length = int(self.headers.get("Content-Length") or 0)
+        body = self.rfile.read(length) if length else b""
+        status, headers, payload = self.server.answer(self.command, self.path,
+                                                      dict(self.headers.items()), body)
+        self.send_response_only(status)
+        headers = {"Content-Length": str(len(payload)),
+                   "Date": email.utils.formatdate(usegmt=True), **headers}
+        for k, v in headers.items():
+            self.send_header(k, v)
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(payload)
+
+    do_GET = do_POST = do_DELETE = do_PATCH = do_HEAD = _any
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+def _reset_after_hello(sock: socket.socket) -> None:
+    """What a firewall that filters by destination does: it lets the TCP handshake through,
+    reads the first bytes (a TLS ClientHello, an HTTP request line) and resets the connection
+    — no answer at all."""
+    try:
+        sock.settimeout(5.0)
+        sock.recv(1024)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    except OSError:
+        pass
+    finally:
+        sock.close()
+
+
+def _json(status: int, obj: object, **headers: str) -> Reply:
+    return status, {"Content-Type": "application/json", "x-databricks-org-id": "1234567890123456",
+                    **headers}, json.dumps(obj).encode()
+
+
+def _error(status: int, code: str | int, message: str) -> Reply:
+    return _json(status, {"error_code": code, "message": message})
+
+
+class StandInWorkspace(ThreadingHTTPServer):
+    """A Databricks workspace on a free loopback port (``with StandInWorkspace() as ws:``)."""
+
+    daemon_threads = True
+
+    def __init__(self, *, mode: str = "healthy", tls: tuple[Path, Path] | None = None,
+                 token_lifetime: float = 3600.0) -> None:
+        if mode not in MODES:
+            raise ValueError(f"unknown mode {mode!r}; one of {MODES}")
+        super().__init__((LOOPBACK, 0), _Handler)
+        self.mode = mode
+        self.token_lifetime = token_lifetime
+        self.scheme = "http"
+        if tls is not None and mode != "reset":
+            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            ctx.load_cert_chain(str(tls[0]), str(tls[1]))
+            self.socket = ctx.wrap_socket(self.socket, server_side=True)
+        if tls is not None:
+            self.scheme = "https"
+        self._lock = threading.Lock()
+        #: token -> (principal, expiry or None); revoked tokens are simply removed.
+        self.tokens: dict[str, tuple[Principal, float | None]] = {}
+        #: OAuth clients: application id -> (secret, principal)
+        self.clients: dict[str, tuple[str, Principal]] = {}
+        self.folders: set[str] = {"/", "/Users", "/Shared"}
+        self.denied_folders: set[str] = set()
+        self.experiments: dict[str, dict[str, Any]] = {}
+        self.runs: dict[str, str] = {}
+        #: principal name -> {(securable, privilege)}: ("catalog:main", "USE_CATALOG") …
+        self.grants: dict[str, set[tuple[str, str]]] = {}
+        self.catalogs: dict[str, set[str]] = {"main": {"default"}}
+        self.models: set[str] = set()
+        #: Every request, as (method, path) — tests check what the doctor left behind.
+        self.requests: list[tuple[str, str]] = []
+        self._thread = threading.Thread(target=self.serve_forever, args=(0.05,), daemon=True)
+
+    # -- set-up ----------------------------------------------------------------------------
+
+    @property
+    def url(self) -> str:
+        return f"{self.scheme}://{LOOPBACK}:{self.server_address[1]}"
+
+    def add_user(self, name: str, *, lifetime: float | None = None) -> str:
+        """A user with a home folder; returns a new PAT for them (valid ``lifetime`` s)."""
+        principal = Principal(name, "user", name.split("@")[0].title())
+        self.folders.add(f"/Users/{name}")
+        return self.issue_pat(principal, lifetime)
+
+    def issue_pat(self, principal: Principal, lifetime: float | None = None) -> str:
+        token = "dapi" + secrets.token_hex(16)
+        with self._lock:
+            self.tokens[token] = (principal, time.time() + lifetime if lifetime else None)
+        return token
+
+    def revoke(self, token: str) -> None:
+        with self._lock:
+            self.tokens.pop(token, None)
+
+    def add_service_principal(self, display: str) -> tuple[str, str]:
+        """A service principal with an OAuth secret: (client id, client secret)."""
+        client_id = str(uuid.uuid4())
+        secret = "dose" + secrets.token_hex(16)
+        principal = Principal(client_id, "service-principal", display)
+        self.folders.add(f"/Users/{client_id}")
+        self.clients[client_id] = (secret, principal)
+        return client_id, secret
+
+    def grant(self, principal: str, securable: str, *privileges: str) -> None:
+        """``grant("alice@x", "schema:main.default", "USE_SCHEMA", "CREATE_MODEL")``."""
+        self.grants.setdefault(principal, set()).update((securable, p) for p in privileges)
+
+    # -- the API ---------------------------------------------------------------------------
+
+    def answer(self, method: str, raw_path: str, headers: Mapping[str, str],
+               body: bytes) -> Reply:
+        self.requests.append((method, raw_path))
+        parts = urllib.parse.urlsplit(raw_path)
+        path, query = parts.path, dict(urllib.parse.parse_qsl(parts.query))
+        if self.mode == "sso":
+            return self._sso(path, raw_path)
+        if path == "/.well-known/databricks-config":
+            # databricks-sdk reads this when it builds its Config (host metadata).
+            return _json(200, {"oidc_endpoint": f"{self.url}/oidc",
+                               "workspace_id": "1234567890123456"})
+        if path == "/oidc/.well-known/oauth-authorization-server":
+            return _json(200, {"issuer": f"{self.url}/oidc",
+                               "authorization_endpoint": f"{self.url}/oidc/v1/authorize",
+                               "token_endpoint": f"{self.url}/oidc/v1/token"})
+        if path == "/oidc/v1/token" and method == "POST":
+            return self._token(headers, body)
+        if not path.startswith("/api/"):
+            return 200, {"Content-Type": "text/html; charset=utf-8"}, \
+                b"<!doctype html><html><head><title>Databricks</title></head><body></body></html>"
+        auth = headers.get("Authorization") or headers.get("authorization") or ""
+        if not auth.startswith("Bearer "):
+            return _error(401, 401, f"{NO_CREDENTIAL} [ReqId: {uuid.uuid4()}]")
+        with self._lock:
+            known = self.tokens.get(auth[7:])
+        if known is None or (known[1] is not None and known[1] <= time.time()):
+            return _error(403, "403", INVALID_TOKEN)
+        who = known[0]
+        data: dict[str, Any] = {}
+        if body:
+            try:
+                data = json.loads(body)
+            except ValueError:
+                return _error(400, "MALFORMED_REQUEST", "Invalid JSON given in the body")
+        return self._api(method, path, query, data, who)
+
+    def _sso(self, path: str, raw_path: str) -> Reply:
+        if path.startswith("/login.html"):
+            page = (b"<!DOCTYPE html><html><head><title>Databricks - Sign in</title></head>"
+                    b"<body><form method='post' action='/j_security_check'>"
+                    b"<input name='j_username'><input type='password' name='j_password'>"
+                    b"<button>Sign in</button></form><a href='/sso'>Single sign-on</a>"
+                    b"</body></html>")
+            return 200, {"Content-Type": "text/html; charset=utf-8"}, page
+        target = "/login.html?next_url=" + urllib.parse.quote(raw_path, safe="")
+        return 303, {"Location": target, "Content-Type": "text/html"}, b""
+
+    def _token(self, headers: Mapping[str, str], body: bytes) -> Reply:
+        form = dict(urllib.parse.parse_qsl(body.decode("utf-8", "replace")))
+        client_id, secret = form.get("client_id", ""), form.get("client_secret", "")
+        auth = headers.get("Authorization") or headers.get("authorization") or ""
+        if auth.startswith("Basic "):
+            try:
+                client_id, _, secret = base64.b64decode(auth[6:]).decode().partition(":")
+            except ValueError:
+                pass
+        known = self.clients.get(client_id)
+        if form.get("grant_type") != "client_credentials":
+            return _json(400, {"error": "unsupported_grant_type",
+                               "error_description": "Unsupported grant type"})
+        if known is None or not secrets.compare_digest(known[0], secret):
+            return _json(401, {"error": "invalid_client",
+                               "error_description": "Client authentication failed"})
+        token = "eyJr" + secrets.token_urlsafe(32)
+        with self._lock:
+            self.tokens[token] = (known[1], time.time() + self.token_lifetime)
+        return _json(200, {"access_token": token, "token_type": "Bearer",
+                           "expires_in": int(self.token_lifetime),
+                           "scope": form.get("scope", "all-apis")})
+
+    def _api(self, method: str, path: str, query: Mapping[str, str], data: Mapping[str, Any],
+             who: Principal) -> Reply:
+        e: dict[str, Any] | None
+        if path == "/api/2.0/preview/scim/v2/Me":
+            return self._me(who)
+        if path == "/api/2.0/mlflow/experiments/search":
+            limit = int(query.get("max_results") or data.get("max_results") or 1000)
+            visible = [e for e in self.experiments.values() if e["lifecycle_stage"] == "active"]
+            return _json(200, {"experiments": visible[:limit]})
+        if path == "/api/2.0/mlflow/experiments/get-by-name":
+            name = query.get("experiment_name", "")
+            for each in self.experiments.values():
+                if each["name"] == name and each["lifecycle_stage"] == "active":
+                    return self._readable(each, who)
+            return _error(404, "RESOURCE_DOES_NOT_EXIST",
+                          f"Could not find experiment with name {name}")
+        if path == "/api/2.0/mlflow/experiments/get":
+            e = self.experiments.get(query.get("experiment_id", ""))
+            if e is None:
+                return _error(404, "RESOURCE_DOES_NOT_EXIST",
+                              f"Node ID {query.get('experiment_id')} does not exist.")
+            return self._readable(e, who)
+        if path == "/api/2.0/mlflow/experiments/create" and method == "POST":
+            return self._create_experiment(str(data.get("name", "")), who)
+        if path == "/api/2.0/mlflow/experiments/delete" and method == "POST":
+            e = self.experiments.get(str(data.get("experiment_id")))
+            if e is None:
+                return _error(404, "RESOURCE_DOES_NOT_EXIST", "Experiment does not exist.")
+            e["lifecycle_stage"] = "deleted"
+            return _json(200, {})
+        if path == "/api/2.0/mlflow/runs/create" and method == "POST":
+            e = self.experiments.get(str(data.get("experiment_id")))
+            if e is None:
+                return _error(404, "RESOURCE_DOES_NOT_EXIST", "Experiment does not exist.")
+            if self._denied(e["name"].rsplit("/", 1)[0]):
+                return _error(403, "PERMISSION_DENIED", f"User {who.name} does not have "
+                              f"permission 'CAN_EDIT' on experiment {e['experiment_id']}")
+            run_id = uuid.uuid4().hex
+            self.runs[run_id] = "active"
+            return _json(200, {"run": {"info": {"run_id": run_id,
+                                                "experiment_id": e["experiment_id"]}}})
+        if path == "/api/2.0/mlflow/runs/delete" and method == "POST":
+            self.runs[str(data.get("run_id"))] = "deleted"
+            return _json(200, {})
+        if path == "/api/2.0/mlflow/registered-models/search":
+            return _json(200, {"registered_models": []})
+        if path.startswith("/api/2.1/unity-catalog/"):
+            return self._unity_catalog(method, path.removeprefix("/api/2.1/unity-catalog/"),
+                                       query, data, who)
+        return _error(404, "ENDPOINT_NOT_FOUND", f"No API found for '{method} {path}'")
+
+    def _me(self, who: Principal) -> Reply:
+        if who.kind == "service-principal":
+            return _json(200, {
+                "schemas": ["urn:ietf:params:scim:schemas:core:2.0:ServicePrincipal"],
+                "id": who.id, "applicationId": who.name, "displayName": who.display,
+                "userName": who.name, "active": True,
+                "groups": [{"display": "users", "value": "1"}]})
+        return _json(200, {
+            "schemas": ["urn:ietf:params:scim:schemas:core:2.0:User",
+                        "urn:ietf:params:scim:schemas:extension:workspace:2.0:User"],
+            "id": who.id, "userName": who.name, "displayName": who.display, "active": True,
+            "emails": [{"type": "work", "value": who.name, "primary": True}],
+            "groups": [{"display": "users", "value": "1"}]})
+
+    def _denied(self, folder: str) -> bool:
+        return any(folder == d or folder.startswith(d.rstrip("/") + "/")
+                   for d in self.denied_folders)
+
+    def _readable(self, e: Mapping[str, Any], who: Principal) -> Reply:
+        return _json(200, {"experiment": dict(e)})
+
+    def _create_experiment(self, name: str, who: Principal) -> Reply:
+        if not name.startswith("/"):
+            return _error(400, "INVALID_PARAMETER_VALUE",
+                          f"Got an invalid experiment name '{name}'. An experiment name must "
+                          "be an absolute path within the Databricks workspace, e.g. "
+                          "'/Users/<some-username>/my-experiment'.")
+        parent = name.rsplit("/", 1)[0] or "/"
+        if parent not in self.folders:
+            return _error(404, "RESOURCE_DOES_NOT_EXIST",
+                          f"Parent directory {parent} does not exist.")
+        if self._denied(parent):
+            return _error(403, "PERMISSION_DENIED",
+                          f"User {who.name} does not have permission 'CAN_EDIT' on "
+                          f"directory {parent}")
+        if any(e["name"] == name and e["lifecycle_stage"] == "active"
+               for e in self.experiments.values()):
+            return _error(400, "RESOURCE_ALREADY_EXISTS",
+                          f"Node named '{name.rsplit('/', 1)[-1]}' already exists")
+        exp_id = str(uuid.uuid4().int)[:16]
+        self.experiments[exp_id] = {"experiment_id": exp_id, "name": name,
+                                    "artifact_location": f"dbfs:/databricks/mlflow-tracking/{exp_id}",
+                                    "lifecycle_stage": "active"}
+        return _json(200, {"experiment_id": exp_id})
+
+    # -- Unity Catalog ---------------------------------------------------------------------
+
+    def _has(self, who: Principal, securable: str, privilege: str) -> bool:
+        held = self.grants.get(who.name, set())
+        catalog = securable.split(":", 1)[1].split(".")[0]
+        return (securable, privilege) in held or (securable, "ALL_PRIVILEGES") in held or \
+            (f"catalog:{catalog}", "ALL_PRIVILEGES") in held
+
+    def _missing(self, who: Principal, catalog: str, schema: str) -> Reply | None:
+        if not self._has(who, f"catalog:{catalog}", "USE_CATALOG"):
+            return _error(403, "PERMISSION_DENIED",
+                          f"User does not have USE CATALOG on Catalog '{catalog}'.")
+        for privilege in ("USE_SCHEMA", "CREATE_MODEL"):
+            if not self._has(who, f"schema:{catalog}.{schema}", privilege):
+                return _error(403, "PERMISSION_DENIED",
+                              f"User does not have {privilege.replace('_', ' ')} on Schema "
+                              f"'{catalog}.{schema}'.")
+        return None
+
+    def _unity_catalog(self, method: str, path: str, query: Mapping[str, str],
+                       data: Mapping[str, Any], who: Principal) -> Reply:
+        if path == "catalogs" and method == "GET":
+            visible = [c for c in self.catalogs
+                       if any(s.split(":", 1)[1].split(".")[0] == c
+                              for s, _ in self.grants.get(who.name, set()))]
+            return _json(200, {"catalogs": [{"name": c, "catalog_type": "MANAGED_CATALOG"}
+                                            for c in visible]})
+        if path == "models" and method == "POST":
+            catalog, schema = str(data.get("catalog_name")), str(data.get("schema_name"))
+            if schema not in self.catalogs.get(catalog, set()):
+                return _error(404, "SCHEMA_DOES_NOT_EXIST",
+                              f"Schema '{catalog}.{schema}' does not exist.")
+            refused = self._missing(who, catalog, schema)
+            if refused is not None:
+                return refused
+            full = f"{catalog}.{schema}.{data.get('name')}"
+            self.models.add(full)
+            return _json(200, {"full_name": full, "catalog_name": catalog,
+                               "schema_name": schema, "name": data.get("name"),
+                               "owner": who.name})
+        if path.startswith("models/") and method == "DELETE":
+            full = path.removeprefix("models/")
+            if full not in self.models:
+                return _error(404, "NOT_FOUND", f"Registered model '{full}' does not exist.")
+            self.models.discard(full)
+            return _json(200, {})
+        if path.startswith("effective-permissions/") and method == "GET":
+            _, kind, full = path.split("/", 2)
+            principal = query.get("principal", who.name)
+            held = sorted(p for s, p in self.grants.get(principal, set())
+                          if s == f"{kind}:{full}")
+            if kind == "schema":
+                catalog = full.split(".")[0]
+                held += sorted(p for s, p in self.grants.get(principal, set())
+                               if s == f"catalog:{catalog}" and p == "ALL_PRIVILEGES")
+            return _json(200, {"privilege_assignments": [{
+                "principal": principal,
+                "privileges": [{"privilege": p} for p in held]}] if held else []})
+        return _error(404, "ENDPOINT_NOT_FOUND", f"No API found for '{method} /{path}'")
+
+    # -- the server ------------------------------------------------------------------------
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if self.mode == "reset":
+            threading.Thread(target=_reset_after_hello, args=(request,), daemon=True).start()
+            return
+        super().process_request(request, client_address)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # Clients that hang up early (the doctor's port sniff reads 16 bytes) are no error.
+        pass
+
+    def __enter__(self) -> StandInWorkspace:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.shutdown()
+        self.server_close()
