@@ -53,6 +53,15 @@ CLOUDTRACK_MAX_ATTEMPTS = _v("CLOUDTRACK_MAX_ATTEMPTS", "all", "attempts for a t
 CLOUDTRACK_RETRY_DEADLINE = _v("CLOUDTRACK_RETRY_DEADLINE", "all",
                                "seconds one storage operation may spend waiting (on answers that do not come, and between retries) before it fails; a retry starts only if its connect + read timeouts still fit",
                                "30")
+CLOUDTRACK_KEYRING_TIMEOUT = _v("CLOUDTRACK_KEYRING_TIMEOUT", "all",
+                                "seconds a call to the OS keyring (a `cloudtrack login`) may take before it fails with a message instead of hanging",
+                                "5")
+CLOUDTRACK_KEYRING = _v("CLOUDTRACK_KEYRING", "all",
+                        "`off`: ignore the logins of `cloudtrack login` (environment variables and the SDKs' chains only)",
+                        "on")
+CLOUDTRACK_CONFIG_DIR = _v("CLOUDTRACK_CONFIG_DIR", "all",
+                           "the folder of `logins.json` (and of `credentials.json` with --insecure-storage)",
+                           "$XDG_CONFIG_HOME/cloudtrack or ~/.config/cloudtrack")
 
 VARIABLES: tuple[EnvVar, ...] = tuple(
     value for value in list(globals().values()) if isinstance(value, EnvVar)
