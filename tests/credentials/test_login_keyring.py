@@ -24,9 +24,8 @@ from tests.fixtures.services import Store
 
 
 def test_the_secret_lives_in_the_keyring_and_unchanged_code_logs_with_it(
-        store: Store, secret_service: SecretService, tmp_path: Path) -> None:
-    if store.backend == "local":
-        pytest.skip("a local directory needs no login")
+        cloud: Store, secret_service: SecretService, tmp_path: Path) -> None:
+    store = cloud
     args, secret, keep, secrets = login_args(store)
     env = child_env(tmp_path, {**keep, **secret_service.env})
     done = cli(env, "login", store.uri, *args, "--json", stdin=secret)
@@ -62,9 +61,9 @@ def test_the_secret_lives_in_the_keyring_and_unchanged_code_logs_with_it(
 
 
 def test_a_locked_keyring_fails_fast_and_says_so(
-        store: Store, secret_service: SecretService, tmp_path: Path) -> None:
-    if store.backend != "s3":
-        pytest.skip("the keyring is the same for every backend")
+        s3_store: Store, secret_service: SecretService, tmp_path: Path) -> None:
+    """The keyring is the same for every backend."""
+    store = s3_store
     args, secret, keep, _ = login_args(store)
     env = child_env(tmp_path, {**keep, **secret_service.env})
     assert cli(env, "login", store.uri, *args, stdin=secret).returncode == 0
@@ -166,11 +165,10 @@ def test_a_minute_long_job_outlives_10_second_tokens_and_a_revoked_one(
 
 
 def test_a_keyring_that_does_not_answer_costs_its_timeout_not_a_hang(
-        store: Store, secret_service: SecretService, tmp_path: Path) -> None:
+        s3_store: Store, secret_service: SecretService, tmp_path: Path) -> None:
     """The Secret Service stopped (SIGSTOP: it holds its D-Bus name and answers nothing, as a
     wedged daemon does): every keyring call gives up after CLOUDTRACK_KEYRING_TIMEOUT."""
-    if store.backend != "s3":
-        pytest.skip("the keyring is the same for every backend")
+    store = s3_store
     args, secret, keep, _ = login_args(store)
     env = child_env(tmp_path, {**keep, **secret_service.env, "CLOUDTRACK_KEYRING_TIMEOUT": "3"})
     assert cli(env, "login", store.uri, *args, stdin=secret).returncode == 0

@@ -51,13 +51,6 @@ def logged(store: Store, run_id: str) -> Any:
     return run.data.params, run.data.metrics
 
 
-@pytest.fixture
-def cloud(store: Store) -> Store:
-    if store.backend == "local":
-        pytest.skip("a local directory needs no login")
-    return store
-
-
 def test_a_plaintext_keyring_is_refused_and_insecure_storage_is_a_0600_file(
         cloud: Store, tmp_path: Path) -> None:
     args, secret, keep, secrets = login_args(cloud)
@@ -107,9 +100,9 @@ def test_a_login_that_does_not_work_is_not_stored(cloud: Store, tmp_path: Path) 
 
 
 def test_the_environment_outranks_a_login_and_config_says_where_values_came_from(
-        tmp_path: Path, store: Store) -> None:
-    if store.backend != "s3":
-        pytest.skip("the order is the same code for every backend; S3 has two IAM users")
+        tmp_path: Path, s3_store: Store) -> None:
+    """The order is the same code for every backend; S3 (moto) has two IAM users."""
+    store = s3_store
     args, secret, _, _ = login_args(store)
     env = child_env(tmp_path, PLAINTEXT)
     assert cli(env, "login", store.uri, *args, "--insecure-storage", stdin=secret).returncode == 0
@@ -133,9 +126,9 @@ def test_the_environment_outranks_a_login_and_config_says_where_values_came_from
                      outranked.stderr, shown.stdout)
 
 
-def test_the_longest_matching_login_wins(store: Store, tmp_path: Path) -> None:
-    if store.backend != "s3":
-        pytest.skip("matching is the same code for every backend")
+def test_the_longest_matching_login_wins(s3_store: Store, tmp_path: Path) -> None:
+    """Matching is the same code for every backend."""
+    store = s3_store
     args, secret, _, _ = login_args(store)
     bucket = store.uri.split("/")[2]
     env = child_env(tmp_path, PLAINTEXT)
@@ -164,9 +157,9 @@ def test_the_longest_matching_login_wins(store: Store, tmp_path: Path) -> None:
 
 
 def test_the_doctor_names_the_login_and_a_login_whose_keys_go_elsewhere(
-        store: Store, tmp_path: Path) -> None:
-    if store.backend != "s3":
-        pytest.skip("the endpoint a login was saved for is an S3-compatible setting")
+        s3_store: Store, tmp_path: Path) -> None:
+    """The endpoint a login was saved for: an S3-compatible setting."""
+    store = s3_store
     args, secret, _, _ = login_args(store)
     env = child_env(tmp_path, PLAINTEXT)
     assert cli(env, "login", store.uri, *args, "--insecure-storage", stdin=secret).returncode == 0
@@ -189,10 +182,10 @@ def test_the_doctor_names_the_login_and_a_login_whose_keys_go_elsewhere(
 
 @pytest.mark.parametrize("kind", ["account-key", "sas"])
 def test_an_azure_account_key_or_sas_login_with_its_endpoint(
-        store: Store, tmp_path: Path, kind: str) -> None:
-    if store.backend != "azure":
-        pytest.skip("Azure's account key and SAS")
+        azure_store: Store, tmp_path: Path, kind: str) -> None:
     from tests.fixtures.doctor import ALL, sas_env
+
+    store = azure_store
 
     azurite = store.service
     conn = store.env["AZURE_STORAGE_CONNECTION_STRING"]

@@ -20,8 +20,9 @@ import posixpath
 import shutil
 import tempfile
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -60,13 +61,18 @@ class Repositories:
     ``mlflow-artifacts:``, …) gets a repository of its own, as MLflow would build it.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, server_slots: Mapping[str, Callable[[], AbstractContextManager[None]]]
+                 | None = None) -> None:
         self._roots: dict[tuple[str, str | None], Any] = {}
         self._lock = threading.Lock()
+        #: tracking URI of an MLflow server -> a slot among the requests it may get at once.
+        self._slots = dict(server_slots or {})
 
     def at(self, uri: str, tracking_uri: str | None) -> tuple[Any, str]:
         """A repository holding ``uri``, and the path of ``uri`` inside it ('' for its root)."""
         scheme = split_scheme(uri)
+        if scheme in SERVER_SCHEMES and tracking_uri in self._slots:
+            return GatedRepository(repository(uri, tracking_uri), self._slots[tracking_uri]), ""
         if scheme == "file" or backend_for_scheme(scheme) is None:
             return repository(uri, tracking_uri), ""
         parts = urlsplit(uri)
@@ -76,6 +82,34 @@ class Repositories:
             if repo is None:
                 repo = self._roots[(root, tracking_uri)] = repository(root, tracking_uri)
         return repo, parts.path.strip("/")
+
+
+#: Artifact URIs whose requests go to an MLflow server.
+SERVER_SCHEMES = frozenset({"mlflow-artifacts", "http", "https"})
+
+
+class GatedRepository:
+    """An MLflow server's artifact repository whose requests each wait for a slot of the
+    server (``--server-requests``), as its store requests do."""
+
+    def __init__(self, repo: Any, slot: Callable[[], AbstractContextManager[None]]) -> None:
+        self._repo = repo
+        self._slot = slot
+
+    def list_artifacts(self, path: str | None = None) -> Any:
+        with self._slot():
+            return self._repo.list_artifacts(path)
+
+    def log_artifact(self, local_file: str, artifact_path: str | None = None) -> Any:
+        with self._slot():
+            return self._repo.log_artifact(local_file, artifact_path)
+
+    def _download_file(self, remote_file_path: str, local_path: str) -> Any:
+        with self._slot():
+            return self._repo._download_file(remote_file_path, local_path)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._repo, name)
 
 
 def list_tree(repo: Any, path: str | None = None) -> dict[str, int]:

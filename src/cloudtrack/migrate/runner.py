@@ -120,7 +120,10 @@ class Migration:
         self.links: dict[tuple[str, str, int, int], Metric] = {}
         #: Source runs to compare point by point, whatever their fingerprints (_experiment).
         self.recheck: set[str] = set()
-        self.repositories = artifacts.Repositories()
+        # An MLflow server's artifact requests (mlflow-artifacts:, http(s)) wait for the same
+        # slots as its store requests: --server-requests bounds them all.
+        self.repositories = artifacts.Repositories({
+            e.tracking_uri: e.server.slot for e in (src, dst) if e.server is not None})
         #: Destination experiments this migration created: no earlier copy left anything in
         #: their artifact locations.
         self.new_experiments: set[str] = set()
