@@ -160,8 +160,8 @@ def login_cmd(target: str, **opts: Any) -> None:
             else:
                 checked = _check_store(login)
         except CloudtrackError as e:
-            fail(f"the check with these credentials failed: {_scrub(str(e), login)}; "
-                 "nothing stored", 1)
+            fail(f"the check with these credentials failed: "
+                 f"{_scrub(str(e), login).rstrip('. ')}; nothing stored", 1)
     try:
         stored = Vault().save(login, insecure=opts["insecure_storage"])
     except KeyringUnavailable as e:

@@ -36,7 +36,6 @@ from cloudtrack.config import redact
 from cloudtrack.credentials.base import decode_jwt
 from cloudtrack.credentials.vault import (
     ENV_CREDENTIALS,
-    KeyringUnavailable,
     Login,
     Vault,
     canonical,
@@ -197,10 +196,7 @@ class LoginAuth(requests.auth.AuthBase):
     """Signs each request with the login of the server it goes to."""
 
     def __call__(self, r: requests.PreparedRequest) -> requests.PreparedRequest:
-        try:
-            login = login_for(str(r.url))
-        except KeyringUnavailable:
-            raise
+        login = login_for(str(r.url))
         if login is None:
             return r
         header, source = authorization(login)

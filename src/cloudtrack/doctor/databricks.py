@@ -33,6 +33,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from cloudtrack.config import redact_uri
 from cloudtrack.config import tls as trust
 from cloudtrack.credentials import Credential, decode_jwt, jwt_expiry
 from cloudtrack.doctor import net
@@ -367,7 +368,7 @@ def _kind_of_answer(answer: Answer) -> tuple[str, str]:
                                urllib.parse.urlsplit(u).path, re.IGNORECASE)
                      for u in answer.redirects)
     if answer.html and (redirected or _LOGIN_WORDS.search(answer.body)):
-        via = f" (redirected to {answer.redirects[-1]})" if answer.redirects else ""
+        via = f" (redirected to {redact_uri(answer.redirects[-1])})" if answer.redirects else ""
         return "login", f"a login page{via}, not the REST API"
     if answer.html:
         title = re.search(rb"<title>(.*?)</title>", answer.body, re.IGNORECASE | re.DOTALL)
