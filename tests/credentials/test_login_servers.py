@@ -100,3 +100,35 @@ def test_a_server_login_with_a_wrong_password_is_not_stored(
     assert done.returncode == 1 and "refused" in done.stderr and "nothing stored" in done.stderr
     assert not (tmp_path / ".config" / "cloudtrack" / "logins.json").exists()
     assert_no_secret(["definitely-wrong"], done.stdout, done.stderr)
+
+
+def test_multipart_upload_through_the_server_carries_the_login(
+        two_servers: tuple[MlflowServer, MlflowServer], tmp_path: Path) -> None:
+    """With proxied multipart upload on, MLflow first asks the server to create the upload
+    (its own host credentials, from a module-level function, not the repository's): that
+    request must carry the login too, or a large artifact fails with 401. The server here
+    keeps artifacts on disk, so it answers that multipart is unsupported — after checking the
+    login — and MLflow falls back to one PUT."""
+    server = two_servers[1]
+    assert server.admin is not None
+    env = child_env(tmp_path, {**PLAINTEXT, "MLFLOW_ENABLE_PROXY_MULTIPART_UPLOAD": "true",
+                               "MLFLOW_MULTIPART_UPLOAD_MINIMUM_FILE_SIZE": "1024"})
+    done = cli(env, "login", server.url, "--username", server.admin.username,
+               "--insecure-storage", stdin=server.admin.password)
+    assert done.returncode == 0, done.stderr
+    big = tmp_path / "weights.bin"
+    big.write_bytes(bytes(range(256)) * 64)  # 16 KiB: above the multipart minimum
+    code = textwrap.dedent(f"""
+        import filecmp, mlflow
+        mlflow.set_tracking_uri({server.url!r})
+        mlflow.set_experiment("multipart-with-a-login")
+        with mlflow.start_run() as run:
+            mlflow.log_artifact({str(big)!r}, "model")
+        got = mlflow.artifacts.download_artifacts(run_id=run.info.run_id,
+                                                  artifact_path="model/weights.bin")
+        print("same", filecmp.cmp(got, {str(big)!r}, shallow=False))
+    """)
+    run = python(env, code)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "same True" in run.stdout
+    assert_no_secret([server.admin.password], run.stdout, run.stderr, done.stdout, done.stderr)

@@ -11,6 +11,7 @@ is checked directly.
 
 from __future__ import annotations
 
+import random
 import urllib.parse
 from pathlib import Path
 
@@ -21,7 +22,7 @@ from backends.gcs.service import GcsEmulator
 from backends.s3.service import STORE_PREFIX, MotoS3Iam, s3_policy
 from cloudtrack.blobs import open_blobs
 from cloudtrack.config import resolve
-from cloudtrack.doctor import azure
+from cloudtrack.doctor import azure, s3
 from cloudtrack.errors import PermissionDenied
 from tests.doctor import standins
 from tests.fixtures.doctor import ALL, Run, doctor, expect, sas_env
@@ -61,6 +62,21 @@ def test_s3_mistyped_bucket_names_the_one_meant(home: Path, moto: MotoS3Iam,
     container = run.check("authz.container")
     assert f"Did you mean s3://{bucket}/{STORE_PREFIX}?" in container["summary"]
     assert container["fix"].startswith(f"use s3://{bucket}/{STORE_PREFIX} if that is the bucket")
+
+
+def test_s3_hint_offers_only_the_nearest_of_many_alike_names() -> None:
+    """CI's moto held 90 buckets named ``ct-<kind>-<random hex>``: a likeness ratio offered one
+    that only shared the pattern beside the one a keystroke away. Only the fewest-edits names
+    are offered, and none when even the nearest is far."""
+    rng = random.Random(7)
+    names = [f"ct-{kind}-{rng.randbytes(5).hex()}" for kind in ("store", "doctor", "login")
+             for _ in range(30)]
+    meant = names[40]
+    typo = meant.replace("ct-", "c-", 1)
+    assert s3._nearest(typo, names) == [meant]
+    assert s3._nearest(meant[:-2] + "zz", names) == [meant]
+    assert s3._nearest("my-team-bucket", names) == []
+    assert s3._nearest("ab", ["ab1", "ab2", "xy"]) == ["ab1", "ab2"], "ties are all offered"
 
 
 def test_s3_without_list_all_my_buckets_says_both(home: Path, moto: MotoS3Iam) -> None:

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import base64
 import logging
-import posixpath
 import shlex
 import subprocess
 import threading
@@ -262,7 +261,7 @@ class AuthProvider:
 
 class _LoginArtifacts:
     """What MLflow's HTTP artifact repositories need to sign with a login: their host
-    credentials, and listing (which MLflow builds from the URL itself)."""
+    credentials (the rest is in :func:`_artifact_classes`)."""
 
     artifact_uri: str
 
@@ -275,31 +274,9 @@ class _LoginArtifacts:
         uri, _, _ = self.artifact_uri.partition("/api/2.0/mlflow-artifacts/artifacts")
         return host_creds(uri.rstrip("/"))
 
-    def list_artifacts(self, path: str | None = None) -> list[Any]:
-        from mlflow.entities import FileInfo
-        from mlflow.utils.rest_utils import augmented_raise_for_status, http_request
-
-        endpoint = "/mlflow-artifacts/artifacts"
-        url, tail = self.artifact_uri.split(endpoint, maxsplit=1)
-        root = tail.lstrip("/")
-        params = {"path": posixpath.join(root, path) if path else root}
-        resp = http_request(host_creds(url), endpoint, "GET", params=params)
-        augmented_raise_for_status(resp)
-        infos = []
-        for f in resp.json().get("files", []):
-            name = str(f["path"])
-            if name.startswith("/") or ".." in name.split("/"):
-                raise ValueError(f"the server listed an unsafe artifact path {name!r}")
-            infos.append(FileInfo(posixpath.join(path, name) if path else name, f["is_dir"],
-                                  int(f["file_size"]) if "file_size" in f else None))
-        # MLflow's contract: a path naming a single file lists as empty.
-        if (len(infos) == 1 and not infos[0].is_dir and path is not None
-                and infos[0].path == posixpath.join(path, posixpath.basename(path))):
-            return []
-        return sorted(infos, key=lambda f: f.path)
-
 
 def _artifact_classes() -> Mapping[str, Any]:
+    from mlflow.store.artifact import http_artifact_repo
     from mlflow.store.artifact.http_artifact_repo import HttpArtifactRepository
     from mlflow.store.artifact.mlflow_artifacts_repo import MlflowArtifactsRepository
 
@@ -310,6 +287,12 @@ def _artifact_classes() -> Mapping[str, Any]:
                                          MlflowArtifactsRepository):
         pass
 
+    # Listing, multipart uploads and presigned downloads take their host credentials from the
+    # module's own name for MLflow's function, not from a method a subclass could override:
+    # that name becomes host_creds (MLflow's function, plus the login when one covers the URL
+    # and no MLflow variable is set). Every repository of these schemes is one of the classes
+    # above, so nothing else sees the change.
+    http_artifact_repo.get_default_host_creds = host_creds  # type: ignore[attr-defined]
     return {"http": LoginHttpArtifactRepository, "mlflow-artifacts": LoginMlflowArtifactsRepository}
 
 

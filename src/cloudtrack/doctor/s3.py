@@ -7,7 +7,6 @@ prefix and the command that attaches it when something is denied."""
 
 from __future__ import annotations
 
-import difflib
 import json
 import re
 from collections.abc import Mapping, Sequence
@@ -337,6 +336,26 @@ def _classifier(config: StoreConfig, endpoint: str, custom: bool,
     return classify
 
 
+def _edits(a: str, b: str) -> int:
+    """Levenshtein distance: the fewest inserted, deleted or replaced characters from a to b."""
+    row = list(range(len(b) + 1))
+    for i, x in enumerate(a, 1):
+        diagonal, row[0] = row[0], i
+        for j, y in enumerate(b, 1):
+            diagonal, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, diagonal + (x != y))
+    return row[-1]
+
+
+def _nearest(name: str, names: Sequence[str], most: int = 3) -> list[str]:
+    """The names ``name`` most likely mistypes: those fewest edits away, when that is at most
+    one edit in five characters (two at least). A ratio of likeness would also offer names
+    that merely share a pattern (bucket names with random suffixes share many characters)."""
+    scored = sorted((_edits(name, n), n) for n in names)
+    if not scored or scored[0][0] > max(2, len(name) // 5):
+        return []
+    return [n for d, n in scored if d == scored[0][0]][:most]
+
+
 def _bucket_doubt(p: Probe, config: StoreConfig, blobs: S3Blobs, head: Answer,
                   identity: str | None) -> ContainerDoubt:
     """Catalogue row 28: S3 answers AccessDenied, not NoSuchBucket, to a caller without rights
@@ -365,7 +384,7 @@ def _bucket_doubt(p: Probe, config: StoreConfig, blobs: S3Blobs, head: Answer,
                    "ls` with credentials that may list buckets, shows the real names); if it "
                    "is right, grant the access below")
             return Finding("authz", "permission-denied", summary, fix, id="authz.container")
-        close = difflib.get_close_matches(bucket, names, n=3, cutoff=0.6)
+        close = _nearest(bucket, names)
         meant = " or ".join(f"s3://{c}/{config.prefix}".rstrip("/") for c in close)
         summary = (f"the bucket name {bucket!r} is likely wrong: it is not among the "
                    f"{len(names)} bucket(s) these credentials can list (ListBuckets), and "
