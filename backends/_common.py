@@ -107,6 +107,10 @@ class StorageService(abc.ABC):
     def new_store(self, name: str = "store") -> str:
         """Create a fresh, empty bucket/container and return a store URI with a prefix."""
 
+    def drop_store(self, uri: str) -> None:  # noqa: B027 - most services need nothing
+        """Free what a store from :meth:`new_store` holds, where holding it slows the whole
+        service (Azurite); a test calls it when done with the store."""
+
     @abc.abstractmethod
     def missing_store_uri(self) -> str:
         """A store URI whose bucket/container does not exist."""

@@ -557,6 +557,8 @@ class Lab:
             "MLFLOW_DISABLE_TELEMETRY": "true",
             "DO_NOT_TRACK": "true",
             "PYTHONUNBUFFERED": "1",
+            # The read cache of every child in the benchmark's own folder, not the user's.
+            "XDG_CACHE_HOME": str(self.workdir / "cache"),
         })
         env.update(extra or {})
         return env

@@ -40,6 +40,7 @@ import http.client
 import json
 import random
 import resource
+import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -358,6 +359,8 @@ class Reads:
             store_uri, store_controls = target.uri, list(target.controls)
         env = {k: v for k, v in self.lab.child_env(target).items()
                if k not in ("MLFLOW_TRACKING_URI", "BENCH_PROXY_CONTROL")}
+        # A server on another machine than the searches before: its read cache starts empty.
+        env["XDG_CACHE_HOME"] = tempfile.mkdtemp(dir=self.lab.workdir, prefix="ui-cache-")
         server = MlflowServer(store_uri, extra_env=env, startup_timeout=600)
         proxy = None
         try:

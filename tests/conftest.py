@@ -23,6 +23,8 @@ pytest_plugins = [
 # The tests never read or write the logins (`cloudtrack login`) of whoever runs them: their
 # own configuration folder, empty.  Tests of logins give their processes a HOME of their own.
 os.environ["CLOUDTRACK_CONFIG_DIR"] = tempfile.mkdtemp(prefix="cloudtrack-test-config-")
+# Nor their cache folder (the journal, the read cache): one of the session's own.
+os.environ["XDG_CACHE_HOME"] = tempfile.mkdtemp(prefix="cloudtrack-test-cache-")
 
 #: MLflow's default tracking URI (sqlite:///mlflow.db) creates this in the working directory:
 #: a test (or a code path) that reaches it without meaning to leaves it in the checkout.

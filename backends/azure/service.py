@@ -22,6 +22,7 @@ import base64
 import datetime as dt
 import ipaddress
 import json
+import logging
 import secrets
 import shutil
 import tempfile
@@ -43,6 +44,7 @@ from backends._common import (
 )
 
 HERE = Path(__file__).resolve().parent
+log = logging.getLogger("backends.azure")
 AZURITE_BLOB = HERE / "node_modules" / ".bin" / "azurite-blob"
 INSTALL_HINT = "npm ci --prefix backends/azure  (needs node >= 20)"
 
@@ -334,6 +336,23 @@ class Azurite(StorageService):
         container = unique(name.lower().replace("_", "-"))
         self.create_container(container)
         return self.store_uri(container, "mlruns")
+
+    def drop_store(self, uri: str) -> None:
+        """Delete the store's container. Azurite keeps every blob of every container in one
+        in-memory table and its writes slow down as that table grows (3,000 PUTs from 32
+        threads: 325/s on an empty Azurite, 85/s once it held 12,000 blobs, 300-390/s when
+        each container was deleted after use): a session that kept every test's blobs ended
+        with requests queued past the client's 10 s read timeout."""
+        from azure.core.exceptions import AzureError, ResourceNotFoundError
+
+        container = uri.split("://", 1)[1].split("@", 1)[0]
+        with self._admin_client() as client:
+            try:
+                client.delete_container(container)
+            except ResourceNotFoundError:
+                pass
+            except AzureError as e:  # only a cleanup: the test itself has passed or failed
+                log.warning("could not delete the container %s: %r", container, e)
 
     def missing_store_uri(self) -> str:
         return self.store_uri(unique("missing"), "mlruns")

@@ -530,6 +530,16 @@ class BlobRegistryStore(AbstractStore):
         the record it was renamed to is listed with its id."""
         return current_models(self._listed(layout.REGISTERED_MODELS, skip_corrupt=True))
 
+    def _models_and_versions(self) -> tuple[list[Record], dict[str, list[Record]]]:
+        """:meth:`_all_models` and :meth:`_all_versions`, read at once (their round trips
+        overlap: a search costs the round trips of one listing, not two). The versions are read
+        on a thread of their own: the read pool's tasks must not wait on tasks of the same
+        pool."""
+        with concurrent.futures.ThreadPoolExecutor(
+                1, thread_name_prefix="cloudtrack-registry-versions") as side:
+            versions = side.submit(self._all_versions)
+            return self._all_models(), versions.result()
+
     def search_registered_models(self, filter_string: str | None = None,
                                  max_results: int | None = SEARCH_REGISTERED_MODEL_MAX_RESULTS_DEFAULT,
                                  order_by: list[str] | None = None,
@@ -537,8 +547,7 @@ class BlobRegistryStore(AbstractStore):
         max_results = _checked_max_results(max_results,
                                            SEARCH_REGISTERED_MODEL_MAX_RESULTS_THRESHOLD)
         filter_string = add_prompt_filter_string(filter_string, is_prompt=False)
-        models = self._all_models()
-        versions = self._all_versions()
+        models, versions = self._models_and_versions()
         entities = [self._model_entity(m, versions.get(m["id"], [])) for m in models]
         filtered = SearchModelUtils.filter(entities, filter_string)
         ordered = SearchModelUtils.sort(filtered, order_by)
@@ -774,8 +783,8 @@ class BlobRegistryStore(AbstractStore):
         max_results = _checked_max_results(max_results,
                                            SEARCH_MODEL_VERSION_MAX_RESULTS_THRESHOLD)
         versions: list[ModelVersion] = []
-        by_model = self._all_versions()
-        for model in self._all_models():
+        models, by_model = self._models_and_versions()
+        for model in models:
             # MLflow's SQL store leaves aliases out of version search results; so do we.
             versions.extend(self._version_entity(model, rec, with_aliases=False)
                             for rec in by_model.get(model["id"], [])

@@ -59,6 +59,9 @@ CLOUDTRACK_KEYRING_TIMEOUT = _v("CLOUDTRACK_KEYRING_TIMEOUT", "all",
 CLOUDTRACK_KEYRING = _v("CLOUDTRACK_KEYRING", "all",
                         "`off`: ignore the logins of `cloudtrack login` (environment variables and the SDKs' chains only)",
                         "on")
+CLOUDTRACK_READ_CACHE = _v("CLOUDTRACK_READ_CACHE", "all",
+                            "`off`: no local file of the run heads searches read (kept for the next process, each used only at the version the store lists)",
+                            "on")
 CLOUDTRACK_CONFIG_DIR = _v("CLOUDTRACK_CONFIG_DIR", "all",
                            "the folder of `logins.json` (and of `credentials.json` with --insecure-storage)",
                            "$XDG_CONFIG_HOME/cloudtrack or ~/.config/cloudtrack")

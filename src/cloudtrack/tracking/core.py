@@ -26,6 +26,7 @@ from cloudtrack.store import build, claims, layout, marker, pages, records
 from cloudtrack.store.cache import VersionedCache
 from cloudtrack.store.cas import Change, versioned_update
 from cloudtrack.store.pagewriter import PageWriter, is_finished
+from cloudtrack.store.readcache import ReadCache
 from cloudtrack.store.records import Record
 from cloudtrack.tracking.flusher import FLUSH_INTERVAL, Flusher, Pending, RunLocks
 from cloudtrack.tracking.journal import Journal, ReplayReport
@@ -132,6 +133,8 @@ class StoreCore(AbstractStore):
                                                            thread_name_prefix="cloudtrack-read")
         #: Records read by searches (heads, experiments, logged models), by listed version.
         self._cache = VersionedCache()
+        #: The run heads searches read, on this machine's disk for the next process.
+        self._read_cache = ReadCache.for_store(self.config)
         #: run id -> experiment id: the run index never changes, so this is never stale.
         self._run_exp: dict[str, str] = {}
         #: run id -> (head, version) as this process last read or wrote it; a conditional

@@ -70,7 +70,12 @@ ENDPOINT_SETTINGS = ("endpoint_url", "emulator_host", "api_endpoint")
 
 
 def journal_root(environ: Mapping[str, str] | None = None) -> Path:
-    """``<user cache directory>/cloudtrack/journal``, as platformdirs would place it."""
+    """``<user cache directory>/cloudtrack/journal``."""
+    return cache_root(environ) / "journal"
+
+
+def cache_root(environ: Mapping[str, str] | None = None) -> Path:
+    """``<user cache directory>/cloudtrack``, as platformdirs would place it."""
     env = os.environ if environ is None else environ
     xdg = env.get("XDG_CACHE_HOME")
     if xdg and os.path.isabs(xdg):
@@ -82,7 +87,7 @@ def journal_root(environ: Mapping[str, str] | None = None) -> Path:
         base = Path(local) / "cloudtrack" / "Cache"
     else:
         base = Path.home() / ".cache" / "cloudtrack"
-    return base / "journal"
+    return base
 
 
 def store_identity(config: StoreConfig) -> dict[str, str | None]:
@@ -104,7 +109,7 @@ def store_folder(identity: Mapping[str, str | None]) -> str:
     return f"{readable}-{digest[:12]}"
 
 
-def _private_dirs(path: Path, top: Path) -> None:
+def private_dirs(path: Path, top: Path) -> None:
     """Create ``path`` and the folders between ``top``'s parent and it, each 0700 (the cache
     directory above, as the system would make it)."""
     top.parent.mkdir(parents=True, exist_ok=True)
@@ -227,7 +232,7 @@ class Journal:
 
     def keep(self, leftover: dict[str, Pending], cause: str) -> str:
         """One entry per run of ``leftover``; returns the folder they are in."""
-        _private_dirs(self.folder, self.root.parent)
+        private_dirs(self.folder, self.root.parent)
         store_file = self.folder / STORE_FILE
         if not store_file.exists():
             _write_private(store_file, json.dumps(
@@ -336,7 +341,7 @@ class Journal:
         read), with an ERROR line: it is never tried again, nor lost."""
         aside = self.folder / REFUSED_DIR
         try:
-            _private_dirs(aside, self.root.parent)
+            private_dirs(aside, self.root.parent)
             if raw:
                 _write_private(aside / (path.name + ".reason.txt"), redact(why).encode())
                 os.replace(path, aside / path.name)

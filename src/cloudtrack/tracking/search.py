@@ -131,15 +131,28 @@ class SearchMixin(StoreCore):
     def _candidates_of(self, experiment_id: str) -> list[_Candidate]:
         """Every readable run head of the experiment, as :class:`_Candidate`."""
         folder = layout.head_pages(experiment_id)
-        listed_pages = self._pool.submit(pages.list_pages_for_reading, self.blobs, folder)
-        infos = self.blobs.list_spread(layout.heads(experiment_id), self._pool.map)
+        heads = layout.heads(experiment_id)
+        # The pages are listed beside the heads, unless this machine's read cache holds the
+        # experiment: then most heads come from it and the pages are listed only if not.
+        on_disk = self._read_cache.holds(heads)
+        listed_pages = None if on_disk else \
+            self._pool.submit(pages.list_pages_for_reading, self.blobs, folder)
+        infos = self.blobs.list_spread(heads, self._pool.map)
         listing = [(i.key, i.version) for i in infos]
-        if not listed_pages.result().bits and \
-                len(self._cache.missing(listing)) >= SNAPSHOT_MIN_MISSES:
+        if on_disk:
+            self._read_cache.fill(self._cache, listing)
+        unread = self._cache.missing(listing)
+        if listed_pages is None:
+            listed_pages = self._pool.submit(
+                lambda: pages.list_pages_for_reading(self.blobs, folder)
+                if len(unread) >= pages.MIN_MISSES else pages.PageMap(()))
+        if not listed_pages.result().bits and len(unread) >= SNAPSHOT_MIN_MISSES:
             # A store written before head pages: the snapshot its readers left, if any.
             snapshots.load_into(self._cache, self.blobs, experiment_id)
         found, fetched, _ = self._read_paged(listing, folder, listed_pages)
         self._page_later(folder, fetched, is_finished)
+        if unread:  # for the next process: what this one had to read from the store
+            self._pool.submit(self._read_cache.save, self._cache.entries(unread))
         candidates = []
         for key, version in listing:
             rec = found[key]

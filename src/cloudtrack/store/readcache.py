@@ -1,0 +1,168 @@
+"""Records a search read, kept on local disk for the next process, by version.
+
+A new process starts with an empty :class:`~cloudtrack.store.cache.VersionedCache`, so its
+first search of an experiment reads every run head again (from the head pages: about one GET
+per thousand runs, one round trip). The MLflow server's answer to that is its database; ours
+is this cache: a SQLite file per store in the user's cache directory holding the records a
+search read, each with the version it was read at. A search still lists the heads (the
+listing is the truth: what exists, at which version) and takes from the file only what the
+listing vouches for, exactly as the in-memory cache does, so a stale or damaged file costs
+requests, never correctness; a record read at another version is simply read again.
+
+The file holds what the store holds (params, tags, metrics of runs) and is private to the
+user (0600 in a 0700 folder, like the journal's). Every failure of the file (locked by
+another process, full disk, corrupt) only turns it off for this process: it saves requests
+and is never needed. ``CLOUDTRACK_READ_CACHE=off`` turns it off; local stores never use it
+(their heads are local already).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import sqlite3
+import threading
+from collections.abc import Iterable, Iterator, Mapping
+from pathlib import Path
+
+from cloudtrack.config import StoreConfig
+from cloudtrack.config.common import truthy
+from cloudtrack.config.variables import CLOUDTRACK_READ_CACHE
+from cloudtrack.store import records
+from cloudtrack.store.cache import VersionedCache
+from cloudtrack.store.records import Record
+
+log = logging.getLogger("cloudtrack.store")
+
+#: The file is rebuilt from nothing past this size (a cache, not an archive).
+MAX_BYTES = 512 * 1024 * 1024
+#: Seconds a process waits for another one's write to the file before skipping its own.
+BUSY_TIMEOUT = 2.0
+_SCHEMA = ("CREATE TABLE IF NOT EXISTS records "
+           "(key TEXT PRIMARY KEY, version TEXT NOT NULL, body BLOB NOT NULL) WITHOUT ROWID")
+
+
+def enabled(config: StoreConfig, environ: Mapping[str, str] | None = None) -> bool:
+    env = os.environ if environ is None else environ
+    raw = env.get(CLOUDTRACK_READ_CACHE.name)
+    on = truthy(raw, CLOUDTRACK_READ_CACHE.name) if raw else True
+    return on and config.backend != "file"
+
+
+class ReadCache:
+    """One store's file of records by version (see the module's docstring)."""
+
+    def __init__(self, path: Path | None) -> None:
+        #: None: off (disabled, or turned off by a failure).
+        self.path = path
+        self._lock = threading.Lock()
+
+    @classmethod
+    def for_store(cls, config: StoreConfig) -> ReadCache:
+        from cloudtrack.tracking.journal import cache_root, store_folder, store_identity
+
+        # Where the cache lives, and whether at all, is the process's (its variables), unless
+        # the configuration was resolved from an environment of its own that says otherwise.
+        env = {**os.environ, **(config.environ or {})}
+        if not enabled(config, env):
+            return cls(None)
+        return cls(cache_root(env) / "reads" / f"{store_folder(store_identity(config))}.sqlite")
+
+    @contextlib.contextmanager
+    def _db(self) -> Iterator[sqlite3.Connection | None]:
+        db = self._open()
+        if db is None:
+            yield None
+            return
+        try:
+            yield db
+        except (OSError, sqlite3.Error) as e:
+            self._off(e)
+        finally:
+            db.close()
+
+    def _open(self) -> sqlite3.Connection | None:
+        """The file, opened (made when missing, made again when too large or not a database:
+        it is only a cache); None when it is off."""
+        path = self.path
+        if path is None:
+            return None
+        try:
+            if path.exists() and path.stat().st_size > MAX_BYTES:
+                path.unlink()
+            for _ in range(2):
+                if not path.exists():
+                    from cloudtrack.tracking.journal import private_dirs
+
+                    private_dirs(path.parent, path.parent.parent)
+                    os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
+                db = sqlite3.connect(path, timeout=BUSY_TIMEOUT)
+                try:
+                    db.execute(_SCHEMA)
+                    return db
+                except sqlite3.Error as e:
+                    db.close()
+                    if type(e) is not sqlite3.DatabaseError:  # locked, full: not damaged
+                        raise
+                    log.warning("the read cache %s is damaged (%s): starting it again", path, e)
+                    path.unlink()
+        except (OSError, sqlite3.Error) as e:
+            self._off(e)
+        return None
+
+    def _off(self, error: BaseException) -> None:
+        log.debug("the read cache %s is off for this process: %r", self.path, error)
+        self.path = None
+
+    def holds(self, prefix: str) -> bool:
+        """Whether the file holds any record under ``prefix`` (then a search expects to find
+        most of them there and lists nothing else up front)."""
+        if self.path is None or not self.path.exists():
+            return False
+        with self._db() as db:
+            return db is not None and db.execute(
+                "SELECT 1 FROM records WHERE key >= ? AND key < ? LIMIT 1",
+                (prefix, prefix + "\U0010ffff")).fetchone() is not None
+
+    def fill(self, cache: VersionedCache, listing: Iterable[tuple[str, str]]) -> int:
+        """Put into ``cache`` the listed records the file holds at their listed version;
+        return how many."""
+        listing = list(listing)
+        missing = set(cache.missing(listing))
+        todo = {key: version for key, version in listing if key in missing}
+        if not todo or self.path is None:
+            return 0
+        found: dict[str, tuple[str, Record]] = {}
+        with self._db() as db:
+            if db is None:
+                return 0
+            keys = list(todo)
+            for start in range(0, len(keys), 500):
+                chunk = keys[start:start + 500]
+                rows = db.execute(
+                    f"SELECT key, version, body FROM records WHERE key IN "
+                    f"({','.join('?' * len(chunk))})", chunk).fetchall()
+                for key, version, body in rows:
+                    if todo.get(key) != version:
+                        continue
+                    try:
+                        rec = json.loads(body)
+                    except ValueError:
+                        continue  # read again from the store, and written over
+                    if isinstance(rec, dict):
+                        found[key] = (version, rec)
+        cache.merge(found)
+        return len(found)
+
+    def save(self, entries: Mapping[str, tuple[str, Record]]) -> None:
+        """Keep ``entries`` (key -> (version, record)) for the next process."""
+        if not entries or self.path is None:
+            return
+        rows = [(key, version, records.dumps(rec)) for key, (version, rec) in entries.items()]
+        with self._lock, self._db() as db:
+            if db is None:
+                return
+            with db:  # one transaction: committed, or rolled back on any error
+                db.executemany("INSERT OR REPLACE INTO records VALUES (?, ?, ?)", rows)
