@@ -20,6 +20,11 @@ providers/Microsoft.MachineLearningServices/workspaces/<ws>/api/2.0/mlflow/…``
   configuration." (what a workspace without public network access answers from outside);
 * otherwise ``experiments/search`` answers 200 with MLflow's JSON.
 
+The same path with ``registries/<name>`` in place of ``workspaces/<ws>`` is an Azure ML
+registry (:func:`registry_uri`): the same refusals (the action a principal without a role
+lacks is then ``Microsoft.MachineLearningServices/registries/read``, written here by analogy:
+no captured answer of a registry was at hand), and ``registered-models/search`` answers.
+
 Clients reach it by the workspace's real host name: the certificate (signed by a throw-away CA,
 trusted through ``REQUESTS_CA_BUNDLE``/``SSL_CERT_FILE``) is issued for ``*.api.azureml.ms``,
 the tests map the name to 127.0.0.1 in the doctor's own mount namespace (its ``/etc/hosts``),
@@ -58,6 +63,8 @@ HOST = f"{REGION}.api.azureml.ms"
 SUBSCRIPTION = "5a1b2c3d-0000-4000-8000-00000000a001"
 RESOURCE_GROUP = "ml-rg"
 WORKSPACE = "ml-ws"
+#: The one Azure ML registry there (what ``mlflow.set_registry_uri`` takes for shared models).
+REGISTRY = "ml-registry"
 #: The tenant the subscription belongs to, and another one.
 TENANT_ID = "c10d7ac4-0000-4000-8000-000000000001"
 OTHER_TENANT_ID = "d20e8bd5-0000-4000-8000-000000000002"
@@ -79,6 +86,12 @@ def tracking_uri(port: int, host: str = HOST, *, workspace: str = WORKSPACE) -> 
     the stand-in's port."""
     return (f"azureml://{host}:{port}/mlflow/v1.0/subscriptions/{SUBSCRIPTION}/resourceGroups/"
             f"{RESOURCE_GROUP}/providers/Microsoft.MachineLearningServices/workspaces/{workspace}")
+
+
+def registry_uri(port: int, host: str = HOST, *, registry: str = REGISTRY) -> str:
+    """The registry's MLflow registry URI, with the stand-in's port."""
+    return (f"azureml://{host}:{port}/mlflow/v1.0/subscriptions/{SUBSCRIPTION}/resourceGroups/"
+            f"{RESOURCE_GROUP}/providers/Microsoft.MachineLearningServices/registries/{registry}")
 
 
 def _b64url(data: bytes) -> str:
@@ -183,7 +196,8 @@ class ManagedIdentityEndpoint(ThreadingHTTPServer):
 
 
 _PATH = re.compile(r"^/mlflow/v[12]\.0/subscriptions/([^/]+)/resourceGroups/([^/]+)/providers/"
-                   r"Microsoft\.MachineLearningServices/workspaces/([^/]+)(/.*)$", re.IGNORECASE)
+                   r"Microsoft\.MachineLearningServices/(workspaces|registries)/([^/]+)(/.*)$",
+                   re.IGNORECASE)
 _AUDIENCES = ("https://management.core.windows.net/", "https://management.core.windows.net",
               "https://management.azure.com/", "https://management.azure.com")
 
@@ -295,22 +309,34 @@ class AzureMLWorkspace(ThreadingHTTPServer):
             code, message = refused
             return 401, _arm_error(code, message), _challenge(TENANT_ID, "invalid_token",
                                                               message.split(". ")[0] + ".")
-        sub, rg, ws, rest = m.groups()
+        sub, rg, kind, ws, rest = m.groups()
+        kind = kind.lower()
+        known = REGISTRY if kind == "registries" else WORKSPACE
         if (sub.lower(), rg.lower(), ws.lower()) != (SUBSCRIPTION, RESOURCE_GROUP.lower(),
-                                                     WORKSPACE.lower()):
+                                                     known.lower()):
             return 404, _arm_error(
                 "ResourceNotFound",
-                f"The Resource 'Microsoft.MachineLearningServices/workspaces/{ws}' under "
+                f"The Resource 'Microsoft.MachineLearningServices/{kind}/{ws}' under "
                 f"resource group '{rg}' was not found. For more details please go to "
                 "https://aka.ms/ARMResourceNotFoundFix"), {}
         if claims.get("oid") != MEMBER_OID:
             oid = claims.get("oid", "?")
+            action, scope = (("registries/read", SCOPE.replace(f"workspaces/{WORKSPACE}",
+                                                               f"registries/{REGISTRY}"))
+                             if kind == "registries" else ("workspaces/experiments/read", SCOPE))
             return 403, _arm_error(
                 "AuthorizationFailed",
                 f"The client '{oid}' with object id '{oid}' does not have authorization to "
-                "perform action 'Microsoft.MachineLearningServices/workspaces/experiments/read' "
-                f"over scope '{SCOPE}' or the scope is invalid. If access was recently granted, "
+                f"perform action 'Microsoft.MachineLearningServices/{action}' "
+                f"over scope '{scope}' or the scope is invalid. If access was recently granted, "
                 "please refresh your credentials."), {}
+        if kind == "registries":
+            if rest.startswith("/api/2.0/mlflow/registered-models/search"):
+                return 200, {"registered_models": [{
+                    "name": "shared-model", "creation_timestamp": 1700000000000,
+                    "last_updated_timestamp": 1700000000000}]}, {}
+            return 404, {"error_code": "ENDPOINT_NOT_FOUND",
+                         "message": f"No API found for '{rest}'"}, {}
         if rest.startswith("/api/2.0/mlflow/experiments/search"):
             return 200, {"experiments": [{
                 "experiment_id": "8d5f5c0e-0c1f-4c3b-9f0a-5b9e2a1d0001", "name": "Default",
@@ -344,5 +370,19 @@ class AzureMLWorkspace(ThreadingHTTPServer):
         return None
 
 
-__all__ = ["HOST", "OTHER_TENANT_ID", "REGION", "RESOURCE_GROUP", "SUBSCRIPTION", "TENANT_ID", "TOKEN_KINDS",
-           "WORKSPACE", "AzureMLWorkspace", "ManagedIdentityEndpoint", "mint", "tracking_uri"]
+__all__ = [
+    "HOST",
+    "OTHER_TENANT_ID",
+    "REGION",
+    "REGISTRY",
+    "RESOURCE_GROUP",
+    "SUBSCRIPTION",
+    "TENANT_ID",
+    "TOKEN_KINDS",
+    "WORKSPACE",
+    "AzureMLWorkspace",
+    "ManagedIdentityEndpoint",
+    "mint",
+    "registry_uri",
+    "tracking_uri",
+]

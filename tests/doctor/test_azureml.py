@@ -29,11 +29,13 @@ from backends.azureml.service import (
     HOST,
     OTHER_TENANT_ID,
     REGION,
+    REGISTRY,
     RESOURCE_GROUP,
     SUBSCRIPTION,
     TENANT_ID,
     WORKSPACE,
     AzureMLWorkspace,
+    registry_uri,
     tracking_uri,
 )
 from cloudtrack.doctor import azureml
@@ -63,6 +65,17 @@ def test_parse_names_every_part() -> None:
     assert isinstance(private, azureml.Workspace) and private.workspace_id == WSID
     china = azureml.parse(tracking_uri(443, "chinaeast2.api.ml.azure.cn"))
     assert isinstance(china, azureml.Workspace) and "chinacloudapi" in china.cloud.scope
+
+
+def test_parse_a_registry_uri() -> None:
+    """An Azure ML registry's URI (``…/registries/<name>``, for ``mlflow.set_registry_uri``)
+    is valid: the same parts, the registry's resource id."""
+    reg = azureml.parse(registry_uri(443))
+    assert isinstance(reg, azureml.Workspace) and reg.registry and reg.noun == "registry"
+    assert reg.name == REGISTRY and reg.resource_id.endswith(f"/registries/{REGISTRY}")
+    assert reg.search.startswith("/api/2.0/mlflow/registered-models/search")
+    workspace = azureml.parse(tracking_uri(443))
+    assert isinstance(workspace, azureml.Workspace) and not workspace.registry
 
 
 @pytest.mark.parametrize("uri, why", [
@@ -136,12 +149,12 @@ def workspace() -> Iterator[AzureMLWorkspace]:
 
 
 def _run(home: Path, tmp_path: Path, ws: AzureMLWorkspace, kind: str | None, plugin: str | None,
-         **extra: str) -> Run:
+         uri: str | None = None, **extra: str) -> Run:
     env = {**(ws.env(kind) if kind else {"REQUESTS_CA_BUNDLE": str(ws.tls.ca),
                                          "SSL_CERT_FILE": str(ws.tls.ca)}), **extra}
     if plugin:
         env["PYTHONPATH"] = plugin
-    run = doctor(home, env, ws.uri, wrap=_confine(tmp_path, f"127.0.0.1 {HOST}"))
+    run = doctor(home, env, uri or ws.uri, wrap=_confine(tmp_path, f"127.0.0.1 {HOST}"))
     assert_no_secrets(run, sorted(ws.tokens.minted))
     assert ws.tokens.minted or kind is None
     assert run.report["backend"] == "azureml"
@@ -289,3 +302,42 @@ def test_name_does_not_resolve(home: Path, tmp_path: Path, workspace: AzureMLWor
     assert PRIVATE_HOST in check["summary"] and "privatelink.api.azureml.ms" in check["fix"]
     assert run.check("auth.credential")["status"] == "ok"
     assert run.seconds < RUN_BOUND
+
+
+# -- a registry URI --------------------------------------------------------------------------------
+
+
+def test_registry_healthy(home: Path, tmp_path: Path, workspace: AzureMLWorkspace,
+                          plugin: str) -> None:
+    """A registry URI is diagnosed like a workspace's, not refused as invalid: the last check
+    is MLflow's registered-models/search with the token."""
+    run = _run(home, tmp_path, workspace, "valid", plugin, uri=registry_uri(workspace.port))
+    healthy(run, "azureml")
+    assert f"registry '{REGISTRY}'" in run.check("config.uri")["summary"]
+    assert "Azure ML registry URI" in run.check("config.uri")["summary"]
+    read = run.check("authz.read")["summary"]
+    assert f"registered models of registry '{REGISTRY}'" in read and "at least one" in read
+    assert any(bearer and f"registries/{REGISTRY}/api/2.0/mlflow/registered-models/search" in path
+               for _, path, bearer in workspace.requests)
+
+
+def test_registry_no_role(home: Path, tmp_path: Path, workspace: AzureMLWorkspace,
+                          plugin: str) -> None:
+    """A principal with no role on the registry: the action Azure names, and the registry's
+    role granted on the registry's scope."""
+    run = _run(home, tmp_path, workspace, "no-role", plugin, uri=registry_uri(workspace.port))
+    expect(run, "permission-denied")
+    check = run.check("authz.read")
+    assert "registries/read" in check["summary"] and "registry 'ml-registry'" in check["summary"]
+    assert '--role "AzureML Registry User"' in check["fix"]
+    assert f"registries/{REGISTRY}" in check["fix"]
+
+
+def test_wrong_registry(home: Path, tmp_path: Path, workspace: AzureMLWorkspace,
+                        plugin: str) -> None:
+    run = _run(home, tmp_path, workspace, "valid", plugin,
+               uri=registry_uri(workspace.port, registry="no-such-registry"))
+    expect(run, "container-not-found")
+    check = run.check("authz.read")
+    assert "registry 'no-such-registry' does not exist" in check["summary"]
+    assert "az ml registry show --name no-such-registry" in check["fix"]

@@ -1,4 +1,5 @@
-"""The doctor of an Azure Machine Learning workspace (``azureml://`` tracking URIs).
+"""The doctor of an Azure Machine Learning workspace or registry (``azureml://`` tracking and
+registry URIs).
 
 MLflow reaches Azure ML only through the ``azureml-mlflow`` plugin, which turns
 ``azureml://<region>.api.azureml.ms/mlflow/v1.0/subscriptions/<sub>/resourceGroups/<rg>/
@@ -20,6 +21,10 @@ MLflow 1.x), signed with a token for Azure Resource Manager (``https://managemen
 * the workspace's answer to MLflow's ``experiments/search`` with the token: refused tokens by
   Azure's error code, a missing role by the action Azure names, with the ``az role assignment
   create`` command scoped to the workspace.
+
+A registry URI (``…/registries/<name>``, what ``mlflow.set_registry_uri`` takes for an Azure ML
+registry shared by workspaces) goes through the same checks, its last one MLflow's
+``registered-models/search`` instead.
 """
 
 from __future__ import annotations
@@ -47,10 +52,12 @@ from cloudtrack.doctor.core import Probe, ProbeTimeout, Stop, check_expiry, dura
 PLUGIN = "azureml-mlflow"
 INSTALL = f"pip install {PLUGIN}"
 ENTRY_POINT_GROUP = "mlflow.tracking_store"
-#: The role that lets a principal log runs to a workspace.
+#: The role that lets a principal log runs to a workspace, and use a registry's models.
 ROLE = "AzureML Data Scientist"
+REGISTRY_ROLE = "AzureML Registry User"
 TLS = net.TlsHints.of(trust.MLFLOW_SERVER)
 SEARCH = "/api/2.0/mlflow/experiments/search?max_results=1"
+REGISTRY_SEARCH = "/api/2.0/mlflow/registered-models/search?max_results=1"
 
 FORM = ("azureml://<region>.api.azureml.ms/mlflow/v1.0/subscriptions/<subscription id>/"
         "resourceGroups/<resource group>/providers/Microsoft.MachineLearningServices/"
@@ -85,7 +92,8 @@ _AUDIENCES = {"https://management.azure.com", "https://management.core.windows.n
 
 _PATH = re.compile(r"^/mlflow/v(?P<version>\d+\.\d+)/subscriptions/(?P<sub>[^/]+)/"
                    r"resourceGroups/(?P<rg>[^/]+)/providers/"
-                   r"Microsoft\.MachineLearningServices/workspaces/(?P<ws>[^/]+)/?$",
+                   r"Microsoft\.MachineLearningServices/(?P<kind>workspaces|registries)/"
+                   r"(?P<ws>[^/]+)/?$",
                    re.IGNORECASE)
 _GUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$", re.I)
 _TENANT_IN_URI = re.compile(r"https://[^/\"]+/([0-9a-f-]{36}|[a-z0-9.-]+\.onmicrosoft\.com)",
@@ -111,6 +119,38 @@ class Workspace:
     resource_group: str
     name: str
     uri_version: str
+    #: ``workspaces`` (a tracking URI) or ``registries`` (a registry URI).
+    kind: str = "workspaces"
+
+    @property
+    def registry(self) -> bool:
+        return self.kind.lower() == "registries"
+
+    @property
+    def noun(self) -> str:
+        return "registry" if self.registry else "workspace"
+
+    @property
+    def search(self) -> str:
+        """MLflow's search the last check sends, and what it is called."""
+        return REGISTRY_SEARCH if self.registry else SEARCH
+
+    @property
+    def searched(self) -> str:
+        return "registered-models/search" if self.registry else "experiments/search"
+
+    @property
+    def role(self) -> str:
+        return REGISTRY_ROLE if self.registry else ROLE
+
+    @property
+    def show(self) -> str:
+        """The command that prints the URI again."""
+        if self.registry:
+            return (f"az ml registry show --name {self.name} --resource-group "
+                    f"{self.resource_group} --query mlflow_registry_uri -o tsv")
+        return ("az ml workspace show --name <workspace> --resource-group <group> "
+                "--subscription <id> --query mlflow_tracking_uri -o tsv")
 
     @property
     def netloc(self) -> str:
@@ -124,14 +164,14 @@ class Workspace:
     @property
     def resource_id(self) -> str:
         return (f"/subscriptions/{self.subscription}/resourceGroups/{self.resource_group}/"
-                f"providers/Microsoft.MachineLearningServices/workspaces/{self.name}")
+                f"providers/Microsoft.MachineLearningServices/{self.kind}/{self.name}")
 
     def api_base(self, version: str) -> str:
         return f"{self.endpoint}/mlflow/v{version}{self.resource_id}"
 
 
 def parse(uri: str) -> Workspace | str:
-    """The workspace ``uri`` names, or what is wrong with it."""
+    """The workspace (or registry) ``uri`` names, or what is wrong with it."""
     try:
         parts = urllib.parse.urlsplit(uri)
         port = parts.port or 443
@@ -150,14 +190,11 @@ def parse(uri: str) -> Workspace | str:
         return f"its host {host!r} does not name a region (<region>.{cloud.suffix})"
     path = _PATH.match(urllib.parse.unquote(parts.path))
     if path is None:
-        if "/registries/" in parts.path:
-            return ("it names a model registry (…/registries/<name>), not a workspace; the "
-                    "doctor diagnoses workspace tracking URIs")
-        return "its path does not name a workspace"
+        return "its path does not name a workspace (or a registry)"
     if not _GUID.match(path["sub"]):
         return f"the subscription {path['sub']!r} is not a subscription id (a GUID)"
     return Workspace(uri, host, port, m["region"], m["id"], cloud, path["sub"], path["rg"],
-                     path["ws"], path["version"])
+                     path["ws"], path["version"], path["kind"].lower())
 
 
 def plugin_api_version() -> tuple[str, str]:
@@ -187,11 +224,12 @@ def diagnose(p: Probe, uri: str, origin: str) -> None:
                f"{redact_uri(uri)} (from {origin}) is not an Azure ML tracking URI: {found}",
                FORM_FIX)
     ws = found
-    where = f"workspace {ws.name!r} in resource group {ws.resource_group!r}, subscription " \
+    where = f"{ws.noun} {ws.name!r} in resource group {ws.resource_group!r}, subscription " \
         f"{ws.subscription}, region {ws.region}"
     if ws.workspace_id:
         where += f" (private-link host of workspace id {ws.workspace_id})"
-    p.ok("config.uri", "config", f"Azure ML tracking URI (from {origin}): {where}"
+    p.ok("config.uri", "config", f"Azure ML {'registry' if ws.registry else 'tracking'} URI "
+         f"(from {origin}): {where}"
          + (f"; {ws.cloud.name}" if ws.cloud is not CLOUDS[0] else ""))
     if "auth" in query:
         p.warn("config.uri-token", "config", "config-invalid",
@@ -227,7 +265,7 @@ def diagnose(p: Probe, uri: str, origin: str) -> None:
     if stopped is not None:
         raise stopped
     assert answer is not None
-    _tenant_check(p, token, tenant)
+    _tenant_check(p, ws, token, tenant)
     _authorized(p, ws, version, verify, token, tenant)
 
 
@@ -293,25 +331,25 @@ def _aliases(host: str, p: Probe) -> list[str]:
     return [n.lower() for n in [canonical, *aliases] if n and n.lower() != host]
 
 
-_PRIVATE_FIX = ("connect from the workspace's virtual network (a VPN or peered network, a "
+_PRIVATE_FIX = ("connect from the {noun}'s virtual network (a VPN or peered network, a "
                 "compute instance), with the private DNS zone privatelink.api.azureml.ms "
-                "linked to the DNS this machine uses; or let the workspace accept public "
-                "traffic: `az ml workspace update --name {ws} --resource-group {rg} "
+                "linked to the DNS this machine uses; or let the {noun} accept public "
+                "traffic: `az ml {noun} update --name {ws} --resource-group {rg} "
                 "--public-network-access Enabled`")
 
 
 def _network(p: Probe, ws: Workspace, verify: bool | str) -> bool:
     """dns, tcp and tls of the regional endpoint; True when it is a private endpoint."""
     if net.proxy_for(ws.endpoint, p.environ):
-        net.probe_endpoint(p, ws.endpoint, verify=verify, hints=TLS, what="the workspace")
+        net.probe_endpoint(p, ws.endpoint, verify=verify, hints=TLS, what=f"the {ws.noun}")
         return False
-    private_fix = _PRIVATE_FIX.format(ws=ws.name, rg=ws.resource_group)
+    private_fix = _PRIVATE_FIX.format(ws=ws.name, rg=ws.resource_group, noun=ws.noun)
     start = time.monotonic()
     try:
         addresses = net.lookup(ws.host, ws.port, p.step_timeout())
     except net.NetFailure as f:
         p.fail("dns", "dns", f.cause, f.summary,
-               f"check the network and DNS; a private-link workspace's name resolves only "
+               f"check the network and DNS; a private-link {ws.noun}'s name resolves only "
                f"through its private DNS zone — {private_fix}")
     took = (time.monotonic() - start) * 1000
     ips = sorted({str(a[3][0]) for a in addresses})
@@ -322,11 +360,11 @@ def _network(p: Probe, ws: Workspace, verify: bool | str) -> bool:
     via = f" via {', '.join(aliases[:3])}" if aliases else ""
     note = ""
     if private_ips:
-        note = (f": {', '.join(private_ips)} is a private address — the workspace's private "
+        note = (f": {', '.join(private_ips)} is a private address — the {ws.noun}'s private "
                 "endpoint (private link), reachable only from its virtual network")
     elif privatelink:
-        note = (": a private-link workspace resolved through public DNS (its public address: "
-                "it answers only if the workspace allows public network access)")
+        note = (f": a private-link {ws.noun} resolved through public DNS (its public address: "
+                f"it answers only if the {ws.noun} allows public network access)")
     p.ok("dns", "dns", f"{ws.host} resolves to {', '.join(ips[:4])}{via} ({took:.0f} ms){note}")
     try:
         start = time.monotonic()
@@ -335,7 +373,7 @@ def _network(p: Probe, ws: Workspace, verify: bool | str) -> bool:
         if private_ips:
             p.fail("tcp", "tcp", f.cause,
                    f"{f.summary}; {ws.host} is the private endpoint {', '.join(private_ips)}: "
-                   "this machine is outside the workspace's virtual network (or the VPN is "
+                   f"this machine is outside the {ws.noun}'s virtual network (or the VPN is "
                    "down) — not a credential problem", private_fix)
         p.fail("tcp", "tcp", f.cause, f.summary,
                f.fix or "check the network, the VPN and any outbound firewall (port 443)")
@@ -348,7 +386,7 @@ def _network(p: Probe, ws: Workspace, verify: bool | str) -> bool:
     except net.NetFailure as f:
         fix = f.fix
         if f.cause == "tls-mismatch":
-            fix = ("a firewall or an intercepting proxy cuts TLS to the workspace: allow "
+            fix = (f"a firewall or an intercepting proxy cuts TLS to the {ws.noun}: allow "
                    f"{ws.host}:443 outbound, or set HTTPS_PROXY and trust its CA "
                    "(REQUESTS_CA_BUNDLE)")
         p.fail("tls", "tls", f.cause, f.summary, fix)
@@ -398,21 +436,21 @@ def _network_refusal(p: Probe, ws: Workspace, answer: Answer, check: str, layer:
     said = f"HTTP {answer.status}" + (f" {code}" if code else "") + (f": {message}"
                                                                      if message else "")
     p.fail(check, layer, "permission-denied",
-           f"the workspace refuses requests from this network ({said})"
+           f"the {ws.noun} refuses requests from this network ({said})"
            + ("" if signed else " — the request carried no credentials, so it is the "
-              "workspace's network rules (private link, public network access disabled, IP "
+              f"{ws.noun}'s network rules (private link, public network access disabled, IP "
               "allow-list), not an identity, that refuse it")
            + (": this machine reached a public address, not the private endpoint"
               if not private else ""),
-           _PRIVATE_FIX.format(ws=ws.name, rg=ws.resource_group)
-           + "; or add this machine's public IP to the workspace's allowed addresses")
+           _PRIVATE_FIX.format(ws=ws.name, rg=ws.resource_group, noun=ws.noun)
+           + f"; or add this machine's public IP to the {ws.noun}'s allowed addresses")
 
 
 def _unauthenticated(p: Probe, ws: Workspace, version: str, verify: bool | str,
                      private: bool) -> Answer:
     """What answers the MLflow API without credentials: Azure ML's challenge, or else."""
-    url = ws.api_base(version) + SEARCH
-    answer = _request(p, url, verify, None, "an unauthenticated experiments/search")
+    url = ws.api_base(version) + ws.search
+    answer = _request(p, url, verify, None, f"an unauthenticated {ws.searched}")
     code, message = _error(answer)
     if answer.status in (403, 502) and _NETWORK_REFUSAL.search(message or answer.text):
         _network_refusal(p, ws, answer, "http.answer", "http", private, signed=False)
@@ -425,7 +463,7 @@ def _unauthenticated(p: Probe, ws: Workspace, version: str, verify: bool | str,
         p.fail("http.answer", "http", "not-mlflow-server",
                f"{ws.endpoint} answered an HTML page (HTTP {answer.status}), not Azure ML's API: "
                "a proxy or a captive portal answers for it",
-               "check HTTPS_PROXY/NO_PROXY and the network; the host must be the workspace's "
+               f"check HTTPS_PROXY/NO_PROXY and the network; the host must be the {ws.noun}'s "
                "regional endpoint")
     if answer.status == 403:
         _network_refusal(p, ws, answer, "http.answer", "http", private, signed=False)
@@ -440,7 +478,7 @@ def _unauthenticated(p: Probe, ws: Workspace, version: str, verify: bool | str,
                "check the host of the tracking URI and any proxy in between")
     asked = f"an Entra ID token of tenant {tenant}" if tenant else "credentials"
     p.ok("http.answer", "http", f"{ws.endpoint} answers like Azure ML (unauthenticated "
-         f"experiments/search: HTTP {answer.status}" + (f" {code}" if code else "")
+         f"{ws.searched}: HTTP {answer.status}" + (f" {code}" if code else "")
          + (f", asking for {asked}" if answer.status == 401 else "") + ")")
     net.check_clock(p, answer.headers.get("date"), server="Azure ML")
     return answer
@@ -531,19 +569,19 @@ def _identity(p: Probe, ws: Workspace, token: str, claims: Mapping[str, Any],
         check_expiry(p, "auth.identity", credential, what=what, fix="renew the token")
 
 
-def _tenant_check(p: Probe, token: _Token, tenant: str | None) -> None:
+def _tenant_check(p: Probe, ws: Workspace, token: _Token, tenant: str | None) -> None:
     tid = str(token.claims.get("tid", "")).lower()
     if not tenant or not tid or not _GUID.match(tenant):
         return
     if tid == tenant:
-        p.ok("auth.tenant", "auth", f"the token's tenant {tid} is the one the workspace's "
+        p.ok("auth.tenant", "auth", f"the token's tenant {tid} is the one the {ws.noun}'s "
              "subscription belongs to (its 401 challenge names it)")
         return
     p.note_fail("auth.tenant", "auth", "credentials-invalid",
-                f"the token is from tenant {tid}, but the workspace's subscription belongs to "
-                f"tenant {tenant} (named by its 401 challenge): the workspace refuses tokens "
+                f"the token is from tenant {tid}, but the {ws.noun}'s subscription belongs to "
+                f"tenant {tenant} (named by its 401 challenge): the {ws.noun} refuses tokens "
                 "of another tenant",
-                f"get the token from the workspace's tenant: `az login --tenant {tenant}`, or "
+                f"get the token from the {ws.noun}'s tenant: `az login --tenant {tenant}`, or "
                 f"AZURE_TENANT_ID={tenant} for a service principal (a guest account must be "
                 "invited to that tenant)")
 
@@ -553,8 +591,8 @@ def _tenant_check(p: Probe, token: _Token, tenant: str | None) -> None:
 
 def _authorized(p: Probe, ws: Workspace, version: str, verify: bool | str, token: _Token,
                 tenant: str | None) -> None:
-    url = ws.api_base(version) + SEARCH
-    answer = _request(p, url, verify, token.value, "experiments/search with the token")
+    url = ws.api_base(version) + ws.search
+    answer = _request(p, url, verify, token.value, f"{ws.searched} with the token")
     code, message = _error(answer)
     said = f"HTTP {answer.status}" + (f" {code}" if code else "") + (f": {message}"
                                                                      if message else "")
@@ -563,57 +601,61 @@ def _authorized(p: Probe, ws: Workspace, version: str, verify: bool | str, token
         low = f"{code} {message} {answer.headers.get('www-authenticate', '')}".lower()
         if "expired" in low:
             p.fail("auth.accepted", "auth", "token-expired",
-                   f"the workspace refused the token as expired ({said})",
+                   f"the {ws.noun} refused the token as expired ({said})",
                    "renew the credential (`az login`); a job that outlives a token must get "
                    "a new one (azureml-mlflow asks its credential again on every request)")
         if "tenant" in low or "wrong issuer" in low:
             named = re.search(r"must match the tenant 'https://[^/']+/([^/']+)", message)
             right = named.group(1) if named else (tenant or "<the subscription's tenant>")
             p.fail("auth.accepted", "auth", "credentials-invalid",
-                   f"the workspace refused a token of another tenant ({said})",
+                   f"the {ws.noun} refused a token of another tenant ({said})",
                    f"`az login --tenant {right}`, or AZURE_TENANT_ID={right}")
         if "audience" in low:
             p.fail("auth.accepted", "auth", "credentials-invalid",
-                   f"the workspace refused the token's audience ({said})",
+                   f"the {ws.noun} refused the token's audience ({said})",
                    f"request tokens for {ws.cloud.scope}")
         p.fail("auth.accepted", "auth", "credentials-invalid",
-               f"the workspace refused the token of {_who(token.claims)} ({said})",
+               f"the {ws.noun} refused the token of {_who(token.claims)} ({said})",
                "sign in again (`az account clear && az login`), or check that the credential "
                "belongs to this cloud and tenant")
     if answer.status == 403 and _NETWORK_REFUSAL.search(message or answer.text):
         _network_refusal(p, ws, answer, "authz.read", "authz", False, signed=True)
-    p.ok("auth.accepted", "auth", f"the workspace accepted the token of {_who(token.claims)}"
+    p.ok("auth.accepted", "auth", f"the {ws.noun} accepted the token of {_who(token.claims)}"
          + ("" if answer.status == 200 else f" (HTTP {answer.status}, not 401)"))
     if answer.status == 403:
         action = re.search(r"perform action '([^']+)'", message)
-        needed = action.group(1) if action else \
-            "Microsoft.MachineLearningServices/workspaces/experiments/read"
+        needed = action.group(1) if action else (
+            "Microsoft.MachineLearningServices/registries/read" if ws.registry else
+            "Microsoft.MachineLearningServices/workspaces/experiments/read")
         p.fail("authz.read", "authz", "permission-denied",
-               f"the workspace refuses object id {oid} the action {needed} ("
+               f"the {ws.noun} refuses object id {oid} the action {needed} ("
                + (f"HTTP 403 {code}" if action else said) + "): the "
-               f"principal has no role on workspace {ws.name!r} that allows it — a role on "
-               "another scope (another workspace, resource group or subscription) does not "
+               f"principal has no role on {ws.noun} {ws.name!r} that allows it — a role on "
+               f"another scope (another {ws.noun}, resource group or subscription) does not "
                "count, nor Reader for writes; a new assignment takes a few minutes",
-               f"grant '{ROLE}' on the workspace: `az role assignment create --assignee {oid} "
-               f"--role \"{ROLE}\" --scope {ws.resource_id}`, then get a new token "
+               f"grant '{ws.role}' on the {ws.noun}: `az role assignment create --assignee "
+               f"{oid} --role \"{ws.role}\" --scope {ws.resource_id}`, then get a new token "
                "(`az account clear && az login`)")
     if answer.status == 404 and code in ("ResourceNotFound", "ResourceGroupNotFound",
-                                         "SubscriptionNotFound", "WorkspaceNotFound"):
+                                         "SubscriptionNotFound", "WorkspaceNotFound",
+                                         "RegistryNotFound"):
         p.fail("authz.read", "authz", "container-not-found",
-               f"workspace {ws.name!r} does not exist in resource group {ws.resource_group!r} "
+               f"{ws.noun} {ws.name!r} does not exist in resource group {ws.resource_group!r} "
                f"of subscription {ws.subscription} — or it is another tenant's ({said})",
-               "copy the tracking URI again: `az ml workspace show --name <workspace> "
-               "--resource-group <group> --subscription <id> --query mlflow_tracking_uri -o tsv`")
+               f"copy the {'registry' if ws.registry else 'tracking'} URI again: `{ws.show}`")
     if answer.status >= 500:
-        p.fail("authz.read", "authz", "server-error", f"the workspace answered {said}",
+        p.fail("authz.read", "authz", "server-error", f"the {ws.noun} answered {said}",
                "Azure ML is failing: retry later; check Azure's status page")
     body = answer.json()
     if answer.status != 200 or not isinstance(body, dict):
         p.fail("authz.read", "authz", "not-mlflow-server",
-               f"experiments/search did not answer MLflow's JSON ({said})",
-               "check the tracking URI (`az ml workspace show … --query mlflow_tracking_uri`)")
-    count = len(body.get("experiments") or [])
-    p.ok("authz.read", "authz", f"may read the experiments of workspace {ws.name!r} "
-         f"({'at least one' if count else 'none yet'} visible); logging also needs write "
-         f"access, which '{ROLE}' grants (not probed: the doctor creates nothing in a "
-         "workspace)")
+               f"{ws.searched} did not answer MLflow's JSON ({said})",
+               f"check the URI (`{ws.show}`)")
+    what = "registered models" if ws.registry else "experiments"
+    count = len(body.get("registered_models" if ws.registry else "experiments") or [])
+    p.ok("authz.read", "authz", f"may read the {what} of {ws.noun} {ws.name!r} "
+         f"({'at least one' if count else 'none yet'} visible); "
+         + ("registering also needs write access" if ws.registry else
+            "logging also needs write access")
+         + f", which '{ws.role}' grants (not probed: the doctor creates nothing in a "
+         f"{ws.noun})")
