@@ -405,3 +405,52 @@ def test_databricks_cli_login(dbhome: Path, workspace: StandInWorkspace, tmp_pat
     healthy(run, "databricks CLI login")
     assert "Databricks CLI" in run.check("config.credential")["summary"]
     assert run.check("auth.token")["status"] == "ok"
+
+
+def _fake_az(tmp_path: Path, script: str) -> dict[str, str]:
+    """A PATH whose `az` is ``script``: no Entra ID runs on loopback, so the Azure CLI is the
+    one thing here that stands in, printing what `az account get-access-token` prints."""
+    import os
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    az = bin_dir / "az"
+    az.write_text("#!/bin/sh\n" + script)
+    az.chmod(0o755)
+    return {"PATH": f"{bin_dir}:{os.environ.get('PATH', '/usr/bin:/bin')}"}
+
+
+AZURE_RESOURCE = ("/subscriptions/5a1b2c3d-0000-4000-8000-00000000a001/resourceGroups/rg/"
+                  "providers/Microsoft.Databricks/workspaces/adb-ws")
+
+
+def test_azure_cli_login(dbhome: Path, workspace: StandInWorkspace, tmp_path: Path) -> None:
+    """Azure Databricks after `az login`, nothing else configured: the SDK's azure-cli
+    credential asks `az account get-access-token --resource <Azure Databricks' app id>`
+    and signs with that Entra ID token."""
+    token = workspace.add_user(USER)
+    want = f"account get-access-token --resource {db.AZURE_DATABRICKS_APP} --output json"
+    env = _fake_az(tmp_path, f"[ \"$*\" = \"{want}\" ] || {{ echo \"unexpected: $*\" >&2; exit 2; }}\n"
+                             f"echo '{{\"accessToken\": \"{token}\", \"tokenType\": \"Bearer\", "
+                             "\"expiresOn\": \"2099-01-01 00:00:00.000000\"}'\n")
+    _cfg(dbhome, f"[azure]\nhost = {workspace.url}\n"
+                 f"azure_workspace_resource_id = {AZURE_RESOURCE}\n")
+    run = doctor(dbhome, env, "databricks://azure", extra_secrets=(token,))
+    healthy(run, "Azure CLI login")
+    assert "Azure CLI" in run.check("config.credential")["summary"]
+    assert "Entra ID token" in run.check("auth.token")["summary"]
+    assert f"user {USER}" in run.check("auth.identity")["summary"]
+
+
+def test_azure_cli_login_expired(dbhome: Path, workspace: StandInWorkspace,
+                                 tmp_path: Path) -> None:
+    """The Azure CLI's refresh token expired (what it prints then, AADSTS700082): the doctor
+    says so and the fix is `az login`, before any request is blamed on the workspace."""
+    env = _fake_az(tmp_path, "echo 'ERROR: AADSTS700082: The refresh token has expired due to "
+                             "inactivity.' >&2\nexit 1\n")
+    _cfg(dbhome, f"[azure]\nhost = {workspace.url}\n"
+                 f"azure_workspace_resource_id = {AZURE_RESOURCE}\n")
+    run = doctor(dbhome, env, "databricks://azure")
+    expect(run, "token-expired")
+    check = run.check("auth.token")
+    assert "AADSTS700082" in check["summary"] and "az login" in check["fix"]
