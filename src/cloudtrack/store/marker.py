@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 from cloudtrack.config.redaction import redact_uri
 from cloudtrack.errors import AlreadyExists, BlobNotFound, CloudtrackError, CorruptObject
 from cloudtrack.store import layout, records
+from cloudtrack.store.local import ENDPOINT_SETTINGS
 
 if TYPE_CHECKING:
     from cloudtrack.blobs import Blobs
@@ -76,9 +77,6 @@ class UnsafeEndpoint(CloudtrackError):
 PROBE_PREFIX = ".cloudtrack-probe-"
 PROBE_DATA = b"cloudtrack probe object: does this endpoint enforce conditional writes?\n"
 
-#: Settings naming the endpoint a store URI reached, in the order they win.
-_ENDPOINT_SETTINGS = ("endpoint_url", "emulator_host", "api_endpoint")
-
 
 def second_write_refused(blobs: Blobs, key: str) -> bool:
     """Whether a second put-if-absent of ``key`` (which exists) is refused, as it must be.
@@ -105,7 +103,7 @@ def check_conditional_writes(blobs: Blobs) -> None:
             blobs.delete(key)
     if not refused:
         config = blobs.config
-        endpoint = next((str(config.get(n)) for n in _ENDPOINT_SETTINGS
+        endpoint = next((str(config.get(n)) for n in ENDPOINT_SETTINGS
                          if config.get(n) is not None), f"of {config.backend}")
         raise UnsafeEndpoint(blobs.uri.rstrip("/"), redact_uri(endpoint))
 

@@ -32,6 +32,7 @@ from cloudtrack.config.common import truthy
 from cloudtrack.config.variables import CLOUDTRACK_READ_CACHE
 from cloudtrack.store import records
 from cloudtrack.store.cache import VersionedCache
+from cloudtrack.store.local import cache_root, private_dirs, store_folder, store_identity
 from cloudtrack.store.records import Record
 
 log = logging.getLogger("cloudtrack.store")
@@ -61,8 +62,6 @@ class ReadCache:
 
     @classmethod
     def for_store(cls, config: StoreConfig) -> ReadCache:
-        from cloudtrack.tracking.journal import cache_root, store_folder, store_identity
-
         # Where the cache lives, and whether at all, is the process's (its variables), unless
         # the configuration was resolved from an environment of its own that says otherwise.
         env = {**os.environ, **(config.environ or {})}
@@ -94,8 +93,6 @@ class ReadCache:
                 path.unlink()
             for _ in range(2):
                 if not path.exists():
-                    from cloudtrack.tracking.journal import private_dirs
-
                     private_dirs(path.parent, path.parent.parent)
                     os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
                 db = sqlite3.connect(path, timeout=BUSY_TIMEOUT)

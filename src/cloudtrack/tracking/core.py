@@ -225,14 +225,19 @@ class StoreCore(AbstractStore):
         return self._cache.read_many(self.blobs, listing, self._pool.map)
 
     def _read_paged(self, listing: list[tuple[str, str]], folder: str,
-                    listed_pages: concurrent.futures.Future[pages.PageMap] | None = None,
+                    listed_pages: concurrent.futures.Future[pages.PageMap] | pages.PageMap
+                    | None = None,
                     ) -> tuple[dict[str, Record | Exception], list[str], pages.PageMap]:
         """Every listed record, like :meth:`_read_many`, the ones this process does not hold
         taken from the pages in ``folder`` (:mod:`cloudtrack.store.pages`) when that is fewer
         GETs; also the keys that had to be read one by one (queued for the pages when they
-        are many) and the pages found."""
-        page_map = (listed_pages.result() if listed_pages is not None
-                    else pages.list_pages_for_reading(self.blobs, folder))
+        are many) and the pages found (``listed_pages``: listed already, or being listed)."""
+        if isinstance(listed_pages, pages.PageMap):
+            page_map = listed_pages
+        elif listed_pages is not None:
+            page_map = listed_pages.result()
+        else:
+            page_map = pages.list_pages_for_reading(self.blobs, folder)
         missing = pages.seed(self._cache, self.blobs, folder, page_map, listing, self._pool.map)
         return self._read_many(listing), missing, page_map
 

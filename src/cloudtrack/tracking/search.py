@@ -142,14 +142,16 @@ class SearchMixin(StoreCore):
         if on_disk:
             self._read_cache.fill(self._cache, listing)
         unread = self._cache.missing(listing)
-        if listed_pages is None:
-            listed_pages = self._pool.submit(
-                lambda: pages.list_pages_for_reading(self.blobs, folder)
-                if len(unread) >= pages.MIN_MISSES else pages.PageMap(()))
-        if not listed_pages.result().bits and len(unread) >= SNAPSHOT_MIN_MISSES:
+        if listed_pages is not None:
+            page_map = listed_pages.result()
+        elif len(unread) >= pages.MIN_MISSES:  # the file did not have them: pages may
+            page_map = pages.list_pages_for_reading(self.blobs, folder)
+        else:
+            page_map = pages.PageMap(())
+        if not page_map.bits and len(unread) >= SNAPSHOT_MIN_MISSES:
             # A store written before head pages: the snapshot its readers left, if any.
             snapshots.load_into(self._cache, self.blobs, experiment_id)
-        found, fetched, _ = self._read_paged(listing, folder, listed_pages)
+        found, fetched, _ = self._read_paged(listing, folder, page_map)
         self._page_later(folder, fetched, is_finished)
         if unread:  # for the next process: what this one had to read from the store
             self._pool.submit(self._read_cache.save, self._cache.entries(unread))
