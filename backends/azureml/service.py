@@ -35,7 +35,9 @@ Tokens come from :class:`ManagedIdentityEndpoint`, the same stand-in for App Ser
 managed-identity endpoint as ``backends/azure``'s (``IDENTITY_ENDPOINT``/``IDENTITY_HEADER``,
 read by ``DefaultAzureCredential``'s unmodified chain), minting management-audience tokens of
 several principals: one holding a workspace role, one holding none, one of another tenant.
-Signatures are random; the workspace accepts exactly the tokens the endpoint issued.
+Signatures are random; the workspace accepts exactly the tokens the endpoint issued.  A
+``client_id`` other than the identity's (a user-assigned identity not assigned here) gets App
+Service's 400 ``Unable to load the proper Managed Identity.``
 """
 
 from __future__ import annotations
@@ -164,6 +166,12 @@ class _TokenHandler(_Json):
         if not resource:
             return self.reply(400, {"error": "invalid_request",
                                     "error_description": "resource is required"})
+        if query.get("client_id", APP_ID) != APP_ID:
+            # A user-assigned identity not assigned to this app: App Service's answer (its
+            # statusCode/message shape, which MSAL reads).
+            return self.reply(400, {"statusCode": 400,
+                                    "message": "Unable to load the proper Managed Identity.",
+                                    "correlationId": str(uuid.uuid4())})
         token = mint(parts[0], resource)
         self.server.minted.add(token)
         if parts[0] != "forged":

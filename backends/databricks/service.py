@@ -26,6 +26,29 @@ doctor must tell apart:
   403 ``PERMISSION_DENIED`` "User does not have USE CATALOG on Catalog 'main'." (or USE
   SCHEMA / CREATE MODEL on Schema 'main.default').
 
+Azure Databricks (a workspace that :meth:`StandInWorkspace.trust` s a token issuer):
+
+* Entra ID access tokens of Azure Databricks (audience ``2ff814a6-…``, the Azure Databricks
+  application) as ``Authorization: Bearer``, from :class:`EntraId` (client credentials) or a
+  managed-identity endpoint (``backends/azureml``'s): the principal is the token's ``appid``
+  when that service principal was added to the workspace (:meth:`StandInWorkspace.add_azure_sp`);
+  otherwise the answer is Jetty's 403 page ``User not authorized.`` (the bytes quoted in
+  public issues of tools calling Azure Databricks with a service principal that is not a
+  workspace user; today's answer may be JSON, written here by analogy with those quotes);
+* ``X-Databricks-Azure-SP-Management-Token`` is recorded (:attr:`management_tokens`), not
+  checked (the workspace uses it only to add a principal that is not yet a user);
+* ``GET /aad/auth`` redirects to the tenant's authorize endpoint when :attr:`azure_tenant` is
+  set (how databricks-sdk finds the tenant when ARM_TENANT_ID is unset).
+
+:class:`EntraId` stands in for ``https://login.microsoftonline.com``: ``POST /<tenant>/oauth2/
+token`` (v1, ``resource=``, what databricks-sdk calls) and ``/<tenant>/oauth2/v2.0/token``
+(``scope=<resource>/.default``), ``grant_type=client_credentials`` with ``client_id`` and
+``client_secret`` in the form.  Success and refusals have Entra ID's documented shapes
+(``error``, ``error_description`` starting with the AADSTS code, ``error_codes``, trace and
+correlation ids): an unknown tenant → 400 ``AADSTS90002``; an app that is not in the tenant
+→ 400 ``unauthorized_client`` ``AADSTS700016``; a wrong secret → 401 ``invalid_client``
+``AADSTS7000215``; an expired secret → 401 ``invalid_client`` ``AADSTS7000222``.
+
 Modes (:data:`MODES`): ``healthy`` (the above); ``sso`` (every path redirects to a login
 page, as a workspace URL behind an SSO front or a private-link name reached from outside);
 ``reset`` (every connection is reset at its first bytes, as a firewall that cuts the TLS
@@ -54,6 +77,8 @@ from typing import Any
 from backends._common import LOOPBACK
 
 MODES = ("healthy", "sso", "reset")
+#: The Azure Databricks application: the audience of Entra ID tokens for a workspace.
+AZURE_DATABRICKS_APP = "2ff814a6-3304-4ab8-85cb-cd0e6f879c1d"
 NO_CREDENTIAL = "Credential was not sent or was of an unsupported type for this API."
 INVALID_TOKEN = "Invalid access token."
 
@@ -116,6 +141,21 @@ def _error(status: int, code: str | int, message: str) -> Reply:
     return _json(status, {"error_code": code, "message": message})
 
 
+def _header(headers: Mapping[str, str], name: str) -> str:
+    low = name.lower()
+    return next((v for k, v in headers.items() if k.lower() == low), "")
+
+
+def _not_authorized(path: str) -> Reply:
+    """Jetty's error page, as Azure Databricks answered a valid Entra ID token of a principal
+    that is not a workspace user (quoted in public issues)."""
+    page = ("<html>\n<head>\n<meta http-equiv=\"Content-Type\" content=\"text/html;"
+            "charset=utf-8\"/>\n<title>Error 403 User not authorized.</title>\n</head>\n"
+            f"<body><h2>HTTP ERROR 403</h2>\n<p>Problem accessing {path}. Reason:\n"
+            "<pre>    User not authorized.</pre></p>\n</body>\n</html>\n")
+    return 403, {"Content-Type": "text/html;charset=utf-8"}, page.encode()
+
+
 class StandInWorkspace(ThreadingHTTPServer):
     """A Databricks workspace on a free loopback port (``with StandInWorkspace() as ws:``)."""
 
@@ -150,6 +190,14 @@ class StandInWorkspace(ThreadingHTTPServer):
         self.models: set[str] = set()
         #: Every request, as (method, path) — tests check what the doctor left behind.
         self.requests: list[tuple[str, str]] = []
+        #: Azure: issuers whose ``issued`` tokens are Entra ID tokens this workspace accepts.
+        self.issuers: list[Any] = []
+        #: Azure: service principals added to the workspace, by application id.
+        self.azure_sps: dict[str, Principal] = {}
+        #: Azure: the tenant ``/aad/auth`` redirects to (None: no redirect).
+        self.azure_tenant: str | None = None
+        #: Azure: every X-Databricks-Azure-SP-Management-Token received.
+        self.management_tokens: list[str] = []
         self._thread = threading.Thread(target=self.serve_forever, args=(0.05,), daemon=True)
 
     # -- set-up ----------------------------------------------------------------------------
@@ -183,6 +231,17 @@ class StandInWorkspace(ThreadingHTTPServer):
         self.clients[client_id] = (secret, principal)
         return client_id, secret
 
+    def trust(self, issuer: Any) -> None:
+        """Accept the Entra ID tokens ``issuer`` hands out (its ``issued`` set)."""
+        self.issuers.append(issuer)
+
+    def add_azure_sp(self, application_id: str, display: str) -> Principal:
+        """An Entra ID service principal (or managed identity) added to the workspace."""
+        principal = Principal(application_id, "service-principal", display)
+        self.folders.add(f"/Users/{application_id}")
+        self.azure_sps[application_id] = principal
+        return principal
+
     def grant(self, principal: str, securable: str, *privileges: str) -> None:
         """``grant("alice@x", "schema:main.default", "USE_SCHEMA", "CREATE_MODEL")``."""
         self.grants.setdefault(principal, set()).update((securable, p) for p in privileges)
@@ -206,6 +265,11 @@ class StandInWorkspace(ThreadingHTTPServer):
                                "token_endpoint": f"{self.url}/oidc/v1/token"})
         if path == "/oidc/v1/token" and method == "POST":
             return self._token(headers, body)
+        if path == "/aad/auth" and self.azure_tenant:
+            return 302, {"Location": f"https://login.microsoftonline.com/{self.azure_tenant}"
+                         "/oauth2/authorize?response_type=code&client_id="
+                         f"{AZURE_DATABRICKS_APP}&redirect_uri="
+                         + urllib.parse.quote(f"{self.url}/aad/redirect", safe="")}, b""
         if not path.startswith("/api/"):
             return 200, {"Content-Type": "text/html; charset=utf-8"}, \
                 b"<!doctype html><html><head><title>Databricks</title></head><body></body></html>"
@@ -214,6 +278,18 @@ class StandInWorkspace(ThreadingHTTPServer):
             return _error(401, 401, f"{NO_CREDENTIAL} [ReqId: {uuid.uuid4()}]")
         with self._lock:
             known = self.tokens.get(auth[7:])
+        management = _header(headers, "X-Databricks-Azure-SP-Management-Token")
+        if management:
+            self.management_tokens.append(management)
+        if known is None and any(auth[7:] in issuer.issued for issuer in self.issuers):
+            claims = entra_claims(auth[7:])
+            if float(claims.get("exp", 0)) <= time.time() or \
+                    claims.get("aud") != AZURE_DATABRICKS_APP:
+                return _error(403, "403", INVALID_TOKEN)
+            member = self.azure_sps.get(str(claims.get("appid")))
+            if member is None:
+                return _not_authorized(path)
+            known = (member, None)
         if known is None or (known[1] is not None and known[1] <= time.time()):
             return _error(403, "403", INVALID_TOKEN)
         who = known[0]
@@ -434,3 +510,166 @@ class StandInWorkspace(ThreadingHTTPServer):
     def __exit__(self, *exc: object) -> None:
         self.shutdown()
         self.server_close()
+
+
+# -- Entra ID's token endpoint -----------------------------------------------------------------
+
+
+def _b64url(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def entra_claims(token: str) -> dict[str, Any]:
+    """The claims of a JWT (signature not checked: the issuer's ``issued`` set vouches)."""
+    try:
+        payload = token.split(".")[1]
+        value = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    except (IndexError, ValueError):
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+@dataclass
+class EntraApp:
+    tenant: str
+    secret: str
+    display: str
+    #: Entra ID's object id of the app's service principal in its tenant.
+    oid: str = field(default_factory=lambda: str(uuid.uuid4()))
+    secret_expired: bool = False
+
+
+class _EntraHandler(BaseHTTPRequestHandler):
+    server: EntraId
+    protocol_version = "HTTP/1.1"
+
+    def do_POST(self) -> None:
+        length = int(self.headers.get("Content-Length") or 0)
+        body = self.rfile.read(length) if length else b""
+        status, payload = self.server.answer(self.path, body)
+        data = json.dumps(payload).encode()
+        self.send_response_only(status)
+        for k, v in {"Content-Type": "application/json; charset=utf-8",
+                     "Content-Length": str(len(data)), "Cache-Control": "no-store, no-cache",
+                     "x-ms-request-id": str(uuid.uuid4()),
+                     "Date": email.utils.formatdate(usegmt=True)}.items():
+            self.send_header(k, v)
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+class EntraId(ThreadingHTTPServer):
+    """Entra ID's token endpoint for client credentials, on a free loopback port (HTTPS with
+    ``tls``); clients reach it by ``login.microsoftonline.com`` through a test proxy."""
+
+    daemon_threads = True
+
+    def __init__(self, *, tls: tuple[Path, Path] | None = None, lifetime: int = 3599) -> None:
+        super().__init__((LOOPBACK, 0), _EntraHandler)
+        self.lifetime = lifetime
+        if tls is not None:
+            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            ctx.load_cert_chain(str(tls[0]), str(tls[1]))
+            self.socket = ctx.wrap_socket(self.socket, server_side=True)
+        self.tenants: set[str] = set()
+        self.apps: dict[str, EntraApp] = {}
+        #: Every token handed out (workspaces that trust this issuer accept these).
+        self.issued: set[str] = set()
+        #: (tenant, client id, resource) of every token request, for the tests.
+        self.requests: list[tuple[str, str, str]] = []
+        self._thread = threading.Thread(target=self.serve_forever, args=(0.05,), daemon=True)
+
+    @property
+    def port(self) -> int:
+        return int(self.server_address[1])
+
+    def add_app(self, tenant: str, display: str, *, secret_expired: bool = False
+                ) -> tuple[str, str]:
+        """An app registration with a client secret in ``tenant``: (client id, secret)."""
+        self.tenants.add(tenant)
+        client_id = str(uuid.uuid4())
+        secret = "Q~" + secrets.token_urlsafe(30)
+        self.apps[client_id] = EntraApp(tenant, secret, display, secret_expired=secret_expired)
+        return client_id, secret
+
+    def answer(self, raw_path: str, body: bytes) -> tuple[int, dict[str, Any]]:
+        path = urllib.parse.urlsplit(raw_path).path.strip("/").split("/")
+        form = dict(urllib.parse.parse_qsl(body.decode("utf-8", "replace")))
+        if len(path) not in (3, 4) or path[1:] not in (["oauth2", "token"],
+                                                        ["oauth2", "v2.0", "token"]):
+            return 404, {"error": "not_found"}
+        tenant, v2 = path[0], len(path) == 4
+        client_id = form.get("client_id", "")
+        resource = form.get("scope", "").removesuffix("/.default") if v2 \
+            else form.get("resource", "")
+        self.requests.append((tenant, client_id, resource))
+        if tenant not in self.tenants:
+            return 400, _aadsts("invalid_request", 90002,
+                                f"Tenant '{tenant}' not found. Check to make sure you have the "
+                                "correct tenant ID and are signing into the correct cloud. Check "
+                                "with your subscription administrator, this may happen if there "
+                                "are no active subscriptions for the tenant.")
+        if form.get("grant_type") != "client_credentials":
+            return 400, _aadsts("unsupported_grant_type", 70003,
+                                "The app requested an unsupported grant type.")
+        app = self.apps.get(client_id)
+        if app is None or app.tenant != tenant:
+            return 400, _aadsts("unauthorized_client", 700016,
+                                f"Application with identifier '{client_id}' was not found in the "
+                                f"directory '{tenant}'. This can happen if the application has "
+                                "not been installed by the administrator of the tenant or "
+                                "consented to by any user in the tenant. You may have sent your "
+                                "authentication request to the wrong tenant.")
+        if not secrets.compare_digest(app.secret, form.get("client_secret", "")):
+            return 401, _aadsts("invalid_client", 7000215,
+                                "Invalid client secret provided. Ensure the secret being sent in "
+                                "the request is the client secret value, not the client secret "
+                                f"ID, for a secret added to app '{client_id}'.")
+        if app.secret_expired:
+            return 401, _aadsts("invalid_client", 7000222,
+                                f"The provided client secret keys for app '{client_id}' are "
+                                "expired. Visit the Azure portal to create new keys for your "
+                                "app: https://aka.ms/NewClientSecret, or consider using "
+                                "certificate credentials for added security: "
+                                "https://aka.ms/certCreds.")
+        now = int(time.time())
+        claims = {"aud": resource, "iss": f"https://sts.windows.net/{tenant}/", "iat": now - 5,
+                  "nbf": now - 5, "exp": now + self.lifetime, "appid": client_id,
+                  "appidacr": "1", "idp": f"https://sts.windows.net/{tenant}/", "oid": app.oid,
+                  "sub": app.oid, "tid": tenant, "uti": secrets.token_urlsafe(16),
+                  "ver": "1.0"}
+        header = {"typ": "JWT", "alg": "RS256", "kid": "cloudtrack-test"}
+        token = ".".join([_b64url(json.dumps(header).encode()),
+                          _b64url(json.dumps(claims).encode()), _b64url(secrets.token_bytes(64))])
+        self.issued.add(token)
+        if v2:
+            return 200, {"token_type": "Bearer", "expires_in": self.lifetime,
+                         "ext_expires_in": self.lifetime, "access_token": token}
+        # The v1 endpoint answers its numbers as strings.
+        return 200, {"token_type": "Bearer", "expires_in": str(self.lifetime),
+                     "ext_expires_in": str(self.lifetime), "expires_on": str(claims["exp"]),
+                     "not_before": str(claims["nbf"]), "resource": resource,
+                     "access_token": token}
+
+    def __enter__(self) -> EntraId:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.shutdown()
+        self.server_close()
+
+
+def _aadsts(error: str, code: int, message: str) -> dict[str, Any]:
+    """An Entra ID error body: the AADSTS code leads the description, ids trail it."""
+    trace, correlation = str(uuid.uuid4()), str(uuid.uuid4())
+    stamp = time.strftime("%Y-%m-%d %H:%M:%SZ", time.gmtime())
+    return {"error": error,
+            "error_description": f"AADSTS{code}: {message}\r\nTrace ID: {trace}\r\n"
+                                 f"Correlation ID: {correlation}\r\nTimestamp: {stamp}",
+            "error_codes": [code], "timestamp": stamp, "trace_id": trace,
+            "correlation_id": correlation,
+            "error_uri": f"https://login.microsoftonline.com/error?code={code}"}

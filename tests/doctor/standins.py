@@ -2,7 +2,8 @@
 page, another program on the port, a failing server, a TLS server with a private CA, a
 black-holed port, and S3/Azure/MLflow look-alikes that answer one specific error (an expired
 STS session, a region redirect, a skewed clock, a firewall).  Each answers exactly the bytes the
-real thing sends for that case, and nothing more; the tests say which stand-in they use."""
+real thing sends for that case, and nothing more; the tests say which stand-in they use.  And a
+forward proxy that carries public names to loopback ports (:class:`TunnelProxy`)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,9 @@ import base64
 import contextlib
 import email.utils
 import json
+import select
 import socket
+import socketserver
 import ssl
 import threading
 import time
@@ -299,3 +302,76 @@ def nxdomain_dns(port: int = 53) -> Iterator[bool]:
         stop.set()
         thread.join(2)
         sock.close()
+
+
+# -- a forward proxy that reaches public names on loopback ----------------------------------------
+
+
+class _TunnelHandler(socketserver.BaseRequestHandler):
+    server: TunnelProxy
+
+    def handle(self) -> None:
+        client: socket.socket = self.request
+        client.settimeout(10)
+        head = b""
+        while b"\r\n\r\n" not in head and len(head) < 16384:
+            chunk = client.recv(4096)
+            if not chunk:
+                return
+            head += chunk
+        line = head.split(b"\r\n", 1)[0].decode("latin-1").split(" ")
+        method, target = [*line, "", ""][:2]
+        self.server.seen.append(target)
+        port = self.server.routes.get(target.lower())
+        if method != "CONNECT" or port is None:
+            # Nothing leaves this machine: every other destination is refused, as a proxy
+            # with an allow-list refuses it.
+            client.sendall(b"HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\n"
+                           b"Connection: close\r\n\r\n")
+            return
+        upstream = socket.create_connection((LOOPBACK, port), timeout=10)
+        client.sendall(b"HTTP/1.1 200 Connection established\r\n\r\n")
+        pair = {client: upstream, upstream: client}
+        try:
+            while True:
+                ready, _, _ = select.select(list(pair), [], [], 30)
+                if not ready:
+                    return
+                for sock in ready:
+                    data = sock.recv(65536)
+                    if not data:
+                        return
+                    pair[sock].sendall(data)
+        except OSError:
+            return
+        finally:
+            upstream.close()
+
+
+class TunnelProxy(socketserver.ThreadingTCPServer):
+    """An HTTPS forward proxy (``CONNECT``) on loopback whose allow-list maps ``host:443`` to
+    loopback ports: clients reach services by their public names (``login.microsoftonline.com``,
+    ``adb-….azuredatabricks.net``) through ``HTTPS_PROXY``, the way a corporate proxy carries
+    them, with no name lookup and no packet leaving the machine."""
+
+    daemon_threads = True
+    allow_reuse_address = True
+
+    def __init__(self, routes: dict[str, int]) -> None:
+        super().__init__((LOOPBACK, 0), _TunnelHandler)
+        self.routes = {k.lower(): v for k, v in routes.items()}
+        #: Every CONNECT target asked for, allowed or not.
+        self.seen: list[str] = []
+        self._thread = threading.Thread(target=self.serve_forever, args=(0.05,), daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://{LOOPBACK}:{self.server_address[1]}"
+
+    def __enter__(self) -> TunnelProxy:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.shutdown()
+        self.server_close()

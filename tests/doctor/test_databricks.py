@@ -13,19 +13,22 @@ doctor the way a user writes it: a profile of ``~/.databrickscfg`` in the test's
 from __future__ import annotations
 
 import json
+import threading
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from backends.azure.service import make_tls_files
+from backends.azureml.service import APP_ID, ManagedIdentityEndpoint
 from backends.databricks import StandInWorkspace
-from backends.databricks.service import Principal
+from backends.databricks.service import EntraId, Principal
 from cloudtrack.doctor import databricks as db
 from tests.doctor import standins
 from tests.doctor.test_s3 import _confined_dns
-from tests.fixtures.doctor import RUN_BOUND, Run, doctor, expect, healthy
+from tests.fixtures.doctor import RUN_BOUND, Run, assert_no_secrets, doctor, expect, healthy
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -454,3 +457,196 @@ def test_azure_cli_login_expired(dbhome: Path, workspace: StandInWorkspace,
     expect(run, "token-expired")
     check = run.check("auth.token")
     assert "AADSTS700082" in check["summary"] and "az login" in check["fix"]
+
+
+# -- Azure Databricks: Entra ID service principals and managed identities -------------------------
+#
+# The workspace and Entra ID are reached by their real names (adb-….azuredatabricks.net,
+# login.microsoftonline.com) through a loopback CONNECT proxy whose allow-list maps them to the
+# stand-ins (HTTPS_PROXY, as a corporate proxy carries them): the doctor asks the authority the
+# SDK would ask, no name is looked up and nothing else is let through.  One throw-away CA signs
+# both names (REQUESTS_CA_BUNDLE).
+
+ADB = "adb-1234567890123456.7.azuredatabricks.net"
+LOGIN = "login.microsoftonline.com"
+TENANT = "72f9a8bf-0000-4000-8000-0000000000aa"
+
+
+@dataclass
+class AzureSite:
+    ws: StandInWorkspace
+    entra: EntraId
+    identity: ManagedIdentityEndpoint
+    proxy: standins.TunnelProxy
+    env: dict[str, str]
+
+    def minted(self) -> list[str]:
+        return sorted(self.entra.issued | self.identity.minted)
+
+
+@pytest.fixture(scope="module")
+def azure_tls(tmp_path_factory: pytest.TempPathFactory) -> object:
+    return make_tls_files(tmp_path_factory.mktemp("adbtls"), names=(ADB, LOGIN))
+
+
+@pytest.fixture
+def azure(azure_tls: object, tmp_path: Path) -> Iterator[AzureSite]:
+    tls = (azure_tls.cert, azure_tls.key)  # type: ignore[attr-defined]
+    identity = ManagedIdentityEndpoint()
+    serving = threading.Thread(target=identity.serve_forever, args=(0.05,), daemon=True)
+    serving.start()
+    no_tools = tmp_path / "empty-path"
+    no_tools.mkdir()
+    try:
+        with StandInWorkspace(tls=tls) as ws, EntraId(tls=tls) as entra, \
+                standins.TunnelProxy({f"{ADB}:443": ws.server_address[1],
+                                      f"{LOGIN}:443": entra.port}) as proxy:
+            ws.trust(entra)
+            ws.trust(identity)
+            # PATH without `az` or `databricks`: the chain must not find a developer login.
+            env = {"DATABRICKS_HOST": f"https://{ADB}", "HTTPS_PROXY": proxy.url,
+                   "NO_PROXY": "127.0.0.1,localhost", "PATH": str(no_tools),
+                   "REQUESTS_CA_BUNDLE": str(azure_tls.ca)}  # type: ignore[attr-defined]
+            yield AzureSite(ws, entra, identity, proxy, env)
+            assert set(proxy.seen) <= {f"{ADB}:443", f"{LOGIN}:443"}, proxy.seen
+    finally:
+        identity.shutdown()
+        identity.server_close()
+
+
+def test_azure_clouds_and_chain() -> None:
+    """The authority follows the workspace's cloud (databricks-sdk's environments); ARM_USE_MSI
+    alone is what MLflow's databricks-sdk cannot use when its chain has no azure-msi."""
+    assert db.azure_cloud(f"https://{ADB}").login == "https://login.microsoftonline.com"
+    assert db.azure_cloud("https://adb-1.2.databricks.azure.cn").login == \
+        "https://login.chinacloudapi.cn"
+    assert db.azure_cloud("https://adb-1.2.databricks.azure.us").login == \
+        "https://login.microsoftonline.us"
+    env = {"HOME": "/nonexistent", "PATH": "/nonexistent", "DATABRICKS_HOST": f"https://{ADB}",
+           "ARM_USE_MSI": "true"}
+    choice = db.choose(db.resolve("databricks", env), env)
+    assert choice.kind == "azure-msi"
+    known = db.sdk_auth_types()
+    assert known is not None and "azure-client-secret" in known
+    assert bool(choice.unsupported) == ("azure-msi" not in known)
+
+
+def test_azure_service_principal_healthy(dbhome: Path, azure: AzureSite) -> None:
+    """An Entra ID service principal added to an Azure Databricks workspace, client id and
+    secret in a profile, no tenant (the SDK reads it from the workspace's /aad/auth redirect):
+    client-credentials tokens from Entra ID sign every probe, with the management token."""
+    client_id, secret = azure.entra.add_app(TENANT, "ci-bot")
+    azure.ws.add_azure_sp(client_id, "ci-bot")
+    azure.ws.azure_tenant = TENANT
+    _cfg(dbhome, f"[adb]\nhost = https://{ADB}\nazure_client_id = {client_id}\n"
+                 f"azure_client_secret = {secret}\n")
+    env = {k: v for k, v in azure.env.items() if k != "DATABRICKS_HOST"}
+    run = doctor(dbhome, env, "databricks://adb", extra_secrets=(secret,))
+    healthy(run, "Azure Databricks service principal")
+    assert "Azure service principal" in run.check("config.credential")["summary"]
+    token = run.check("auth.token")["summary"]
+    assert TENANT in token and "/aad/auth" in token and "Management-Token" in token
+    assert f"service principal ci-bot (application id {client_id})" in \
+        run.check("auth.identity")["summary"]
+    assert "renews it" in run.check("auth.expiry")["summary"]
+    assert {r for _, _, r in azure.entra.requests} == {db.AZURE_DATABRICKS_APP,
+                                                       "https://management.core.windows.net/"}
+    assert azure.ws.management_tokens, "the management token was not sent"
+    text = doctor(dbhome, env, "databricks://adb", json_out=False, extra_secrets=(secret,))
+    assert text.code == 0 and "Entra ID token" in text.out
+    for each in (run, text):
+        assert_no_secrets(each, azure.minted())
+
+
+@pytest.mark.parametrize("case, cause, said, fix", [
+    ("wrong-secret", "credentials-invalid", "AADSTS7000215", "not its Secret ID"),
+    ("expired-secret", "token-expired", "AADSTS7000222", "new client secret"),
+    ("app-not-in-tenant", "credentials-invalid", "AADSTS700016", "Application (client) ID"),
+    ("unknown-tenant", "config-invalid", "AADSTS90002", "Directory (tenant) ID"),
+])
+def test_azure_service_principal_refused(dbhome: Path, azure: AzureSite, case: str, cause: str,
+                                         said: str, fix: str) -> None:
+    """Entra ID refusing the client credentials with the AADSTS errors users meet: a wrong
+    secret (or its Secret ID), an expired secret, an app not in the tenant, a wrong tenant."""
+    client_id, secret = azure.entra.add_app(TENANT, "ci-bot",
+                                            secret_expired=case == "expired-secret")
+    other_tenant = "0b1c2d3e-0000-4000-8000-0000000000ff"
+    azure.entra.tenants.add(other_tenant)
+    sent = "Q~not-the-secret-0123456789" if case == "wrong-secret" else secret
+    tenant = {"app-not-in-tenant": other_tenant,
+              "unknown-tenant": "5c6d7e8f-0000-4000-8000-000000000bad"}.get(case, TENANT)
+    env = {**azure.env, "ARM_CLIENT_ID": client_id, "ARM_CLIENT_SECRET": sent,
+           "ARM_TENANT_ID": tenant}
+    run = doctor(dbhome, env, "databricks", extra_secrets=(secret, sent))
+    expect(run, cause)
+    check = run.check("auth.token")
+    assert said in check["summary"] and fix in check["fix"]
+    if case == "app-not-in-tenant":
+        assert other_tenant in check["summary"]
+    assert not any(method != "GET" for method, _ in azure.ws.requests)
+    assert_no_secrets(run, azure.minted())
+
+
+def test_azure_service_principal_not_in_workspace(dbhome: Path, azure: AzureSite) -> None:
+    """A valid Entra ID token of a service principal nobody added to the workspace: Azure
+    Databricks answers its 403 page `User not authorized.` (HTML, not the REST API's JSON)."""
+    client_id, secret = azure.entra.add_app(TENANT, "ci-bot")
+    env = {**azure.env, "ARM_CLIENT_ID": client_id, "ARM_CLIENT_SECRET": secret,
+           "ARM_TENANT_ID": TENANT}
+    run = doctor(dbhome, env, "databricks", extra_secrets=(secret,))
+    expect(run, "permission-denied")
+    assert run.check("auth.token")["status"] == "ok"
+    check = run.check("auth.credential")
+    assert client_id in check["summary"] and "User not authorized" in check["summary"]
+    assert "add the service principal to the workspace" in check["fix"] and \
+        client_id in check["fix"]
+    assert_no_secrets(run, azure.minted())
+
+
+def test_azure_managed_identity_via_identity_endpoint(dbhome: Path, azure: AzureSite) -> None:
+    """ARM_USE_MSI on App Service/Functions/Azure ML compute (IDENTITY_ENDPOINT and
+    IDENTITY_HEADER, the stand-in of backends/azureml): the managed identity's token signs every
+    probe; while MLflow's databricks-sdk has no azure-msi credential, that is the one failure,
+    with `az login --identity` as the fix."""
+    azure.ws.add_azure_sp(APP_ID, "vm-identity")
+    env = {**azure.env, "ARM_USE_MSI": "true", **azure.identity.env("valid")}
+    run = doctor(dbhome, env, "databricks")
+    assert "IDENTITY_ENDPOINT" in run.check("auth.token")["summary"]
+    assert f"application id {APP_ID}" in run.check("auth.identity")["summary"]
+    assert "valid for" in run.check("auth.expiry")["summary"]
+    assert "created and deleted" in run.check("authz.write")["summary"]
+    known = db.sdk_auth_types()
+    if known is not None and "azure-msi" not in known:
+        expect(run, "credentials-missing")
+        assert [c["id"] for c in run.failing()] == ["config.credential"]
+        assert "az login --identity" in run.check("config.credential")["fix"]
+    else:
+        healthy(run, "Azure Databricks managed identity")
+    text = doctor(dbhome, env, "databricks", json_out=False)
+    for each in (run, text):
+        assert_no_secrets(each, azure.minted())
+
+
+def test_azure_managed_identity_not_assigned(dbhome: Path, azure: AzureSite) -> None:
+    """ARM_CLIENT_ID names a user-assigned identity that is not assigned to this app: App
+    Service's identity endpoint answers 400 `Unable to load the proper Managed Identity.`"""
+    other = "c10d7ac4-0000-4000-8000-0000000000ee"
+    env = {**azure.env, "ARM_USE_MSI": "true", "ARM_CLIENT_ID": other,
+           **azure.identity.env("valid")}
+    run = doctor(dbhome, env, "databricks")
+    assert run.check("auth.token")["cause"] == "credentials-invalid"
+    assert "Unable to load the proper Managed Identity" in run.check("auth.token")["summary"]
+    assert other in run.check("auth.token")["fix"]
+
+
+def test_azure_managed_identity_unreachable(dbhome: Path, azure: AzureSite) -> None:
+    """ARM_USE_MSI off Azure: no identity endpoint answers (IMDS is pointed at a closed loopback
+    port with AZURE_POD_IDENTITY_AUTHORITY_HOST, which azure-identity reads, instead of
+    169.254.169.254): credentials-missing at once."""
+    env = {**azure.env, "ARM_USE_MSI": "true",
+           "AZURE_POD_IDENTITY_AUTHORITY_HOST": f"http://127.0.0.1:{standins.closed_port()}"}
+    run = doctor(dbhome, env, "databricks", "--timeout", "2")
+    check = run.check("auth.token")
+    assert check["status"] == "fail" and check["cause"] == "credentials-missing"
+    assert "IMDS" in check["summary"] and "ARM_USE_MSI needs a machine" in check["fix"]
+    assert run.seconds < 10

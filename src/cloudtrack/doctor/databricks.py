@@ -11,8 +11,9 @@ Azure managed identity, Azure CLI, the Databricks CLI's OAuth login); the report
 and why the others were skipped.  Then, on the workspace itself, bounded by the probe's
 timeouts: the network path; that the Databricks REST API answers (JSON, not a login page);
 the credential (a PAT is checked by the API's answer — workspaces answer an unknown token
-with 403 ``Invalid access token``, not 401 — an OAuth token is obtained from ``/oidc/v1/token``)
-and whose identity it is (SCIM ``Me``); listing experiments, writing into the configured
+with 403 ``Invalid access token``, not 401 — an OAuth token is obtained from ``/oidc/v1/token``,
+an Azure service principal's or managed identity's from Entra ID) and whose identity it is
+(SCIM ``Me``); listing experiments, writing into the configured
 experiment path (a probe run or a probe experiment, removed at once); the model registry
 (workspace registry, or Unity Catalog with the catalog/schema privileges it needs); and
 whether the tracking and registry URIs of the environment point at the same workspace.
@@ -38,7 +39,7 @@ from cloudtrack.config import tls as trust
 from cloudtrack.credentials import Credential, decode_jwt, jwt_expiry
 from cloudtrack.doctor import net
 from cloudtrack.doctor.answer import Answer, call_endpoint
-from cloudtrack.doctor.core import Probe, check_expiry
+from cloudtrack.doctor.core import Probe, ProbeTimeout, check_expiry
 
 #: requests (the SDK's HTTP client) reads the CA bundle from these.
 TRUST = trust.Trust(trust.REQUESTS)
@@ -50,7 +51,10 @@ TOKEN = "/oidc/v1/token"
 AZURE_DATABRICKS_APP = "2ff814a6-3304-4ab8-85cb-cd0e6f879c1d"
 PROBE = "cloudtrack-doctor-probe"
 #: The credentials the doctor signs with itself; for the others it checks the path and the API.
-REPRODUCED = ("pat", "basic", "oauth-m2m", "azure-cli", "databricks-cli")
+REPRODUCED = ("pat", "basic", "oauth-m2m", "azure-client-secret", "azure-msi", "azure-cli",
+              "databricks-cli")
+#: The credentials that sign with an Entra ID token (Azure Databricks).
+ENTRA = ("azure-client-secret", "azure-msi", "azure-cli")
 #: Names the Unity Catalog schema whose privileges the doctor checks (``catalog.schema``).
 UC_SCHEMA_VARIABLE = "CLOUDTRACK_DOCTOR_UC_SCHEMA"
 
@@ -226,12 +230,58 @@ class Choice:
     kind: str | None
     detail: str
     skipped: tuple[str, ...]
+    #: Why the installed SDK cannot use ``kind`` although it is configured ("" : it can).
+    unsupported: str = ""
 
 
 def is_azure(host: str) -> bool:
     name = (urllib.parse.urlsplit(host).hostname or "").lower()
     return name.endswith((".azuredatabricks.net", ".databricks.azure.cn",
                           ".databricks.azure.us"))
+
+
+@dataclass(frozen=True)
+class AzureCloud:
+    """The Entra ID authority and service-management resource of one Azure cloud."""
+
+    name: str
+    login: str
+    management: str
+
+
+#: By the workspace's DNS zone, as databricks-sdk's ``environments.py`` maps them; the SDK
+#: reads neither AZURE_AUTHORITY_HOST nor (when a host is set) ARM_ENVIRONMENT.
+_CLOUDS = ((".databricks.azure.cn", AzureCloud("China", "https://login.chinacloudapi.cn",
+                                               "https://management.core.chinacloudapi.cn/")),
+           (".databricks.azure.us", AzureCloud(
+               "US Government", "https://login.microsoftonline.us",
+               "https://management.core.usgovcloudapi.net/")))
+AZURE_PUBLIC = AzureCloud("public", "https://login.microsoftonline.com",
+                          "https://management.core.windows.net/")
+
+
+def azure_cloud(host: str) -> AzureCloud:
+    name = (urllib.parse.urlsplit(host).hostname or "").lower()
+    return next((cloud for zone, cloud in _CLOUDS if name.endswith(zone)), AZURE_PUBLIC)
+
+
+def sdk_auth_types() -> frozenset[str] | None:
+    """The credentials of the installed databricks-sdk's default chain (None: unknown)."""
+    try:
+        from databricks.sdk.credentials_provider import DefaultCredentials
+
+        return frozenset(str(provider.auth_type())
+                         for provider in DefaultCredentials()._auth_providers)
+    except Exception:  # a private attribute: any change only loses this refinement
+        return None
+
+
+def _sdk_version() -> str:
+    try:
+        from databricks.sdk.version import __version__
+    except ImportError:
+        return "?"
+    return str(__version__)
 
 
 def choose(ws: Workspace, environ: Mapping[str, str]) -> Choice:
@@ -255,13 +305,23 @@ def choose(ws: Workspace, environ: Mapping[str, str]) -> Choice:
                        f"{ws.source('client_id')}, secret from {ws.source('client_secret')})"))
     azure_host = is_azure(host) or bool(g("azure_workspace_resource_id"))
     not_azure = "the host is not an Azure Databricks workspace" if not azure_host else None
+    # The tenant is not needed: the SDK finds it from the workspace's /aad/auth redirect.
     candidates.append(("azure-client-secret",
-                       not_azure or need("azure_client_id", "azure_client_secret",
-                                         "azure_tenant_id"),
-                       f"Azure service principal {g('azure_client_id')} (ARM_CLIENT_SECRET)"))
+                       not_azure or need("azure_client_id", "azure_client_secret"),
+                       f"Azure service principal {g('azure_client_id')} (client id from "
+                       f"{ws.source('azure_client_id')}, secret from "
+                       f"{ws.source('azure_client_secret')})"))
     msi = (g("azure_use_msi") or "").lower() in ("1", "true", "yes")
-    candidates.append(("azure-msi", not_azure or (None if msi else "ARM_USE_MSI not true"),
-                       "an Azure managed identity (ARM_USE_MSI)"))
+    known = sdk_auth_types()
+    # databricks-sdk for Python (MLflow's client) has no azure-msi credential as of 0.162
+    # (databricks-sdk-py#164, open); its Go SDK, the CLI and Terraform have one.
+    unsupported = "" if known is None or "azure-msi" in known else \
+        f"databricks-sdk {_sdk_version()} (MLflow's Databricks client) has no azure-msi credential"
+    msi_why = not_azure or (None if msi else "ARM_USE_MSI not true")
+    msi_detail = "an Azure managed identity (ARM_USE_MSI" + (
+        f", user-assigned {g('azure_client_id')} from {ws.source('azure_client_id')})"
+        if g("azure_client_id") else ", system-assigned)")
+    candidates.append(("azure-msi", msi_why or unsupported or None, msi_detail))
     az = shutil.which("az", path=environ.get("PATH"))
     candidates.append(("azure-cli", not_azure or (None if az else "`az` is not on PATH"),
                        f"the Azure CLI's login ({az})"))
@@ -282,6 +342,10 @@ def choose(ws: Workspace, environ: Mapping[str, str]) -> Choice:
         else:
             skipped.append(f"{kind}: {why_not}")
     if chosen is None:
+        if msi_why is None and unsupported and wanted in (None, "azure-msi"):
+            # Nothing MLflow can use; the managed identity is still probed, to tell whether it
+            # would work through a credential the SDK has (`az login --identity`).
+            return Choice("azure-msi", msi_detail, tuple(skipped), unsupported)
         return Choice(None, "", tuple(skipped))
     return Choice(chosen[0], chosen[1], tuple(skipped))
 
@@ -294,15 +358,21 @@ def _methods(ws: Workspace) -> list[str]:
 
 
 class _Client:
-    def __init__(self, p: Probe, host: str, verify: bool | str) -> None:
+    def __init__(self, p: Probe, host: str, verify: bool | str, *,
+                 timeout_fix: str = "check the workspace's status page and any proxy in "
+                                    "between",
+                 network_fix: str = "check the workspace URL and the network (VPN, private "
+                                    "link)") -> None:
         self.p = p
         self.host = host
         self.verify = verify
         self.headers: dict[str, str] = {}
+        self.timeout_fix = timeout_fix
+        self.network_fix = network_fix
 
     def request(self, method: str, endpoint: str, *, what: str, json_body: Any = None,
                 data: Mapping[str, str] | None = None, auth: tuple[str, str] | None = None,
-                headers: Mapping[str, str] | None = None) -> Answer:
+                headers: Mapping[str, str] | None = None, follow: bool = True) -> Answer:
         import requests
 
         url = self.host + endpoint
@@ -315,14 +385,11 @@ class _Client:
                 return Answer.of(session.request(
                     method, url, headers=sent, json=json_body, data=data, auth=auth,
                     verify=self.verify, timeout=(self.p.step_timeout(), self.p.step_timeout()),
-                    allow_redirects=True,
+                    allow_redirects=follow,
                     proxies={"http": proxy, "https": proxy} if proxy else None))
 
         return call_endpoint(self.p, send, what=what, shown=self.host, hints=TLS,
-                             timeout_fix="check the workspace's status page and any proxy "
-                                         "in between",
-                             network_fix="check the workspace URL and the network (VPN, "
-                                         "private link)")
+                             timeout_fix=self.timeout_fix, network_fix=self.network_fix)
 
 
 def error_of(answer: Answer) -> tuple[str, str]:
@@ -340,6 +407,12 @@ def said(answer: Answer) -> str:
     code, message = error_of(answer)
     code = "" if code == str(answer.status) else f" {code}"
     return f"HTTP {answer.status}{code}: {message or answer.text[:160] or '(empty body)'}"
+
+
+def not_a_user(answer: Answer) -> bool:
+    """Azure Databricks refusing a valid Entra ID token whose principal is not a workspace user:
+    403 ``User not authorized.`` — Jetty's HTML error page, or the same words as JSON."""
+    return answer.status in (401, 403) and b"user not authorized" in answer.body.lower()
 
 
 def invalid_token(answer: Answer) -> bool:
@@ -404,6 +477,8 @@ def diagnose(p: Probe, uri: str, origin: str) -> None:
     expires = _obtain(p, ws, choice, client)
     search = client.request("GET", SEARCH + "?max_results=1",
                             what="MLflow's experiments/search on the workspace")
+    if choice.kind in ENTRA and not_a_user(search):
+        _not_a_workspace_user(p, ws, client, search)
     kind, detail = _kind_of_answer(search)
     if kind == "server-error":
         p.fail("http.answer", "http", "server-error", f"{host} answered {detail}",
@@ -511,6 +586,21 @@ def _credential_config(p: Probe, ws: Workspace, choice: Choice) -> None:
                f"{'[' + ws.profile + '] of ' + ws.config_file if ws.profile else ws.config_file}"
                ", or set DATABRICKS_TOKEN, or run `databricks auth login --host "
                f"{ws.base}`")
+    if choice.unsupported:
+        client_id = ws.get("azure_client_id")
+        skipped = "; ".join(s for s in choice.skipped if not s.startswith("azure-msi:"))
+        p.note_fail("config.credential", "config", "credentials-missing",
+                    f"{choice.detail} is configured, but {choice.unsupported}: MLflow finds no "
+                    "credential (`default auth: cannot configure default credentials`); the "
+                    "checks below still sign with the managed identity, to tell whether it "
+                    f"would work; skipped: {skipped}",
+                    "let the SDK's azure-cli credential use the managed identity: run `az login "
+                    "--identity" + (f" --client-id {client_id}` (older az: --username "
+                                    f"{client_id})" if client_id else "`")
+                    + " on this machine; or use a service principal secret (ARM_CLIENT_ID, "
+                    "ARM_CLIENT_SECRET, ARM_TENANT_ID) or OAuth M2M (DATABRICKS_CLIENT_ID, "
+                    "DATABRICKS_CLIENT_SECRET)")
+        return
     p.ok("config.credential", "config", f"signing with {choice.detail} (the first of the SDK's "
          f"chain that is configured); skipped: {skipped}")
 
@@ -593,6 +683,10 @@ def _obtain(p: Probe, ws: Workspace, choice: Choice, client: _Client) -> float |
         return None
     if choice.kind == "oauth-m2m":
         return _oauth_m2m(p, ws, client)
+    if choice.kind == "azure-client-secret":
+        return _azure_client_secret(p, ws, client)
+    if choice.kind == "azure-msi":
+        return _azure_msi(p, ws, client)
     if choice.kind == "azure-cli":
         return _azure_cli(p, client)
     if choice.kind == "databricks-cli":
@@ -669,6 +763,243 @@ def _databricks_cli(p: Probe, ws: Workspace, client: _Client) -> float | None:
     return None
 
 
+def _where(ws: Workspace, name: str) -> str:
+    """Where to change a setting: its variable, or its key in the profile."""
+    source = ws.source(name)
+    if source.startswith("env:"):
+        return source.removeprefix("env:")
+    return f"{name} in {source}" if source != "?" else _ENV[name]
+
+
+def _azure_headers(ws: Workspace, token: str, management: str | None) -> dict[str, str]:
+    """What databricks-sdk's Azure credentials send: the token, the service-management token
+    (the workspace adds a principal that is not yet a user, but holds Contributor on the
+    workspace resource, on first use) and the workspace's resource id when configured."""
+    headers = {"Authorization": f"Bearer {token}"}
+    if management:
+        headers["X-Databricks-Azure-SP-Management-Token"] = management
+    if ws.get("azure_workspace_resource_id"):
+        headers["X-Databricks-Azure-Workspace-Resource-Id"] = str(
+            ws.get("azure_workspace_resource_id"))
+    return headers
+
+
+def _tenant(p: Probe, ws: Workspace, client: _Client) -> tuple[str, str]:
+    """(tenant, where it came from): ARM_TENANT_ID, or what the SDK falls back to, the tenant
+    in the Location of the workspace's ``/aad/auth`` redirect."""
+    tenant = ws.get("azure_tenant_id")
+    if tenant:
+        return tenant, ws.source("azure_tenant_id")
+    answer = client.request("GET", "/aad/auth", what="the workspace's Entra ID tenant (/aad/auth)",
+                            headers={}, follow=False)
+    location = answer.headers.get("location", "")
+    segments = urllib.parse.urlsplit(location).path.split("/")
+    if answer.status // 100 == 3 and len(segments) > 1 and segments[1]:
+        return segments[1], "the workspace's /aad/auth redirect (ARM_TENANT_ID is not set)"
+    p.fail("auth.token", "auth", "config-invalid",
+           f"ARM_TENANT_ID is not set and {ws.base}/aad/auth names no tenant (HTTP "
+           f"{answer.status}{', Location ' + redact_uri(location) if location else ''}): the "
+           "SDK then asks Entra ID for a tenant named 'None'",
+           "set ARM_TENANT_ID (or azure_tenant_id in the profile) to the Directory (tenant) ID "
+           "of the workspace's subscription: `az account show --query tenantId -o tsv`")
+
+
+_AADSTS = re.compile(r"AADSTS(\d+)")
+
+
+def _entra_token(p: Probe, ws: Workspace, entra: _Client, tenant: str, tenant_from: str,
+                 resource: str) -> tuple[str, float | None]:
+    """A client-credentials token for ``resource`` from Entra ID's v1 endpoint, as
+    databricks-sdk asks it (``resource=``, id and secret in the form)."""
+    app = ws.get("azure_client_id") or ""
+    answer = entra.request("POST", f"/{urllib.parse.quote(tenant, safe='')}/oauth2/token",
+                           what="Entra ID's token endpoint", headers={}, data={
+                               "grant_type": "client_credentials", "client_id": app,
+                               "client_secret": ws.get("azure_client_secret") or "",
+                               "resource": resource})
+    body = answer.json()
+    if answer.status == 200 and isinstance(body, dict) and body.get("access_token"):
+        token = str(body["access_token"])
+        p.secret(token)
+        try:
+            return token, float(str(body.get("expires_in")))  # v1 answers it as a string
+        except (TypeError, ValueError):
+            return token, None
+    shown = f"{entra.host}/{tenant}/oauth2/token"
+    if answer.status >= 500:
+        p.fail("auth.token", "auth", "server-error",
+               f"Entra ID's token endpoint {shown} answered HTTP {answer.status}: "
+               f"{answer.text[:160]}", "retry; check https://status.azure.com")
+    if not isinstance(body, dict):
+        p.fail("auth.token", "auth", "endpoint-mismatch",
+               f"{shown} does not answer like Entra ID: {_kind_of_answer(answer)[1]}",
+               "a proxy in between answers instead of Entra ID: let it through to "
+               f"{entra.host}, or check HTTPS_PROXY/NO_PROXY")
+    description = str(body.get("error_description") or "")
+    said = " ".join(description.split("Trace ID:")[0].split()) or str(body.get("error"))
+    codes = body.get("error_codes")
+    found = _AADSTS.search(description)
+    code = str(codes[0]) if isinstance(codes, list) and codes else \
+        (found.group(1) if found else "")
+    secret_at = _where(ws, "azure_client_secret")
+    new_secret = (f"create a new client secret for app {app} (`az ad app credential reset --id "
+                  f"{app} --append`, or portal → App registrations → Certificates & secrets) "
+                  f"and put its Value in {secret_at}")
+    who = f"app {app} (client id from {ws.source('azure_client_id')})"
+    if code == "7000215":
+        p.fail("auth.token", "auth", "credentials-invalid",
+               f"Entra ID refused the client secret of {who} from {secret_at}: {said}",
+               "the secret is wrong — it must be the secret's Value, not its Secret ID; "
+               + new_secret)
+    if code == "7000222":
+        p.fail("auth.token", "auth", "token-expired",
+               f"the client secret of {who} has expired: {said}", new_secret)
+    if code == "700016":
+        p.fail("auth.token", "auth", "credentials-invalid",
+               f"{who} does not exist in tenant {tenant} (from {tenant_from}): {said}",
+               f"check {_where(ws, 'azure_client_id')} (the app's Application (client) ID, not "
+               f"its object id) and the tenant: the app must be registered in tenant {tenant} "
+               "or have a service principal there (`az ad sp show --id "
+               f"{app}` signed in to that tenant)")
+    if code in ("90002", "900023"):
+        p.fail("auth.token", "auth", "config-invalid",
+               f"tenant {tenant} (from {tenant_from}) is not known to Entra ID at "
+               f"{entra.host} ({azure_cloud(ws.host).name} cloud): {said}",
+               f"set {_where(ws, 'azure_tenant_id')} to the Directory (tenant) ID of the "
+               "workspace's subscription (`az account show --query tenantId -o tsv`)")
+    p.fail("auth.token", "auth", "credentials-invalid",
+           f"Entra ID refused the client credentials of {who} in tenant {tenant}: HTTP "
+           f"{answer.status} {body.get('error') or ''}: {said}",
+           f"check {_where(ws, 'azure_client_id')}, {secret_at} and "
+           f"{_where(ws, 'azure_tenant_id')}")
+
+
+def _azure_client_secret(p: Probe, ws: Workspace, client: _Client) -> float | None:
+    """databricks-sdk's azure-client-secret: an Entra ID token for Azure Databricks and one
+    for the cloud's service management, by client credentials."""
+    cloud = azure_cloud(ws.host)
+    tenant, tenant_from = _tenant(p, ws, client)
+    entra = _Client(p, cloud.login, client.verify,
+                    timeout_fix=f"check the network path to {cloud.login} (proxy, firewall)",
+                    network_fix=f"this machine must reach {cloud.login} (Entra ID) directly or "
+                                "through HTTPS_PROXY")
+    token, expires = _entra_token(p, ws, entra, tenant, tenant_from, AZURE_DATABRICKS_APP)
+    management, _ = _entra_token(p, ws, entra, tenant, tenant_from, cloud.management)
+    client.headers = _azure_headers(ws, token, management)
+    ignored = p.environ.get("AZURE_AUTHORITY_HOST")
+    p.ok("auth.token", "auth",
+         f"got an Entra ID token for Azure Databricks from {cloud.login} (tenant {tenant}, from "
+         f"{tenant_from}) for app {ws.get('azure_client_id')}, and a service-management token "
+         f"({cloud.management}) sent as X-Databricks-Azure-SP-Management-Token, as the SDK does"
+         + (f"; AZURE_AUTHORITY_HOST={ignored} is not read by databricks-sdk" if ignored else ""))
+    return expires
+
+
+def _azure_msi(p: Probe, ws: Workspace, client: _Client) -> float | None:
+    """A managed identity's tokens (Azure Databricks, service management), from the endpoint
+    azure-identity finds: IDENTITY_ENDPOINT (App Service, Functions, Azure ML compute),
+    MSI_ENDPOINT, or the instance metadata service.  azure-identity reads them from this
+    process's environment."""
+    try:
+        from azure.core.exceptions import ClientAuthenticationError
+        from azure.identity import CredentialUnavailableError, ManagedIdentityCredential
+    except ImportError:
+        p.fail("auth.token", "auth", "dependency-missing",
+               "azure-identity is not installed: the doctor asks the managed identity endpoint "
+               "through it", "run: pip install 'cloudtrack[azure]'")
+    env = p.environ
+    client_id = ws.get("azure_client_id")
+    which = (f"user-assigned identity {client_id} (from {ws.source('azure_client_id')})"
+             if client_id else "the system-assigned identity")
+    if env.get("IDENTITY_ENDPOINT") and env.get("IDENTITY_HEADER"):
+        where = f"the managed identity endpoint {env['IDENTITY_ENDPOINT']} (IDENTITY_ENDPOINT)"
+    elif env.get("MSI_ENDPOINT"):
+        where = f"the managed identity endpoint {env['MSI_ENDPOINT']} (MSI_ENDPOINT)"
+    else:
+        imds = env.get("AZURE_POD_IDENTITY_AUTHORITY_HOST") or "http://169.254.169.254"
+        where = f"the instance metadata service {imds} (IMDS)"
+    cloud = azure_cloud(ws.host)
+    seconds = p.step_timeout()
+    # One attempt, bounded: IMDS's default retries would outlast the step.
+    credential = ManagedIdentityCredential(client_id=client_id, connection_timeout=seconds,
+                                           read_timeout=seconds, retry_total=0)
+    missing_fix = ("ARM_USE_MSI needs a machine with a managed identity (an Azure VM or scale "
+                   "set, App Service/Functions, Azure ML compute) that reaches its identity "
+                   "endpoint; elsewhere unset ARM_USE_MSI and use a service principal "
+                   "(ARM_CLIENT_ID, ARM_CLIENT_SECRET, ARM_TENANT_ID), OAuth M2M "
+                   "(DATABRICKS_CLIENT_ID, DATABRICKS_CLIENT_SECRET) or `az login`")
+    refused_fix = (f"assign the user-assigned identity {client_id} to this machine (portal → "
+                   "the VM or app → Identity → User assigned), or unset ARM_CLIENT_ID to use "
+                   "the system-assigned identity" if client_id else
+                   "turn on this machine's system-assigned identity (portal → the VM or app → "
+                   "Identity), or set ARM_CLIENT_ID to a user-assigned identity assigned to it")
+    def get(resource: str, label: str) -> Any:
+        # The scope of a resource is "<resource>/.default", its trailing slash kept.
+        return p.call(lambda: credential.get_token(f"{resource}/.default"),
+                      what=f"ManagedIdentityCredential.get_token ({label})")
+
+    try:
+        tokens = [get(AZURE_DATABRICKS_APP, "Azure Databricks"),
+                  get(cloud.management, "service management")]
+    except ProbeTimeout as e:
+        if "IMDS" in where:
+            p.fail("auth.token", "auth", "credentials-missing",
+                   f"{e}: {where} does not answer — this machine has no managed identity",
+                   missing_fix)
+        p.fail("auth.token", "auth", "network-timeout", f"{e}: {where} accepted the request "
+               "but did not answer", "check the identity endpoint's host (restart the app)")
+    except CredentialUnavailableError as e:
+        text = " ".join(str(e).split())[:400]
+        if "Token request error:" in text:
+            # The endpoint answered and refused; azure-identity's lead-in says otherwise.
+            said = text.split("Token request error:", 1)[1].strip()
+            p.fail("auth.token", "auth", "credentials-invalid",
+                   f"{where} refused a token for {which}: {said}", refused_fix)
+        p.fail("auth.token", "auth", "credentials-missing",
+               f"no managed identity answered at {where}: {text}", missing_fix)
+    except ClientAuthenticationError as e:
+        p.fail("auth.token", "auth", "credentials-invalid",
+               f"{where} refused a token for {which}: {' '.join(str(e).split())[:400]}",
+               refused_fix)
+    finally:
+        try:
+            credential.close()
+        except Exception:  # closing must not hide the diagnosis
+            pass
+    for token in tokens:
+        p.secret(token.token)
+    claims = decode_jwt(tokens[0].token) if tokens[0].token.count(".") == 2 else {}
+    client.headers = _azure_headers(ws, tokens[0].token, tokens[1].token)
+    app = claims.get("appid") or claims.get("azp") or client_id or "?"
+    p.ok("auth.token", "auth", f"got a managed identity token for Azure Databricks from {where}: "
+         f"{which}, application id {app}; and a service-management token ({cloud.management}), "
+         "sent as X-Databricks-Azure-SP-Management-Token")
+    return max(0.0, float(tokens[0].expires_on) - time.time())
+
+
+def _not_a_workspace_user(p: Probe, ws: Workspace, client: _Client, answer: Answer) -> None:
+    token = client.headers.get("Authorization", "")[7:]
+    claims = decode_jwt(token) if token.count(".") == 2 else {}
+    user = claims.get("upn") or claims.get("unique_name")
+    app = str(claims.get("appid") or claims.get("azp") or ws.get("azure_client_id") or "?")
+    p.ok("http.answer", "http", f"{ws.base}: the workspace answers (its own 403 page)")
+    if user:
+        p.fail("auth.credential", "auth", "permission-denied",
+               f"Entra ID signed in user {user}, but {ws.base} does not know that user (HTTP "
+               f"{answer.status} User not authorized.)",
+               f"ask a workspace admin to add {user} to the workspace (Settings → Identity and "
+               "access → Users), or sign in to the tenant the workspace belongs to")
+    p.fail("auth.credential", "auth", "permission-denied",
+           f"Entra ID issued a token for service principal {app} (tenant "
+           f"{claims.get('tid') or '?'}), but it is not a user of {ws.base}: HTTP "
+           f"{answer.status} User not authorized.",
+           f"add the service principal to the workspace: Settings → Identity and access → "
+           f"Service principals → Add, application id {app} (or `databricks service-principals "
+           f"create --application-id {app}` as an admin); or give it Contributor on the "
+           "workspace's Azure resource and set DATABRICKS_AZURE_RESOURCE_ID (or "
+           "azure_workspace_resource_id), so the workspace adds it on first use")
+
+
 def _azure_cli(p: Probe, client: _Client) -> float | None:
     argv = ["az", "account", "get-access-token", "--resource", AZURE_DATABRICKS_APP,
             "--output", "json"]
@@ -728,10 +1059,16 @@ def _authentication(p: Probe, ws: Workspace, choice: Choice, client: _Client, se
         until = time.time() + expires
         from datetime import datetime, timezone
 
+        label, what, renewer = {
+            "azure-client-secret": ("Entra ID", "the Entra ID access token",
+                                    "the SDK (from the client secret)"),
+            "azure-msi": ("managed identity", "the managed identity's access token",
+                          "the managed identity endpoint"),
+        }.get(choice.kind or "", ("OAuth M2M", "the OAuth access token",
+                                  "the SDK (from the client secret)"))
         check_expiry(p, "auth.expiry", Credential(
-            "token", "OAuth M2M", "the SDK", expires=datetime.fromtimestamp(until, timezone.utc),
-            renews=True), what="the OAuth access token", fix="-",
-            renewer="the SDK (from the client secret)")
+            "token", label, "the SDK", expires=datetime.fromtimestamp(until, timezone.utc),
+            renews=True), what=what, fix="-", renewer=renewer)
     elif choice.kind == "pat":
         token = ws.get("token") or ""
         claims = decode_jwt(token) if token.count(".") == 2 else {}
