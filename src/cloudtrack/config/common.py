@@ -118,7 +118,8 @@ def truthy(value: str, name: str) -> bool:
         return True
     if low in ("0", "false", "no", "off"):
         return False
-    raise ConfigError(f"{name}={value!r} is not a boolean; use true or false")
+    raise ConfigError(f"{name}={value!r} is not a boolean; use true or false (or on/off, "
+                      "yes/no, 1/0)")
 
 
 def bool_env(environ: Mapping[str, str], var: EnvVar) -> bool | None:
