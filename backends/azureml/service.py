@@ -38,6 +38,31 @@ several principals: one holding a workspace role, one holding none, one of anoth
 Signatures are random; the workspace accepts exactly the tokens the endpoint issued.  A
 ``client_id`` other than the identity's (a user-assigned identity not assigned here) gets App
 Service's 400 ``Unable to load the proper Managed Identity.``
+
+Inside an Azure ML job (:meth:`AzureMLWorkspace.job_env`):
+
+* the environment a job's process sees: ``AZUREML_RUN_ID``, ``AZUREML_ARM_SUBSCRIPTION``/
+  ``_RESOURCEGROUP``/``_WORKSPACE_NAME``/``_PROJECT_NAME``, ``AZUREML_RUN_TOKEN`` and
+  ``AZUREML_RUN_TOKEN_EXPIRY`` (the names azureml-pipeline-steps' DatabricksStep documents and
+  azureml-core reads), ``MLFLOW_TRACKING_URI``, ``MLFLOW_RUN_ID``, ``MLFLOW_EXPERIMENT_NAME``
+  and ``MLFLOW_TRACKING_TOKEN`` (the four azureml-mlflow tests for before it signs with the run
+  token).  The names are verified; that a job sets all of them together, and the values, are
+  written by analogy — no environment of a real job was at hand;
+* run tokens (:meth:`AzureMLWorkspace.run_token`): JWTs whose only claims are their times
+  (azureml-mlflow reads ``exp``; the real token's other claims were not at hand, so none are
+  made up).  The workspace accepts one of its own runs, unexpired, with the run's rights
+  (``experiments/search`` answers 200); refuses an expired one with 401
+  ``ExpiredAuthenticationToken`` and one presented to another workspace with 401
+  ``InvalidAuthenticationToken`` — both written by analogy with Resource Manager's answers to
+  Entra ID tokens, no captured answer to a run token was at hand;
+* the compute's managed identity (:meth:`ManagedIdentityEndpoint.aml_env`): Azure ML compute's
+  endpoint as azure-identity (``azure_ml.py``) and MSAL (``managed_identity.py``) call it —
+  ``MSI_ENDPOINT``, a ``secret: <MSI_SECRET>`` header, ``api-version=2017-09-01``,
+  ``resource``, a user-assigned identity chosen by ``clientid`` — with
+  ``DEFAULT_IDENTITY_CLIENT_ID`` naming the compute's default identity (Azure ML's "Set up
+  authentication between Azure ML and other services", compute cluster).  The request is
+  verified (it is what those clients send); the body (``access_token``, ``expires_on`` in epoch
+  seconds, as azure-identity notes Azure ML answers) is written by analogy with App Service's.
 """
 
 from __future__ import annotations
@@ -81,6 +106,11 @@ MANAGEMENT = "https://management.azure.com/"
 TOKEN_KINDS = ("valid", "no-role", "other-tenant", "expired", "forged", "wrong-audience")
 SCOPE = (f"/subscriptions/{SUBSCRIPTION}/resourceGroups/{RESOURCE_GROUP}/providers/"
          f"Microsoft.MachineLearningServices/workspaces/{WORKSPACE}")
+#: The job a :meth:`AzureMLWorkspace.job_env` environment belongs to.
+RUN_ID = "cloudtrack-job_1700000000_0a1b2c3d"
+EXPERIMENT_NAME = "cloudtrack-experiment"
+#: What a run token can be: ``valid`` (its run's, unexpired) or ``expired``.
+RUN_TOKEN_KINDS = ("valid", "expired")
 
 
 def tracking_uri(port: int, host: str = HOST, *, workspace: str = WORKSPACE) -> str:
@@ -115,6 +145,19 @@ def mint(kind: str, audience: str = MANAGEMENT, *, lifetime: int = 3600) -> str:
         "sub": "cloudtrack-test-identity", "ver": "1.0",
     }
     header = {"alg": "RS256", "typ": "JWT", "kid": "cloudtrack-test"}
+    return ".".join([_b64url(json.dumps(header).encode()), _b64url(json.dumps(claims).encode()),
+                     _b64url(secrets.token_bytes(64))])
+
+
+def mint_run_token(kind: str = "valid", *, lifetime: int = 3600) -> str:
+    """A JWT standing in for a job's run token (only its times are claims: see the module's
+    docstring)."""
+    if kind not in RUN_TOKEN_KINDS:
+        raise ValueError(f"unknown run token kind {kind!r}; one of {', '.join(RUN_TOKEN_KINDS)}")
+    now = int(time.time())
+    iat = now - 2 * lifetime if kind == "expired" else now - 60
+    header = {"alg": "RS256", "typ": "JWT"}
+    claims = {"iat": iat, "nbf": iat, "exp": iat + lifetime}
     return ".".join([_b64url(json.dumps(header).encode()), _b64url(json.dumps(claims).encode()),
                      _b64url(secrets.token_bytes(64))])
 
@@ -157,6 +200,8 @@ class _TokenHandler(_Json):
         url = urllib.parse.urlsplit(self.path)
         parts = url.path.strip("/").split("/")
         query = dict(urllib.parse.parse_qsl(url.query))
+        if len(parts) == 3 and parts[1:] == ["aml", "token"]:
+            return self._azure_ml(parts[0], query)
         if self.headers.get("X-IDENTITY-HEADER") != self.server.secret:
             return self.reply(401, {"error": "unauthorized",
                                     "error_description": "X-IDENTITY-HEADER missing or wrong"})
@@ -180,6 +225,30 @@ class _TokenHandler(_Json):
                          "resource": resource, "token_type": "Bearer", "client_id": APP_ID})
 
 
+    def _azure_ml(self, kind: str, query: Mapping[str, str]) -> None:
+        """Azure ML compute's identity endpoint (``MSI_ENDPOINT``, api-version 2017-09-01)."""
+        if self.headers.get("secret") != self.server.secret:
+            return self.reply(401, {"error": "unauthorized",
+                                    "error_description": "secret header missing or wrong"})
+        if kind not in TOKEN_KINDS:
+            return self.reply(404, {"error": "not_found"})
+        if query.get("api-version") != "2017-09-01" or not query.get("resource"):
+            return self.reply(400, {"error": "invalid_request",
+                                    "error_description": "api-version 2017-09-01 and resource "
+                                                         "are required"})
+        if query.get("clientid", APP_ID) != APP_ID:
+            return self.reply(400, {"error": "invalid_request",
+                                    "error_description": "No managed identity with this client "
+                                                         "id is assigned to the compute."})
+        token = mint(kind, query["resource"])
+        self.server.minted.add(token)
+        if kind != "forged":
+            self.server.issued.add(token)
+        self.reply(200, {"access_token": token, "expires_on": int(_claims(token)["exp"]),
+                         "resource": query["resource"], "token_type": "Bearer",
+                         "client_id": APP_ID})
+
+
 class ManagedIdentityEndpoint(ThreadingHTTPServer):
     """App Service's managed-identity endpoint, on loopback: ``env(kind)`` announces it."""
 
@@ -198,6 +267,14 @@ class ManagedIdentityEndpoint(ThreadingHTTPServer):
             raise ValueError(f"unknown token kind {kind!r}; one of {', '.join(TOKEN_KINDS)}")
         return {"IDENTITY_ENDPOINT": f"http://{LOOPBACK}:{self.server_address[1]}/{kind}/msi/token",
                 "IDENTITY_HEADER": self.secret}
+
+    def aml_env(self, kind: str = "valid") -> dict[str, str]:
+        """An Azure ML compute's managed identity handing out ``kind`` tokens, as a job sees
+        it."""
+        if kind not in TOKEN_KINDS:
+            raise ValueError(f"unknown token kind {kind!r}; one of {', '.join(TOKEN_KINDS)}")
+        return {"MSI_ENDPOINT": f"http://{LOOPBACK}:{self.server_address[1]}/{kind}/aml/token",
+                "MSI_SECRET": self.secret, "DEFAULT_IDENTITY_CLIENT_ID": APP_ID}
 
 
 # -- the workspace -----------------------------------------------------------------------------
@@ -260,6 +337,8 @@ class AzureMLWorkspace(ThreadingHTTPServer):
         self.tokens = ManagedIdentityEndpoint()
         #: (method, path, had a bearer token) of every request, for the tests.
         self.requests: list[tuple[str, str, bool]] = []
+        #: Run tokens handed out, and the workspace of the run each belongs to.
+        self.run_tokens: dict[str, str] = {}
         self._serving = [threading.Thread(target=s.serve_forever, args=(0.05,), daemon=True)
                          for s in (self, self.tokens)]
 
@@ -274,6 +353,33 @@ class AzureMLWorkspace(ThreadingHTTPServer):
     def env(self, kind: str = "valid") -> dict[str, str]:
         ca = str(self.tls.ca)
         return {**self.tokens.env(kind), "REQUESTS_CA_BUNDLE": ca, "SSL_CERT_FILE": ca}
+
+    def run_token(self, kind: str = "valid", *, workspace: str = WORKSPACE) -> str:
+        """A run token of a job of ``workspace`` (accepted by that workspace only)."""
+        token = mint_run_token(kind)
+        self.run_tokens[token] = workspace
+        self.tokens.minted.add(token)
+        return token
+
+    def job_env(self, run_token: str | None = "valid", *, identity: str | None = None,
+                workspace: str = WORKSPACE) -> dict[str, str]:
+        """The environment of a job's process (see the module's docstring): with a
+        ``run_token`` of that kind (None: no run token variables), and with ``identity`` the
+        compute's managed identity handing out tokens of that kind."""
+        env = {"REQUESTS_CA_BUNDLE": str(self.tls.ca), "SSL_CERT_FILE": str(self.tls.ca),
+               "AZUREML_RUN_ID": RUN_ID, "AZUREML_ARM_SUBSCRIPTION": SUBSCRIPTION,
+               "AZUREML_ARM_RESOURCEGROUP": RESOURCE_GROUP,
+               "AZUREML_ARM_WORKSPACE_NAME": workspace,
+               "AZUREML_ARM_PROJECT_NAME": EXPERIMENT_NAME,
+               "MLFLOW_TRACKING_URI": tracking_uri(self.port, workspace=workspace),
+               "MLFLOW_RUN_ID": RUN_ID, "MLFLOW_EXPERIMENT_NAME": EXPERIMENT_NAME}
+        if run_token is not None:
+            token = self.run_token(run_token, workspace=workspace)
+            env.update(MLFLOW_TRACKING_TOKEN=token, AZUREML_RUN_TOKEN=token,
+                       AZUREML_RUN_TOKEN_EXPIRY=str(_claims(token)["exp"]))
+        if identity is not None:
+            env.update(self.tokens.aml_env(identity))
+        return env
 
     def __enter__(self) -> AzureMLWorkspace:
         for t in self._serving:
@@ -312,13 +418,15 @@ class AzureMLWorkspace(ThreadingHTTPServer):
                 "The authentication failed because of missing 'Authorization' header.")
         token = authorization[len("Bearer "):]
         claims = _claims(token)
-        refused = self._refusal(token, claims)
+        sub, rg, kind, ws, rest = m.groups()
+        kind = kind.lower()
+        run = token in self.run_tokens
+        refused = self._run_token_refusal(token, claims, kind, ws) if run else \
+            self._refusal(token, claims)
         if refused is not None:
             code, message = refused
             return 401, _arm_error(code, message), _challenge(TENANT_ID, "invalid_token",
                                                               message.split(". ")[0] + ".")
-        sub, rg, kind, ws, rest = m.groups()
-        kind = kind.lower()
         known = REGISTRY if kind == "registries" else WORKSPACE
         if (sub.lower(), rg.lower(), ws.lower()) != (SUBSCRIPTION, RESOURCE_GROUP.lower(),
                                                      known.lower()):
@@ -327,7 +435,7 @@ class AzureMLWorkspace(ThreadingHTTPServer):
                 f"The Resource 'Microsoft.MachineLearningServices/{kind}/{ws}' under "
                 f"resource group '{rg}' was not found. For more details please go to "
                 "https://aka.ms/ARMResourceNotFoundFix"), {}
-        if claims.get("oid") != MEMBER_OID:
+        if not run and claims.get("oid") != MEMBER_OID:
             oid = claims.get("oid", "?")
             action, scope = (("registries/read", SCOPE.replace(f"workspaces/{WORKSPACE}",
                                                                f"registries/{REGISTRY}"))
@@ -352,6 +460,20 @@ class AzureMLWorkspace(ThreadingHTTPServer):
                 "creation_time": 1700000000000, "last_update_time": 1700000000000}]}, {}
         return 404, {"error_code": "ENDPOINT_NOT_FOUND",
                      "message": f"No API found for '{rest}'"}, {}
+
+    def _run_token_refusal(self, token: str, claims: Mapping[str, Any], kind: str,
+                           ws: str) -> tuple[str, str] | None:
+        now = time.time()
+        if float(claims.get("exp", 0)) <= now:
+            return ("ExpiredAuthenticationToken",
+                    "The access token expiry UTC time '"
+                    + dt.datetime.fromtimestamp(float(claims.get("exp", 0)), dt.timezone.utc)
+                    .strftime("%m/%d/%Y %H:%M:%S") + "' is earlier than current UTC time '"
+                    + dt.datetime.fromtimestamp(now, dt.timezone.utc).strftime(
+                        "%m/%d/%Y %H:%M:%S") + "'.")
+        if kind != "workspaces" or ws.lower() != self.run_tokens[token].lower():
+            return "InvalidAuthenticationToken", "The access token is invalid."
+        return None
 
     def _refusal(self, token: str, claims: Mapping[str, Any]) -> tuple[str, str] | None:
         if token not in self.tokens.issued or not claims:
@@ -379,11 +501,14 @@ class AzureMLWorkspace(ThreadingHTTPServer):
 
 
 __all__ = [
+    "EXPERIMENT_NAME",
     "HOST",
     "OTHER_TENANT_ID",
     "REGION",
     "REGISTRY",
     "RESOURCE_GROUP",
+    "RUN_ID",
+    "RUN_TOKEN_KINDS",
     "SUBSCRIPTION",
     "TENANT_ID",
     "TOKEN_KINDS",
@@ -391,6 +516,7 @@ __all__ = [
     "AzureMLWorkspace",
     "ManagedIdentityEndpoint",
     "mint",
+    "mint_run_token",
     "registry_uri",
     "tracking_uri",
 ]

@@ -26,11 +26,14 @@ from pathlib import Path
 import pytest
 
 from backends.azureml.service import (
+    APP_ID,
     HOST,
     OTHER_TENANT_ID,
+    OUTSIDER_OID,
     REGION,
     REGISTRY,
     RESOURCE_GROUP,
+    RUN_ID,
     SUBSCRIPTION,
     TENANT_ID,
     WORKSPACE,
@@ -341,3 +344,133 @@ def test_wrong_registry(home: Path, tmp_path: Path, workspace: AzureMLWorkspace,
     check = run.check("authz.read")
     assert "registry 'no-such-registry' does not exist" in check["summary"]
     assert "az ml registry show --name no-such-registry" in check["fix"]
+
+
+# -- inside an Azure ML job ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("value, year", [("4102444800", 2100), ("2100-01-01T00:00:00Z", 2100),
+                                         ("2100-01-01 00:00:00", 2100), ("soon", None)])
+def test_run_token_expiry_variable(value: str, year: int | None) -> None:
+    """AZUREML_RUN_TOKEN_EXPIRY as azureml-core reads it: epoch seconds or a date."""
+    when = azureml.run_token_expiry(value)
+    assert (when.year if when else None) == year
+
+
+def test_run_token_needs_all_four_variables() -> None:
+    """azureml-mlflow signs with MLFLOW_TRACKING_TOKEN only when the URI, the token, the run id
+    and an experiment are all present (its service-context loader's test)."""
+    env = {"MLFLOW_TRACKING_URI": "azureml://x", "MLFLOW_TRACKING_TOKEN": "t",
+           "MLFLOW_RUN_ID": "r", "MLFLOW_EXPERIMENT_ID": "1"}
+    assert azureml.run_token_missing(env) == ()
+    del env["MLFLOW_EXPERIMENT_ID"]
+    assert azureml.run_token_missing(env) == ("MLFLOW_EXPERIMENT_ID or MLFLOW_EXPERIMENT_NAME",)
+
+
+def _in_job(home: Path, tmp_path: Path, ws: AzureMLWorkspace, env: dict[str, str],
+            plugin: str, *args: str, json_out: bool = True) -> Run:
+    """``cloudtrack doctor`` run by a job's process: its environment, no URI argument unless
+    given (MLflow's is MLFLOW_TRACKING_URI)."""
+    run = doctor(home, {**env, "PYTHONPATH": plugin}, *args, json_out=json_out,
+                 wrap=_confine(tmp_path, f"127.0.0.1 {HOST}"))
+    assert_no_secrets(run, sorted(ws.tokens.minted))
+    return run
+
+
+def test_job_healthy(home: Path, tmp_path: Path, workspace: AzureMLWorkspace,
+                     plugin: str) -> None:
+    """A command job's process as the platform starts it (its AZUREML_* and MLFLOW_* variables,
+    the run token in MLFLOW_TRACKING_TOKEN): the stand-in accepts its own run's token as Azure
+    ML accepts a run's AML token.  The doctor names the job and signs with the run token, not
+    with DefaultAzureCredential; no token in the text or the JSON."""
+    env = workspace.job_env("valid")
+    run = _in_job(home, tmp_path, workspace, env, plugin)
+    healthy(run, "azureml in a job")
+    job = run.check("config.job")["summary"]
+    assert RUN_ID in job and f"workspace '{WORKSPACE}'" in job and SUBSCRIPTION in job
+    assert "env:MLFLOW_TRACKING_URI" in run.check("config.uri")["summary"]
+    credential = run.check("auth.credential")["summary"]
+    assert "run token (MLFLOW_TRACKING_TOKEN)" in credential and "DefaultAzureCredential" in \
+        credential, "says which credential, and why not the chain"
+    assert "renews" in run.check("auth.identity")["summary"]
+    assert not workspace.tokens.issued, "no Entra ID token was asked for"
+    assert any(bearer and f"workspaces/{WORKSPACE}/api/2.0/mlflow/experiments/search" in path
+               for _, path, bearer in workspace.requests)
+    text = _in_job(home, tmp_path, workspace, env, plugin, json_out=False)
+    assert text.code == 0 and "config.job" in text.out
+    assert env["MLFLOW_TRACKING_TOKEN"] not in text.text() + run.text()
+
+
+def test_job_run_token_expired(home: Path, tmp_path: Path, workspace: AzureMLWorkspace,
+                               plugin: str) -> None:
+    """Row 6 in a job: a run token past its exp (copied from an earlier run, or a job resumed
+    after it expired), which the stand-in refuses with 401 ExpiredAuthenticationToken as
+    Resource Manager refuses expired tokens: token-expired, from the token's own claims and
+    from the workspace's answer, with the fix for long jobs."""
+    env = workspace.job_env("expired")
+    run = _in_job(home, tmp_path, workspace, env, plugin)
+    expect(run, "token-expired", backend="azureml")
+    identity = run.check("auth.identity")
+    assert identity["status"] == "fail" and "expired" in identity["summary"]
+    assert "MLFLOW_TRACKING_TOKEN" in identity["fix"] and "identity-based" in identity["fix"]
+    accepted = run.check("auth.accepted")
+    assert "ExpiredAuthenticationToken" in accepted["summary"]
+    assert "resubmit the job" in accepted["fix"]
+    text = _in_job(home, tmp_path, workspace, env, plugin, json_out=False)
+    assert text.code == 1 and "token-expired" in text.out
+
+
+def test_job_token_for_another_workspace(home: Path, tmp_path: Path,
+                                         workspace: AzureMLWorkspace, plugin: str) -> None:
+    """A job whose MLFLOW_TRACKING_URI was changed by hand to another workspace: azureml-mlflow
+    would send the job's run token there (its run-token test looks only at the variables'
+    presence), where a run token of another workspace is refused.  A consistency failure that
+    names both workspaces; the token is not sent to the other one."""
+    other = "ml-ws-other"
+    env = {**workspace.job_env("valid"),
+           "MLFLOW_TRACKING_URI": tracking_uri(workspace.port, workspace=other)}
+    run = _in_job(home, tmp_path, workspace, env, plugin)
+    expect(run, "endpoint-mismatch", backend="azureml")
+    check = run.check("consistency.job-token")
+    assert check["status"] == "fail"
+    assert f"'{WORKSPACE}'" in check["summary"] and f"'{other}'" in check["summary"]
+    assert "unset MLFLOW_TRACKING_TOKEN" in check["fix"]
+    assert run.check("config.job-uri")["status"] == "warn"
+    assert [c["id"] for c in run.failing()] == ["consistency.job-token"]
+    assert not any(bearer and f"workspaces/{other}/" in path
+                   for _, path, bearer in workspace.requests)
+
+
+def test_job_managed_identity_without_role(home: Path, tmp_path: Path,
+                                           workspace: AzureMLWorkspace, plugin: str) -> None:
+    """A job without the run token variables (MLFLOW_TRACKING_TOKEN removed to use
+    identity-based access) on a compute whose managed identity has no role on the workspace:
+    DefaultAzureCredential reaches the stand-in of Azure ML compute's identity endpoint
+    (MSI_ENDPOINT/MSI_SECRET), and the workspace answers 403 AuthorizationFailed as it does to a
+    principal without a role.  permission-denied naming the role, for that identity."""
+    env = workspace.job_env(None, identity="no-role")
+    run = _in_job(home, tmp_path, workspace, env, plugin)
+    expect(run, "permission-denied", backend="azureml")
+    assert APP_ID in run.check("config.job")["summary"], "DEFAULT_IDENTITY_CLIENT_ID is shown"
+    credential = run.check("auth.credential")["summary"]
+    assert "ManagedIdentityCredential" in credential
+    assert "MLFLOW_TRACKING_TOKEN is not set" in credential, "why not the run token"
+    check = run.check("authz.read")
+    assert "the job's identity" in check["summary"]
+    assert f"--assignee {OUTSIDER_OID}" in check["fix"]
+    assert '--role "AzureML Data Scientist"' in check["fix"] and "resubmit" in check["fix"]
+
+
+def test_job_tracking_uri_overridden_to_a_local_path(home: Path, tmp_path: Path,
+                                                     workspace: AzureMLWorkspace,
+                                                     plugin: str) -> None:
+    """A job whose MLFLOW_TRACKING_URI was set by hand to a local path: the workspace itself is
+    fine (diagnosed from the command line), but the job's runs go to the compute's disk — a
+    warning, exit 0."""
+    env = {**workspace.job_env("valid"), "MLFLOW_TRACKING_URI": "file:///tmp/mlruns"}
+    run = _in_job(home, tmp_path, workspace, env, plugin, workspace.uri)
+    expect(run, "ok")
+    assert run.report["status"] == "warn"
+    warning = run.check("config.job-uri")
+    assert warning["status"] == "warn" and "file:///tmp/mlruns" in warning["summary"]
+    assert "environment_variables" in warning["fix"]

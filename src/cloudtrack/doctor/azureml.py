@@ -25,6 +25,12 @@ MLflow 1.x), signed with a token for Azure Resource Manager (``https://managemen
 A registry URI (``…/registries/<name>``, what ``mlflow.set_registry_uri`` takes for an Azure ML
 registry shared by workspaces) goes through the same checks, its last one MLflow's
 ``registered-models/search`` instead.
+
+Inside an Azure ML job (command job, pipeline step) the doctor says which run and workspace the
+job belongs to, signs as azureml-mlflow would there — with the job's run token when the
+platform's MLflow variables are all set, else with the job's identity through the chain — and
+checks what goes wrong only there: an expired run token, a run token sent to another workspace
+than its run's, a ``MLFLOW_TRACKING_URI`` changed by hand, a job identity without the role.
 """
 
 from __future__ import annotations
@@ -38,6 +44,7 @@ import time
 import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from typing import Any
 
 from cloudtrack.config import redact_uri
@@ -237,18 +244,23 @@ def diagnose(p: Probe, uri: str, origin: str) -> None:
                "azureml-mlflow ignores it and signs with DefaultAzureCredential's chain",
                "drop the query from the URI; it holds a secret that ends up in logs")
     _plugin(p)
+    job = job_of(p.environ)
+    missing = run_token_missing(p.environ)
+    if job is not None:
+        _job(p, job)
     version, mlflow_version = plugin_api_version()
     verify = trust.MLFLOW_SERVER.verify(p.environ)
     narrowed = p.environ.get("AZURE_TOKEN_CREDENTIALS")
     tls = ("verification off (MLFLOW_TRACKING_INSECURE_TLS)" if verify is False
            else f"CA {verify}" if isinstance(verify, str) else "default CA bundle")
+    signer = ("the run token in MLFLOW_TRACKING_TOKEN" if not missing else
+              f"DefaultAzureCredential for {ws.cloud.scope}"
+              + (f", chain narrowed by AZURE_TOKEN_CREDENTIALS={narrowed}" if narrowed else "")
+              + (f", tenant from AZURE_TENANT_ID={p.environ['AZURE_TENANT_ID']}"
+                 if p.environ.get("AZURE_TENANT_ID") else ""))
     p.ok("config.settings", "config",
          f"MLflow's requests go to {ws.api_base(version)}/api/2.0/mlflow/… (azureml-mlflow "
-         f"uses /mlflow/v{version} with MLflow {mlflow_version}); tokens: "
-         f"DefaultAzureCredential for {ws.cloud.scope}"
-         + (f", chain narrowed by AZURE_TOKEN_CREDENTIALS={narrowed}" if narrowed else "")
-         + (f", tenant from AZURE_TENANT_ID={p.environ['AZURE_TENANT_ID']}"
-            if p.environ.get("AZURE_TENANT_ID") else "") + f"; TLS: {tls}")
+         f"uses /mlflow/v{version} with MLflow {mlflow_version}); tokens: {signer}; TLS: {tls}")
 
     # The token comes from Entra ID, not from the workspace: it is checked even when the
     # workspace cannot be reached, so that one run tells everything.
@@ -261,12 +273,14 @@ def diagnose(p: Probe, uri: str, origin: str) -> None:
     except Stop as e:
         stopped = e
     tenant = _challenge_tenant(answer) if answer is not None else None
-    token = _token(p, ws, tenant)
+    token = _token(p, ws, tenant, job, missing) if missing else _run_token(p, ws, job)
     if stopped is not None:
         raise stopped
     assert answer is not None
+    if token.run:
+        _run_token_workspace(p, ws, job, uri, origin)
     _tenant_check(p, ws, token, tenant)
-    _authorized(p, ws, version, verify, token, tenant)
+    _authorized(p, ws, version, verify, token, tenant, job)
 
 
 # -- the plugin --------------------------------------------------------------------------------
@@ -491,9 +505,12 @@ def _unauthenticated(p: Probe, ws: Workspace, version: str, verify: bool | str,
 class _Token:
     value: str
     claims: Mapping[str, Any]
+    #: The job's run token (MLFLOW_TRACKING_TOKEN), not an Entra ID token of the chain.
+    run: bool = False
 
 
-def _token(p: Probe, ws: Workspace, tenant: str | None) -> _Token:
+def _token(p: Probe, ws: Workspace, tenant: str | None, job: Job | None = None,
+           missing: tuple[str, ...] = ()) -> _Token:
     from azure.core.exceptions import ClientAuthenticationError
     from azure.identity import DefaultAzureCredential
 
@@ -512,17 +529,25 @@ def _token(p: Probe, ws: Workspace, tenant: str | None) -> _Token:
                    "credential you use (e.g. AzureCliCredential, ManagedIdentityCredential)")
         except ClientAuthenticationError as e:
             error = chain_error(credential, e, ws.cloud.scope)
-            p.fail("auth.credential", "auth", unavailable_cause(error), str(error),
-                   f"sign in with `{login}` (then AZURE_TOKEN_CREDENTIALS=AzureCliCredential "
+            fix = (f"sign in with `{login}` (then AZURE_TOKEN_CREDENTIALS=AzureCliCredential "
                    "speeds the chain up), run where a managed or workload identity is "
                    "assigned, or set AZURE_CLIENT_ID/AZURE_TENANT_ID/AZURE_CLIENT_SECRET for a "
                    "service principal (azureml-mlflow would then fall back to an interactive "
                    "browser or device-code login, which a job cannot answer)")
+            if job is not None:
+                fix = (f"in a job: keep the run token the platform sets ({_needs(missing)}), "
+                       "or assign a managed identity to the compute (its Managed identity "
+                       f"setting) and grant it '{ws.role}' on the {ws.noun}")
+            p.fail("auth.credential", "auth", unavailable_cause(error), str(error), fix)
         p.secret(token.token)
         used = AzureCredentials._used_credential(credential)
         claims = decode_jwt(token.token)
+        why = ""
+        if job is not None:
+            why = (f"; in this job azureml-mlflow signs with this chain, not with a run token, "
+                   f"because {_needs(missing)}")
         p.ok("auth.credential", "auth",
-             f"DefaultAzureCredential got a token for {ws.cloud.scope} from {used}")
+             f"DefaultAzureCredential got a token for {ws.cloud.scope} from {used}{why}")
         _identity(p, ws, token.token, claims, token.expires_on)
         return _Token(token.token, claims)
     finally:
@@ -590,13 +615,20 @@ def _tenant_check(p: Probe, ws: Workspace, token: _Token, tenant: str | None) ->
 
 
 def _authorized(p: Probe, ws: Workspace, version: str, verify: bool | str, token: _Token,
-                tenant: str | None) -> None:
+                tenant: str | None, job: Job | None = None) -> None:
     url = ws.api_base(version) + ws.search
     answer = _request(p, url, verify, token.value, f"{ws.searched} with the token")
     code, message = _error(answer)
     said = f"HTTP {answer.status}" + (f" {code}" if code else "") + (f": {message}"
                                                                      if message else "")
     oid = str(token.claims.get("oid") or token.claims.get("appid") or "<object id>")
+    if answer.status == 401 and token.run:
+        low = f"{code} {message}".lower()
+        p.fail("auth.accepted", "auth", "token-expired" if "expired" in low
+               else "credentials-invalid",
+               f"the {ws.noun} refused the job's run token (MLFLOW_TRACKING_TOKEN, run "
+               f"{job.run_id if job else p.environ.get('MLFLOW_RUN_ID', '?')}): {said}",
+               RUN_TOKEN_FIX.format(role=ws.role, noun=ws.noun))
     if answer.status == 401:
         low = f"{code} {message} {answer.headers.get('www-authenticate', '')}".lower()
         if "expired" in low:
@@ -620,22 +652,34 @@ def _authorized(p: Probe, ws: Workspace, version: str, verify: bool | str, token
                "belongs to this cloud and tenant")
     if answer.status == 403 and _NETWORK_REFUSAL.search(message or answer.text):
         _network_refusal(p, ws, answer, "authz.read", "authz", False, signed=True)
-    p.ok("auth.accepted", "auth", f"the {ws.noun} accepted the token of {_who(token.claims)}"
+    whose = "the job's run token" if token.run else f"the token of {_who(token.claims)}"
+    p.ok("auth.accepted", "auth", f"the {ws.noun} accepted {whose}"
          + ("" if answer.status == 200 else f" (HTTP {answer.status}, not 401)"))
     if answer.status == 403:
         action = re.search(r"perform action '([^']+)'", message)
         needed = action.group(1) if action else (
             "Microsoft.MachineLearningServices/registries/read" if ws.registry else
             "Microsoft.MachineLearningServices/workspaces/experiments/read")
+        principal = "the job's run token" if token.run else f"object id {oid}"
+        if job is not None and not token.run:
+            principal = f"the job's identity (object id {oid})"
+        grant = (f"grant '{ws.role}' on the {ws.noun}: `az role assignment create --assignee "
+                 f"{oid} --role \"{ws.role}\" --scope {ws.resource_id}`")
+        if token.run:
+            fix = (f"the run token acts for the job's run only: unset MLFLOW_TRACKING_TOKEN so "
+                   "that azureml-mlflow signs with the job's managed identity, and grant that "
+                   f"identity '{ws.role}' on the {ws.noun} (scope {ws.resource_id})")
+        elif job is not None:
+            fix = (f"{grant} (the compute's managed identity), then resubmit the job"
+                   + _identity_hint(p.environ, token.claims))
+        else:
+            fix = f"{grant}, then get a new token (`az account clear && az login`)"
         p.fail("authz.read", "authz", "permission-denied",
-               f"the {ws.noun} refuses object id {oid} the action {needed} ("
+               f"the {ws.noun} refuses {principal} the action {needed} ("
                + (f"HTTP 403 {code}" if action else said) + "): the "
                f"principal has no role on {ws.noun} {ws.name!r} that allows it — a role on "
                f"another scope (another {ws.noun}, resource group or subscription) does not "
-               "count, nor Reader for writes; a new assignment takes a few minutes",
-               f"grant '{ws.role}' on the {ws.noun}: `az role assignment create --assignee "
-               f"{oid} --role \"{ws.role}\" --scope {ws.resource_id}`, then get a new token "
-               "(`az account clear && az login`)")
+               "count, nor Reader for writes; a new assignment takes a few minutes", fix)
     if answer.status == 404 and code in ("ResourceNotFound", "ResourceGroupNotFound",
                                          "SubscriptionNotFound", "WorkspaceNotFound",
                                          "RegistryNotFound"):
@@ -659,3 +703,246 @@ def _authorized(p: Probe, ws: Workspace, version: str, verify: bool | str, token
             "logging also needs write access")
          + f", which '{ws.role}' grants (not probed: the doctor creates nothing in a "
          f"{ws.noun})")
+
+
+# -- inside an Azure ML job ----------------------------------------------------------------------
+#
+# What this section relies on, and where it was read (facts only; nothing copied):
+# * azureml-mlflow 1.62.0.post6 (the PyPI wheel), azureml/mlflow/_internal/
+#   service_context_loader.py and utils.py: when MLFLOW_TRACKING_URI, MLFLOW_TRACKING_TOKEN,
+#   MLFLOW_RUN_ID and MLFLOW_EXPERIMENT_ID or _NAME are all present (presence only, whatever
+#   their values), every azureml:// tracking or registry URI is signed with
+#   MLFLOW_TRACKING_TOKEN (AzureMLTokenAuthentication), the workspace taken from the URI, not
+#   from the token; otherwise with DefaultAzureCredential's credentials followed by interactive
+#   ones.  It reads neither DEFAULT_IDENTITY_CLIENT_ID nor AZUREML_OBO_ENABLED, and has no
+#   on-behalf-of credential.
+# * the same wheel, _common/_authentication/azureml_token_authentication.py: a run token is
+#   good only in the context of its submitted run; its expiry is the JWT's `exp` (azureml-core
+#   also reads AZUREML_RUN_TOKEN_EXPIRY, a date or epoch seconds, beside AZUREML_RUN_TOKEN); a
+#   daemon thread of the plugin renews it about 95 s before it expires from the run history
+#   service (…/experimentids/<id>/runs/<run>/token), signing that request with the token itself
+#   — so only in the process holding it, and never once it has expired.
+# * azureml-pipeline-steps, DatabricksStep's docstring, and azureml-core's
+#   AzureMLTokenAuthentication: a run's process gets AZUREML_RUN_TOKEN, AZUREML_RUN_TOKEN_EXPIRY,
+#   AZUREML_RUN_ID, AZUREML_ARM_SUBSCRIPTION, AZUREML_ARM_RESOURCEGROUP,
+#   AZUREML_ARM_WORKSPACE_NAME, AZUREML_ARM_PROJECT_NAME (the experiment), AZUREML_SERVICE_ENDPOINT.
+# * Azure ML docs, "Configure MLflow for Azure Machine Learning": jobs on compute clusters get
+#   the tracking URI configured automatically; MLflow tracking needs workspaces/experiments/*
+#   and workspaces/jobs/*, which 'AzureML Data Scientist' grants.
+# * Azure ML docs, "Set up authentication between Azure ML and other services" (compute
+#   cluster): code in a job reaches the compute's default managed identity with
+#   ManagedIdentityCredential(client_id=DEFAULT_IDENTITY_CLIENT_ID).
+# * azure-identity 1.27 (_credentials/azure_ml.py, managed_identity.py) and MSAL 1.39
+#   (managed_identity.py): Azure ML compute's identity endpoint is MSI_ENDPOINT with the header
+#   `secret: MSI_SECRET`; DefaultAzureCredential takes a user-assigned identity's client id from
+#   AZURE_CLIENT_ID only.
+# * promptflow's IdentityEnvironmentVariable (copied from mldesigner): AZUREML_OBO_ENABLED
+#   marks a job run as the submitting user (identity type user_identity); the Azure ML REST
+#   reference (JobBase identity): AmlToken (the default), ManagedIdentity, UserIdentity.
+
+#: What azureml-mlflow needs present to sign with the run token (the last: either name).
+RUN_TOKEN_VARIABLES = ("MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_TOKEN", "MLFLOW_RUN_ID",
+                       "MLFLOW_EXPERIMENT_ID or MLFLOW_EXPERIMENT_NAME")
+
+RUN_TOKEN_FIX = (
+    "a run token is issued when the job starts, and azureml-mlflow renews it shortly before it "
+    "expires, in memory, only in the process that holds it and only while it is still valid: "
+    "do not set MLFLOW_TRACKING_TOKEN by hand nor hand it to other processes or a resumed job "
+    "— let each process read the one the platform sets, and resubmit the job for a new one; "
+    "for a job that must outlive it, use identity-based access: unset MLFLOW_TRACKING_TOKEN so "
+    "that azureml-mlflow signs with the job's managed identity, renewed by its credential, and "
+    "grant that identity '{role}' on the {noun}")
+
+
+@dataclass(frozen=True)
+class Job:
+    """The Azure ML job this process runs in, as its environment says."""
+
+    run_id: str | None
+    experiment: str | None
+    subscription: str | None
+    resource_group: str | None
+    workspace: str | None
+    #: The job's ``MLFLOW_TRACKING_URI`` (None when unset).
+    tracking_uri: str | None
+    #: ``DEFAULT_IDENTITY_CLIENT_ID``: the compute's default managed identity.
+    identity_client_id: str | None
+    #: ``AZUREML_OBO_ENABLED``: the job runs as the user who submitted it.
+    obo: bool
+    #: ``MSI_ENDPOINT`` and ``MSI_SECRET``: the compute's managed identity endpoint.
+    compute_identity: bool
+
+    @property
+    def where(self) -> str:
+        if not self.workspace:
+            return "its workspace not named (AZUREML_ARM_WORKSPACE_NAME unset)"
+        return (f"workspace {self.workspace!r} in resource group {self.resource_group!r}, "
+                f"subscription {self.subscription}")
+
+    def owns(self, ws: Workspace) -> bool | None:
+        """Is ``ws`` the job's own workspace (None: the environment does not say)?"""
+        if not (self.workspace and self.subscription and self.resource_group) or ws.registry:
+            return None
+        return (self.subscription.lower(), self.resource_group.lower(),
+                self.workspace.lower()) == (ws.subscription.lower(), ws.resource_group.lower(),
+                                            ws.name.lower())
+
+    @property
+    def identity(self) -> str:
+        if self.obo:
+            return ("the submitting user's identity (AZUREML_OBO_ENABLED; azureml-mlflow has "
+                    "no on-behalf-of credential)")
+        if self.identity_client_id:
+            return (f"the compute's managed identity (DEFAULT_IDENTITY_CLIENT_ID "
+                    f"{self.identity_client_id})")
+        if self.compute_identity:
+            return "the compute's managed identity (MSI_ENDPOINT)"
+        return "no managed identity in the environment"
+
+
+def job_of(environ: Mapping[str, str]) -> Job | None:
+    """The job, when the environment is that of an Azure ML job's process."""
+    get = environ.get
+    if not (get("AZUREML_RUN_ID") or get("AZUREML_ARM_WORKSPACE_NAME")):
+        return None
+    return Job(
+        run_id=get("AZUREML_RUN_ID") or get("MLFLOW_RUN_ID") or None,
+        experiment=(get("MLFLOW_EXPERIMENT_NAME") or get("AZUREML_ARM_PROJECT_NAME")
+                    or get("MLFLOW_EXPERIMENT_ID") or None),
+        subscription=get("AZUREML_ARM_SUBSCRIPTION") or None,
+        resource_group=get("AZUREML_ARM_RESOURCEGROUP") or None,
+        workspace=get("AZUREML_ARM_WORKSPACE_NAME") or None,
+        tracking_uri=get("MLFLOW_TRACKING_URI"),
+        identity_client_id=get("DEFAULT_IDENTITY_CLIENT_ID") or None,
+        obo=(get("AZUREML_OBO_ENABLED") or "").strip().lower() in ("1", "true", "yes", "on"),
+        compute_identity=bool(get("MSI_ENDPOINT") and get("MSI_SECRET")))
+
+
+def run_token_missing(environ: Mapping[str, str]) -> tuple[str, ...]:
+    """Which of :data:`RUN_TOKEN_VARIABLES` are absent: none means azureml-mlflow signs with
+    ``MLFLOW_TRACKING_TOKEN`` (inside a job or not)."""
+    missing = [v for v in RUN_TOKEN_VARIABLES[:3] if v not in environ]
+    if "MLFLOW_EXPERIMENT_ID" not in environ and "MLFLOW_EXPERIMENT_NAME" not in environ:
+        missing.append(RUN_TOKEN_VARIABLES[3])
+    return tuple(missing)
+
+
+def _needs(missing: tuple[str, ...]) -> str:
+    return f"{', '.join(missing)} {'is' if len(missing) == 1 else 'are'} not set"
+
+
+def run_token_expiry(value: str) -> datetime | None:
+    """``AZUREML_RUN_TOKEN_EXPIRY``: epoch seconds or a date (azureml-core accepts both)."""
+    value = value.strip()
+    try:
+        return datetime.fromtimestamp(float(value), timezone.utc)
+    except (ValueError, OverflowError, OSError):
+        pass
+    try:
+        when = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return when if when.tzinfo else when.replace(tzinfo=timezone.utc)
+
+
+def _job(p: Probe, job: Job) -> None:
+    """The job's line, and a warning when its MLFLOW_TRACKING_URI is not its workspace."""
+    p.ok("config.job", "config", f"inside an Azure ML job: run {job.run_id or '?'}"
+         + (f" of experiment {job.experiment!r}" if job.experiment else "")
+         + f", {job.where}; the job's identity: {job.identity}")
+    if not job.workspace:
+        return
+    own = (f"workspace {job.workspace!r} (resource group {job.resource_group!r}, subscription "
+           f"{job.subscription})")
+    fix = ("remove MLFLOW_TRACKING_URI from the job's environment_variables and any "
+           "mlflow.set_tracking_uri(...) from its code: the platform sets it to the job's "
+           "workspace")
+    if job.tracking_uri is None:
+        p.warn("config.job-uri", "config", "endpoint-mismatch",
+               "MLFLOW_TRACKING_URI is not set in this job: MLflow logs to a local store on "
+               f"the compute (./mlruns or sqlite), lost with it, not to {own}", fix)
+        return
+    found = parse(job.tracking_uri)
+    shown = redact_uri(job.tracking_uri)
+    if isinstance(found, str):
+        p.warn("config.job-uri", "config", "endpoint-mismatch",
+               f"the job's MLFLOW_TRACKING_URI is {shown}, not its workspace's: runs go there "
+               f"(a local path is lost with the compute), not to {own} — set by hand?", fix)
+        return
+    if job.owns(found) is False:
+        p.warn("config.job-uri", "config", "endpoint-mismatch",
+               f"the job's MLFLOW_TRACKING_URI names {found.noun} {found.name!r} (resource "
+               f"group {found.resource_group!r}, subscription {found.subscription}), not the "
+               f"job's {own}: runs go there — set by hand?", fix)
+
+
+def _run_token(p: Probe, ws: Workspace, job: Job | None) -> _Token:
+    """The credential azureml-mlflow uses when the run token variables are all present."""
+    value = p.environ.get("MLFLOW_TRACKING_TOKEN", "")
+    p.secret(value, p.environ.get("AZUREML_RUN_TOKEN"))
+    run = job.run_id if job else p.environ.get("MLFLOW_RUN_ID")
+    why = ("azureml-mlflow signs with it, not with DefaultAzureCredential, because "
+           "MLFLOW_TRACKING_URI, MLFLOW_TRACKING_TOKEN, MLFLOW_RUN_ID and "
+           "MLFLOW_EXPERIMENT_ID/_NAME are all set")
+    if not value.strip():
+        p.fail("auth.credential", "auth", "credentials-missing",
+               f"MLFLOW_TRACKING_TOKEN is set but empty: {why}, so every request goes "
+               "unsigned", "unset MLFLOW_TRACKING_TOKEN (the chain then signs: the job's "
+               "managed identity), or leave the one the platform sets alone")
+    p.ok("auth.credential", "auth", f"the job's run token (MLFLOW_TRACKING_TOKEN) for run "
+         f"{run or '?'}: {why}" + ("" if job else " (outside an Azure ML job: set by hand?)"))
+    claims = decode_jwt(value)
+    expires = jwt_expiry(claims)
+    source = "its exp claim"
+    if expires is None and p.environ.get("AZUREML_RUN_TOKEN_EXPIRY"):
+        expires = run_token_expiry(p.environ["AZUREML_RUN_TOKEN_EXPIRY"])
+        source = "AZUREML_RUN_TOKEN_EXPIRY"
+    credential = Credential("token", "the run token", "MLFLOW_TRACKING_TOKEN",
+                            expires=expires, renews=True)
+    what = f"the run token (expiry from {source})"
+    left = credential.seconds_left()
+    if expires is None or left is None:
+        p.ok("auth.identity", "auth", "the run token carries no expiry the doctor can read "
+             "(not a JWT with exp, no AZUREML_RUN_TOKEN_EXPIRY)")
+    elif left <= 0:
+        p.note_fail("auth.identity", "auth", "token-expired",
+                    f"{what} expired {duration(left)} ago ({expires:%Y-%m-%d %H:%M:%S} UTC): "
+                    "azureml-mlflow cannot renew an expired run token",
+                    RUN_TOKEN_FIX.format(role=ws.role, noun=ws.noun))
+    else:
+        check_expiry(p, "auth.identity", credential, what=what,
+                     fix=RUN_TOKEN_FIX.format(role=ws.role, noun=ws.noun),
+                     renewer="azureml-mlflow (in the process holding it)")
+    return _Token(value, claims, run=True)
+
+
+def _run_token_workspace(p: Probe, ws: Workspace, job: Job | None, uri: str,
+                         origin: str) -> None:
+    """A run token is its run's: sent to another workspace it is refused, so it is not sent."""
+    if job is None or job.owns(ws) is not False:
+        return
+    p.fail("consistency.job-token", "consistency", "endpoint-mismatch",
+           f"the run token in MLFLOW_TRACKING_TOKEN is run {job.run_id or '?'}'s, of workspace "
+           f"{job.workspace!r} (resource group {job.resource_group!r}, subscription "
+           f"{job.subscription}), but {redact_uri(uri)} (from {origin}) names workspace "
+           f"{ws.name!r} (resource group {ws.resource_group!r}, subscription {ws.subscription}):"
+           " azureml-mlflow signs every azureml:// URI with that token while the run token "
+           "variables are set, and a run token is good only in its own run's workspace (the "
+           "doctor did not send it there)",
+           f"to log to the job's workspace, drop the MLFLOW_TRACKING_URI set by hand (the job's "
+           "environment_variables, mlflow.set_tracking_uri in its code); to log to "
+           f"{ws.name!r} from the job, unset MLFLOW_TRACKING_TOKEN so that azureml-mlflow signs "
+           f"with the job's managed identity, and grant that identity '{ROLE}' on {ws.name!r}: "
+           f"`az role assignment create --assignee <its object id> --role \"{ROLE}\" --scope "
+           f"{ws.resource_id}`")
+
+
+def _identity_hint(environ: Mapping[str, str], claims: Mapping[str, Any]) -> str:
+    """When the token is not the compute's default identity: DefaultAzureCredential reads a
+    user-assigned identity's client id from AZURE_CLIENT_ID, not DEFAULT_IDENTITY_CLIENT_ID."""
+    default = environ.get("DEFAULT_IDENTITY_CLIENT_ID")
+    app = str(claims.get("appid") or claims.get("azp") or "")
+    if not default or not app or app.lower() == default.lower() or environ.get("AZURE_CLIENT_ID"):
+        return ""
+    return (f"; the token is of app {app}, not the compute's default identity {default}: set "
+            f"AZURE_CLIENT_ID={default} to sign as that one")
