@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import abc
 import contextlib
+import email.utils
 import os
 import shutil
 import signal
@@ -14,6 +15,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Mapping, Sequence
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 LOOPBACK = "127.0.0.1"
@@ -38,6 +40,19 @@ def wait_for_port(port: int, host: str = LOOPBACK, timeout: float = 60.0,
             return
         time.sleep(0.1)
     raise TimeoutError(f"nothing listened on {host}:{port} within {timeout:.0f}s")
+
+
+def send_answer(handler: BaseHTTPRequestHandler, status: int, headers: Mapping[str, str],
+                payload: bytes) -> None:
+    """Write a whole HTTP answer (no ``Server`` header: the stand-ins answer as the services
+    do), ``Content-Length`` and ``Date`` set; a HEAD request gets no body."""
+    handler.send_response_only(status)
+    for k, v in {"Content-Length": str(len(payload)),
+                 "Date": email.utils.formatdate(usegmt=True), **headers}.items():
+        handler.send_header(k, v)
+    handler.end_headers()
+    if handler.command != "HEAD":
+        handler.wfile.write(payload)
 
 
 def unique(name: str) -> str:

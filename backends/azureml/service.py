@@ -82,7 +82,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-from backends._common import LOOPBACK
+from backends._common import LOOPBACK, send_answer
 from backends.azure.service import make_tls_files
 
 REGION = "eastus"
@@ -180,14 +180,9 @@ def _claims(token: str) -> dict[str, Any]:
 class _Json(BaseHTTPRequestHandler):
     def reply(self, status: int, body: Mapping[str, Any] | None,
               headers: Mapping[str, str] | None = None) -> None:
-        data = json.dumps(body).encode() if body is not None else b""
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json; charset=utf-8")
-        self.send_header("Content-Length", str(len(data)))
-        for k, v in (headers or {}).items():
-            self.send_header(k, v)
-        self.end_headers()
-        self.wfile.write(data)
+        send_answer(self, status, {"Content-Type": "application/json; charset=utf-8",
+                                   **(headers or {})},
+                    json.dumps(body).encode() if body is not None else b"")
 
     def log_message(self, format: str, *args: Any) -> None:
         pass

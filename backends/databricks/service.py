@@ -58,7 +58,6 @@ handshake).
 from __future__ import annotations
 
 import base64
-import email.utils
 import json
 import secrets
 import socket
@@ -74,7 +73,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-from backends._common import LOOPBACK
+from backends._common import LOOPBACK, send_answer
 
 MODES = ("healthy", "sso", "reset")
 #: The Azure Databricks application: the audience of Entra ID tokens for a workspace.
@@ -103,14 +102,7 @@ class _Handler(BaseHTTPRequestHandler):
         body = self.rfile.read(length) if length else b""
         status, headers, payload = self.server.answer(self.command, self.path,
                                                       dict(self.headers.items()), body)
-        self.send_response_only(status)
-        headers = {"Content-Length": str(len(payload)),
-                   "Date": email.utils.formatdate(usegmt=True), **headers}
-        for k, v in headers.items():
-            self.send_header(k, v)
-        self.end_headers()
-        if self.command != "HEAD":
-            self.wfile.write(payload)
+        send_answer(self, status, headers, payload)
 
     do_GET = do_POST = do_DELETE = do_PATCH = do_HEAD = _any
 
@@ -547,15 +539,10 @@ class _EntraHandler(BaseHTTPRequestHandler):
         length = int(self.headers.get("Content-Length") or 0)
         body = self.rfile.read(length) if length else b""
         status, payload = self.server.answer(self.path, body)
-        data = json.dumps(payload).encode()
-        self.send_response_only(status)
-        for k, v in {"Content-Type": "application/json; charset=utf-8",
-                     "Content-Length": str(len(data)), "Cache-Control": "no-store, no-cache",
-                     "x-ms-request-id": str(uuid.uuid4()),
-                     "Date": email.utils.formatdate(usegmt=True)}.items():
-            self.send_header(k, v)
-        self.end_headers()
-        self.wfile.write(data)
+        send_answer(self, status, {"Content-Type": "application/json; charset=utf-8",
+                                   "Cache-Control": "no-store, no-cache",
+                                   "x-ms-request-id": str(uuid.uuid4())},
+                    json.dumps(payload).encode())
 
     def log_message(self, format: str, *args: Any) -> None:
         pass
