@@ -10,6 +10,8 @@ import time
 
 import pytest
 
+from cloudtrack.config import resolve
+from cloudtrack.tracking import BlobTrackingStore
 from tests.fixtures import workers
 from tests.fixtures.stores import tracking_store
 
@@ -85,7 +87,17 @@ def test_sigkill_loses_nothing_acknowledged(store, strict: bool) -> None:  # typ
         except queue.Empty:
             break
     assert len(reported) >= 150, f"the worker logged only {len(reported)} points"
-    steps = {m.step for m in s.get_metric_history(run_id, "ticks")}
+    # What is checked is what the store holds, read by a store of its own whose reads outlast
+    # an emulator's pause: twice in CI, Azurite left a GET of the run head the killed writer
+    # was rewriting unanswered for two 10 s read timeouts (the default reader's 30 s retry
+    # deadline), and the test failed on the read, not on a lost point.
+    reader = BlobTrackingStore(store.uri, config=resolve(store.uri, {
+        **store.env, "CLOUDTRACK_STRICT": "true", "CLOUDTRACK_READ_TIMEOUT": "30",
+        "CLOUDTRACK_RETRY_DEADLINE": "180"}))
+    try:
+        steps = {m.step for m in reader.get_metric_history(run_id, "ticks")}
+    finally:
+        reader.close()
     if strict:
         must = {i for i, _ in reported}
     else:
