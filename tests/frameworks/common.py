@@ -47,11 +47,26 @@ def assert_reached(store: Store, cwd: Path) -> None:
 def differences(expected: dict[str, object], got: dict[str, object]) -> list[str]:
     """Every top-level entry where ``got`` differs from ``expected``, one line each, so that a
     failure shows all of a backend's divergences at once."""
-    out = []
+    out: list[str] = []
     for key in sorted(set(expected) | set(got)):
         e, g = expected.get(key), got.get(key)
         if isinstance(e, dict) and isinstance(g, dict):
             out.extend(f"{key}.{d}" for d in differences(e, g))
+        elif (isinstance(e, list) and isinstance(g, list) and len(e) == len(g)
+              and all(isinstance(x, dict) for x in e + g)):
+            # Lists of records (logged models, versions): record by record, field by field,
+            # so that a CI log's excerpt still shows which field differed.
+            out.extend(f"{key}[{i}].{d}" for i, (x, y) in enumerate(zip(e, g, strict=True))
+                       for d in differences(x, y))
         elif e != g:
             out.append(f"{key}: sqlite {e!r} != cloudtrack {g!r}")
     return out
+
+
+def divergence(backend: str, diff: list[str], shown: int = 30) -> str:
+    """A failure's message: the first ``shown`` differences, each cut at 300 characters, and how
+    many more there are, so that a CI log's excerpt ends with a count rather than mid-line."""
+    lines = [d if len(d) <= 300 else d[:300] + " …" for d in diff[:shown]]
+    if len(diff) > shown:
+        lines.append(f"… and {len(diff) - shown} more differences")
+    return f"{backend} diverged from MLflow's sqlite store:\n" + "\n".join(lines)

@@ -14,7 +14,15 @@ there is a loss history to compare; ``report_to="mlflow"`` said explicitly (tran
 reports to nothing by default); ``processing_class=`` instead of ``tokenizer=``, which
 transformers 5 removed (the cheat sheet's ``Trainer(tokenizer=...)`` raises a TypeError);
 ``task`` and ``pip_requirements`` given to ``log_model`` (a model built from a config names no
-task; for requirements see ``REQUIREMENTS``).
+task; for requirements see ``REQUIREMENTS``); ``mlflow.flush_async_logging()`` after training.
+
+Why the flush: transformers' MLflow callback logs the run's params and metrics asynchronously
+(``synchronous=False``), and MLflow's ``log_model`` copies the run's params onto the logged model
+when it is called.  Without waiting, how many params the model gets is up to the clock, on any
+store: in one CI run MLflow's sqlite store itself gave the model 5 of the run's 147 params, and
+every backend then "diverged" from that reference (a 1.5 s delay in sqlite's ``log_batch``
+reproduces it).  A user whose logged model must carry the training's params needs the same
+flush.
 """
 
 from __future__ import annotations
@@ -116,6 +124,8 @@ def basic_tracking() -> str:
 
         # Train model
         trainer.train()
+        # Wait for what the Trainer logged asynchronously (see the module docstring).
+        mlflow.flush_async_logging()
 
         # Log metrics
         mlflow.log_metric("final_loss", trainer.state.log_history[-1]["train_loss"])

@@ -11,7 +11,13 @@ from typing import Any
 import pytest
 
 from tests.fixtures.services import Store
-from tests.frameworks.common import assert_reached, differences, run_script, store_env
+from tests.frameworks.common import (
+    assert_reached,
+    differences,
+    divergence,
+    run_script,
+    store_env,
+)
 
 pytestmark = pytest.mark.frameworks
 
@@ -30,6 +36,9 @@ def test_reference_is_not_empty(reference_summary: dict[str, Any]) -> None:
         assert len(run["history"]["loss"]) == 4 and len(run["params"]) > 100
         assert [m["flavors"] for m in run["logged_models"]] == [["python_function",
                                                                  "transformers"]]
+        # The model carries every param the run had when it was logged: the Trainer's
+        # asynchronous ones had landed (hf_examples' module docstring).
+        assert run["logged_models"][0]["params"] == run["params"]
     assert {"final_loss", "total_steps"} <= set(basic["history"])
     assert basic["tags"]["framework"] == "transformers"
     assert basic["logged_models"][0]["metrics"]
@@ -44,4 +53,4 @@ def test_hf_examples_match_mlflow_sqlite(store: Store, reference_summary: dict[s
     got = summary(env, cwd or tmp_path)
     assert_reached(store, cwd or tmp_path)
     diff = differences(reference_summary, got)
-    assert not diff, f"{store.backend} diverged from MLflow's sqlite store:\n" + "\n".join(diff)
+    assert not diff, divergence(store.backend, diff)

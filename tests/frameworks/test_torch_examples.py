@@ -11,7 +11,13 @@ from typing import Any
 import pytest
 
 from tests.fixtures.services import Store
-from tests.frameworks.common import assert_reached, differences, run_script, store_env
+from tests.frameworks.common import (
+    assert_reached,
+    differences,
+    divergence,
+    run_script,
+    store_env,
+)
 
 pytestmark = pytest.mark.frameworks
 
@@ -44,4 +50,4 @@ def test_torch_examples_match_mlflow_sqlite(store: Store, reference_summary: dic
     got = summary(env, cwd or tmp_path)
     assert_reached(store, cwd or tmp_path)
     diff = differences(reference_summary, got)
-    assert not diff, f"{store.backend} diverged from MLflow's sqlite store:\n" + "\n".join(diff)
+    assert not diff, divergence(store.backend, diff)
