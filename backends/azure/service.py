@@ -39,6 +39,8 @@ from backends._common import (
     ManagedProcess,
     StorageService,
     free_port,
+    jwt,
+    jwt_claims,
     unique,
     wait_for_port,
 )
@@ -65,10 +67,6 @@ ISSUER = f"https://sts.windows.net/{TENANT_ID}/"
 TOKEN_KINDS = ("valid", "expired", "wrong-audience", "wrong-issuer")
 
 
-def _b64url(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
-
-
 def mint_token(kind: str = "valid", *, lifetime: int = 3600, now: float | None = None) -> str:
     """An unsigned-in-spirit JWT shaped like an Entra ID access token for Azure Storage.
 
@@ -91,17 +89,12 @@ def mint_token(kind: str = "valid", *, lifetime: int = 3600, now: float | None =
         "appid": "c10d7ac4-0000-4000-8000-0000000000bb",
         "ver": "1.0",
     }
-    header = {"alg": "RS256", "typ": "JWT", "kid": "cloudtrack-test"}
-    return ".".join([_b64url(json.dumps(header).encode()),
-                     _b64url(json.dumps(claims).encode()),
-                     _b64url(secrets.token_bytes(64))])
+    return jwt({"alg": "RS256", "typ": "JWT", "kid": "cloudtrack-test"}, claims)
 
 
 def token_expiry(token: str) -> int:
     """The ``exp`` claim of a JWT (no verification)."""
-    payload = token.split(".")[1]
-    payload += "=" * (-len(payload) % 4)
-    return int(json.loads(base64.urlsafe_b64decode(payload))["exp"])
+    return int(jwt_claims(token)["exp"])
 
 
 class MintedTokenCredential:

@@ -67,7 +67,6 @@ Inside an Azure ML job (:meth:`AzureMLWorkspace.job_env`):
 
 from __future__ import annotations
 
-import base64
 import datetime as dt
 import json
 import re
@@ -82,7 +81,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-from backends._common import LOOPBACK, send_answer
+from backends._common import LOOPBACK, jwt, jwt_claims, send_answer
 from backends.azure.service import make_tls_files
 
 REGION = "eastus"
@@ -126,10 +125,6 @@ def registry_uri(port: int, host: str = HOST, *, registry: str = REGISTRY) -> st
             f"{RESOURCE_GROUP}/providers/Microsoft.MachineLearningServices/registries/{registry}")
 
 
-def _b64url(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
-
-
 def mint(kind: str, audience: str = MANAGEMENT, *, lifetime: int = 3600) -> str:
     """A JWT shaped like an Entra ID access token of ``kind`` (one of :data:`TOKEN_KINDS`)."""
     if kind not in TOKEN_KINDS:
@@ -144,9 +139,7 @@ def mint(kind: str, audience: str = MANAGEMENT, *, lifetime: int = 3600) -> str:
         "oid": OUTSIDER_OID if kind == "no-role" else MEMBER_OID,
         "sub": "cloudtrack-test-identity", "ver": "1.0",
     }
-    header = {"alg": "RS256", "typ": "JWT", "kid": "cloudtrack-test"}
-    return ".".join([_b64url(json.dumps(header).encode()), _b64url(json.dumps(claims).encode()),
-                     _b64url(secrets.token_bytes(64))])
+    return jwt({"alg": "RS256", "typ": "JWT", "kid": "cloudtrack-test"}, claims)
 
 
 def mint_run_token(kind: str = "valid", *, lifetime: int = 3600) -> str:
@@ -156,19 +149,7 @@ def mint_run_token(kind: str = "valid", *, lifetime: int = 3600) -> str:
         raise ValueError(f"unknown run token kind {kind!r}; one of {', '.join(RUN_TOKEN_KINDS)}")
     now = int(time.time())
     iat = now - 2 * lifetime if kind == "expired" else now - 60
-    header = {"alg": "RS256", "typ": "JWT"}
-    claims = {"iat": iat, "nbf": iat, "exp": iat + lifetime}
-    return ".".join([_b64url(json.dumps(header).encode()), _b64url(json.dumps(claims).encode()),
-                     _b64url(secrets.token_bytes(64))])
-
-
-def _claims(token: str) -> dict[str, Any]:
-    try:
-        payload = token.split(".")[1]
-        value = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
-    except (IndexError, ValueError):
-        return {}
-    return value if isinstance(value, dict) else {}
+    return jwt({"alg": "RS256", "typ": "JWT"}, {"iat": iat, "nbf": iat, "exp": iat + lifetime})
 
 
 # -- TLS -----------------------------------------------------------------------------------
@@ -216,7 +197,7 @@ class _TokenHandler(_Json):
         self.server.minted.add(token)
         if parts[0] != "forged":
             self.server.issued.add(token)
-        self.reply(200, {"access_token": token, "expires_on": str(_claims(token)["exp"]),
+        self.reply(200, {"access_token": token, "expires_on": str(jwt_claims(token)["exp"]),
                          "resource": resource, "token_type": "Bearer", "client_id": APP_ID})
 
 
@@ -239,7 +220,7 @@ class _TokenHandler(_Json):
         self.server.minted.add(token)
         if kind != "forged":
             self.server.issued.add(token)
-        self.reply(200, {"access_token": token, "expires_on": int(_claims(token)["exp"]),
+        self.reply(200, {"access_token": token, "expires_on": int(jwt_claims(token)["exp"]),
                          "resource": query["resource"], "token_type": "Bearer",
                          "client_id": APP_ID})
 
@@ -371,7 +352,7 @@ class AzureMLWorkspace(ThreadingHTTPServer):
         if run_token is not None:
             token = self.run_token(run_token, workspace=workspace)
             env.update(MLFLOW_TRACKING_TOKEN=token, AZUREML_RUN_TOKEN=token,
-                       AZUREML_RUN_TOKEN_EXPIRY=str(_claims(token)["exp"]))
+                       AZUREML_RUN_TOKEN_EXPIRY=str(jwt_claims(token)["exp"]))
         if identity is not None:
             env.update(self.tokens.aml_env(identity))
         return env
@@ -412,7 +393,7 @@ class AzureMLWorkspace(ThreadingHTTPServer):
                 TENANT_ID, "invalid_token",
                 "The authentication failed because of missing 'Authorization' header.")
         token = authorization[len("Bearer "):]
-        claims = _claims(token)
+        claims = jwt_claims(token)
         sub, rg, kind, ws, rest = m.groups()
         kind = kind.lower()
         run = token in self.run_tokens

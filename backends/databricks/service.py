@@ -73,7 +73,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-from backends._common import LOOPBACK, send_answer
+from backends._common import LOOPBACK, jwt, jwt_claims, send_answer
 
 MODES = ("healthy", "sso", "reset")
 #: The Azure Databricks application: the audience of Entra ID tokens for a workspace.
@@ -274,7 +274,7 @@ class StandInWorkspace(ThreadingHTTPServer):
         if management:
             self.management_tokens.append(management)
         if known is None and any(auth[7:] in issuer.issued for issuer in self.issuers):
-            claims = entra_claims(auth[7:])
+            claims = jwt_claims(auth[7:])
             if float(claims.get("exp", 0)) <= time.time() or \
                     claims.get("aud") != AZURE_DATABRICKS_APP:
                 return _error(403, "403", INVALID_TOKEN)
@@ -507,20 +507,6 @@ class StandInWorkspace(ThreadingHTTPServer):
 # -- Entra ID's token endpoint -----------------------------------------------------------------
 
 
-def _b64url(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
-
-
-def entra_claims(token: str) -> dict[str, Any]:
-    """The claims of a JWT (signature not checked: the issuer's ``issued`` set vouches)."""
-    try:
-        payload = token.split(".")[1]
-        value = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
-    except (IndexError, ValueError):
-        return {}
-    return value if isinstance(value, dict) else {}
-
-
 @dataclass
 class EntraApp:
     tenant: str
@@ -628,9 +614,7 @@ class EntraId(ThreadingHTTPServer):
                   "appidacr": "1", "idp": f"https://sts.windows.net/{tenant}/", "oid": app.oid,
                   "sub": app.oid, "tid": tenant, "uti": secrets.token_urlsafe(16),
                   "ver": "1.0"}
-        header = {"typ": "JWT", "alg": "RS256", "kid": "cloudtrack-test"}
-        token = ".".join([_b64url(json.dumps(header).encode()),
-                          _b64url(json.dumps(claims).encode()), _b64url(secrets.token_bytes(64))])
+        token = jwt({"typ": "JWT", "alg": "RS256", "kid": "cloudtrack-test"}, claims)
         self.issued.add(token)
         if v2:
             return 200, {"token_type": "Bearer", "expires_in": self.lifetime,
