@@ -45,9 +45,10 @@ token`` (v1, ``resource=``, what databricks-sdk calls) and ``/<tenant>/oauth2/v2
 (``scope=<resource>/.default``), ``grant_type=client_credentials`` with ``client_id`` and
 ``client_secret`` in the form.  Success and refusals have Entra ID's documented shapes
 (``error``, ``error_description`` starting with the AADSTS code, ``error_codes``, trace and
-correlation ids): an unknown tenant → 400 ``AADSTS90002``; an app that is not in the tenant
-→ 400 ``unauthorized_client`` ``AADSTS700016``; a wrong secret → 401 ``invalid_client``
-``AADSTS7000215``; an expired secret → 401 ``invalid_client`` ``AADSTS7000222``.
+correlation ids): an unknown tenant → 400 ``AADSTS90002`` (``AADSTS900023`` when it is neither
+an id nor a domain); an app that is not in the tenant → 400 ``unauthorized_client``
+``AADSTS700016``; a wrong secret → 401 ``invalid_client`` ``AADSTS7000215``; an expired secret
+→ 401 ``invalid_client`` ``AADSTS7000222``.
 
 Modes (:data:`MODES`): ``healthy`` (the above); ``sso`` (every path redirects to a login
 page, as a workspace URL behind an SSO front or a private-link name reached from outside);
@@ -59,6 +60,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import secrets
 import socket
 import ssl
@@ -506,6 +508,8 @@ class StandInWorkspace(ThreadingHTTPServer):
 
 # -- Entra ID's token endpoint -----------------------------------------------------------------
 
+_GUID = re.compile(r"[0-9a-fA-F]{8}-([0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}")
+
 
 @dataclass
 class EntraApp:
@@ -579,6 +583,11 @@ class EntraId(ThreadingHTTPServer):
         resource = form.get("scope", "").removesuffix("/.default") if v2 \
             else form.get("resource", "")
         self.requests.append((tenant, client_id, resource))
+        if not (_GUID.fullmatch(tenant) or "." in tenant or tenant in self.tenants):
+            # A tenant given by its display name, say: neither an id nor a domain.
+            return 400, _aadsts("invalid_request", 900023,
+                                f"Specified tenant identifier '{tenant}' is neither a valid DNS "
+                                "name, nor a valid external domain.")
         if tenant not in self.tenants:
             return 400, _aadsts("invalid_request", 90002,
                                 f"Tenant '{tenant}' not found. Check to make sure you have the "

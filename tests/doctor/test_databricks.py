@@ -563,18 +563,21 @@ def test_azure_service_principal_healthy(dbhome: Path, azure: AzureSite) -> None
     ("expired-secret", "token-expired", "AADSTS7000222", "new client secret"),
     ("app-not-in-tenant", "credentials-invalid", "AADSTS700016", "Application (client) ID"),
     ("unknown-tenant", "config-invalid", "AADSTS90002", "Directory (tenant) ID"),
+    ("tenant-by-name", "config-invalid", "AADSTS900023", "Directory (tenant) ID"),
 ])
 def test_azure_service_principal_refused(dbhome: Path, azure: AzureSite, case: str, cause: str,
                                          said: str, fix: str) -> None:
     """Entra ID refusing the client credentials with the AADSTS errors users meet: a wrong
-    secret (or its Secret ID), an expired secret, an app not in the tenant, a wrong tenant."""
+    secret (or its Secret ID), an expired secret, an app not in the tenant, a wrong tenant, a
+    tenant given by its display name instead of its id."""
     client_id, secret = azure.entra.add_app(TENANT, "ci-bot",
                                             secret_expired=case == "expired-secret")
     other_tenant = "0b1c2d3e-0000-4000-8000-0000000000ff"
     azure.entra.tenants.add(other_tenant)
     sent = "Q~not-the-secret-0123456789" if case == "wrong-secret" else secret
     tenant = {"app-not-in-tenant": other_tenant,
-              "unknown-tenant": "5c6d7e8f-0000-4000-8000-000000000bad"}.get(case, TENANT)
+              "unknown-tenant": "5c6d7e8f-0000-4000-8000-000000000bad",
+              "tenant-by-name": "Contoso Research"}.get(case, TENANT)
     env = {**azure.env, "ARM_CLIENT_ID": client_id, "ARM_CLIENT_SECRET": sent,
            "ARM_TENANT_ID": tenant}
     run = doctor(dbhome, env, "databricks", extra_secrets=(secret, sent))
