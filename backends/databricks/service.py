@@ -30,9 +30,10 @@ Azure Databricks (a workspace that :meth:`StandInWorkspace.trust` s a token issu
 
 * Entra ID access tokens of Azure Databricks (audience ``2ff814a6-…``, the Azure Databricks
   application) as ``Authorization: Bearer``, from :class:`EntraId` (client credentials) or a
-  managed-identity endpoint (``backends/azureml``'s): the principal is the token's ``appid``
-  when that service principal was added to the workspace (:meth:`StandInWorkspace.add_azure_sp`);
-  otherwise the answer is Jetty's 403 page ``User not authorized.`` (the bytes quoted in
+  managed-identity endpoint (``backends/azureml``'s), or a user's from the Azure CLI
+  (:meth:`EntraId.user_token`): the principal is the token's ``upn`` when that user was added to
+  the workspace (:meth:`StandInWorkspace.add_azure_user`), else its ``appid`` when that service
+  principal was (:meth:`StandInWorkspace.add_azure_sp`); otherwise the answer is Jetty's 403 page ``User not authorized.`` (the bytes quoted in
   public issues of tools calling Azure Databricks with a service principal that is not a
   workspace user; today's answer may be JSON, written here by analogy with those quotes);
 * ``X-Databricks-Azure-SP-Management-Token`` is recorded (:attr:`management_tokens`), not
@@ -80,6 +81,8 @@ from backends._common import LOOPBACK, jwt, jwt_claims, send_answer
 MODES = ("healthy", "sso", "reset")
 #: The Azure Databricks application: the audience of Entra ID tokens for a workspace.
 AZURE_DATABRICKS_APP = "2ff814a6-3304-4ab8-85cb-cd0e6f879c1d"
+#: The Azure CLI's public client: the ``appid`` of the user tokens `az` gets.
+AZURE_CLI_APP = "04b07795-8ddb-461a-bbee-02f9e1bf7b46"
 NO_CREDENTIAL = "Credential was not sent or was of an unsupported type for this API."
 INVALID_TOKEN = "Invalid access token."
 
@@ -188,6 +191,8 @@ class StandInWorkspace(ThreadingHTTPServer):
         self.issuers: list[Any] = []
         #: Azure: service principals added to the workspace, by application id.
         self.azure_sps: dict[str, Principal] = {}
+        #: Azure: Entra ID users added to the workspace, by user principal name.
+        self.azure_users: dict[str, Principal] = {}
         #: Azure: the tenant ``/aad/auth`` redirects to (None: no redirect).
         self.azure_tenant: str | None = None
         #: Azure: every X-Databricks-Azure-SP-Management-Token received.
@@ -236,6 +241,13 @@ class StandInWorkspace(ThreadingHTTPServer):
         self.azure_sps[application_id] = principal
         return principal
 
+    def add_azure_user(self, upn: str) -> Principal:
+        """An Entra ID user added to the workspace (signs in with Entra ID, no PAT)."""
+        principal = Principal(upn, "user", upn.split("@")[0].title())
+        self.folders.add(f"/Users/{upn}")
+        self.azure_users[upn] = principal
+        return principal
+
     def grant(self, principal: str, securable: str, *privileges: str) -> None:
         """``grant("alice@x", "schema:main.default", "USE_SCHEMA", "CREATE_MODEL")``."""
         self.grants.setdefault(principal, set()).update((securable, p) for p in privileges)
@@ -280,7 +292,8 @@ class StandInWorkspace(ThreadingHTTPServer):
             if float(claims.get("exp", 0)) <= time.time() or \
                     claims.get("aud") != AZURE_DATABRICKS_APP:
                 return _error(403, "403", INVALID_TOKEN)
-            member = self.azure_sps.get(str(claims.get("appid")))
+            member = self.azure_users.get(str(claims["upn"])) if claims.get("upn") else \
+                self.azure_sps.get(str(claims.get("appid")))
             if member is None:
                 return _not_authorized(path)
             known = (member, None)
@@ -571,6 +584,20 @@ class EntraId(ThreadingHTTPServer):
         secret = "Q~" + secrets.token_urlsafe(30)
         self.apps[client_id] = EntraApp(tenant, secret, display, secret_expired=secret_expired)
         return client_id, secret
+
+    def user_token(self, tenant: str, upn: str) -> str:
+        """The Azure Databricks token `az account get-access-token --resource 2ff814a6-…` prints
+        for a signed-in user: a delegated token of the Azure CLI's public client, naming the
+        user by ``upn`` (no endpoint here: the Azure CLI itself is the test's stand-in)."""
+        now = int(time.time())
+        oid = str(uuid.uuid5(uuid.NAMESPACE_URL, upn))
+        token = jwt({"typ": "JWT", "alg": "RS256", "kid": "cloudtrack-test"}, {
+            "aud": AZURE_DATABRICKS_APP, "iss": f"https://sts.windows.net/{tenant}/",
+            "iat": now - 5, "nbf": now - 5, "exp": now + self.lifetime, "appid": AZURE_CLI_APP,
+            "appidacr": "0", "oid": oid, "sub": oid, "tid": tenant, "upn": upn,
+            "unique_name": upn, "scp": "user_impersonation", "ver": "1.0"})
+        self.issued.add(token)
+        return token
 
     def answer(self, raw_path: str, body: bytes) -> tuple[int, dict[str, Any]]:
         path = urllib.parse.urlsplit(raw_path).path.strip("/").split("/")

@@ -606,6 +606,35 @@ def test_azure_service_principal_not_in_workspace(dbhome: Path, azure: AzureSite
     assert_no_secrets(run, azure.minted())
 
 
+@pytest.mark.parametrize("member", [True, False], ids=["workspace-user", "not-a-user"])
+def test_azure_cli_user(dbhome: Path, azure: AzureSite, tmp_path: Path, member: bool) -> None:
+    """`az login` as an Entra ID user, nothing else configured: the Azure CLI's token for Azure
+    Databricks signs every probe.  A user the workspace does not know gets Azure Databricks'
+    403 `User not authorized.`: permission-denied, naming the user, not a bad token."""
+    user = "dana@contoso.example"
+    if member:
+        azure.ws.add_azure_user(user)
+    token = azure.entra.user_token(TENANT, user)
+    want = f"account get-access-token --resource {db.AZURE_DATABRICKS_APP} --output json"
+    env = {**azure.env, **_fake_az(
+        tmp_path, f"[ \"$*\" = \"{want}\" ] || {{ echo \"unexpected: $*\" >&2; exit 2; }}\n"
+                  f"echo '{{\"accessToken\": \"{token}\", \"tokenType\": \"Bearer\", "
+                  "\"expiresOn\": \"2099-01-01 00:00:00.000000\"}'\n")}
+    run = doctor(dbhome, env, "databricks")
+    assert "Azure CLI" in run.check("config.credential")["summary"]
+    assert run.check("auth.token")["status"] == "ok"
+    if member:
+        healthy(run, "Azure CLI user")
+        assert f"user {user}" in run.check("auth.identity")["summary"]
+    else:
+        expect(run, "permission-denied")
+        check = run.check("auth.credential")
+        assert f"signed in user {user}" in check["summary"]
+        assert "User not authorized" in check["summary"]
+        assert f"add {user} to the workspace" in check["fix"]
+    assert_no_secrets(run, azure.minted())
+
+
 def test_azure_managed_identity_via_identity_endpoint(dbhome: Path, azure: AzureSite) -> None:
     """ARM_USE_MSI on App Service/Functions/Azure ML compute (IDENTITY_ENDPOINT and
     IDENTITY_HEADER, the stand-in of backends/azureml): the managed identity's token signs every
