@@ -33,9 +33,10 @@ Azure Databricks (a workspace that :meth:`StandInWorkspace.trust` s a token issu
   managed-identity endpoint (``backends/azureml``'s), or a user's from the Azure CLI
   (:meth:`EntraId.user_token`): the principal is the token's ``upn`` when that user was added to
   the workspace (:meth:`StandInWorkspace.add_azure_user`), else its ``appid`` when that service
-  principal was (:meth:`StandInWorkspace.add_azure_sp`); otherwise the answer is Jetty's 403 page ``User not authorized.`` (the bytes quoted in
-  public issues of tools calling Azure Databricks with a service principal that is not a
-  workspace user; today's answer may be JSON, written here by analogy with those quotes);
+  principal was (:meth:`StandInWorkspace.add_azure_sp`); otherwise the answer is Jetty's 403
+  page ``User not authorized.`` (the bytes quoted in public issues of tools calling Azure
+  Databricks with a service principal that is not a workspace user; today's answer may be
+  JSON, written here by analogy with those quotes);
 * ``X-Databricks-Azure-SP-Management-Token`` is recorded (:attr:`management_tokens`), not
   checked (the workspace uses it only to add a principal that is not yet a user);
 * ``GET /aad/auth`` redirects to the tenant's authorize endpoint when :attr:`azure_tenant` is
@@ -207,9 +208,12 @@ class StandInWorkspace(ThreadingHTTPServer):
 
     def add_user(self, name: str, *, lifetime: float | None = None) -> str:
         """A user with a home folder; returns a new PAT for them (valid ``lifetime`` s)."""
-        principal = Principal(name, "user", name.split("@")[0].title())
+        return self.issue_pat(self._user(name), lifetime)
+
+    def _user(self, name: str) -> Principal:
+        """A workspace user and their home folder."""
         self.folders.add(f"/Users/{name}")
-        return self.issue_pat(principal, lifetime)
+        return Principal(name, "user", name.split("@")[0].title())
 
     def issue_pat(self, principal: Principal, lifetime: float | None = None) -> str:
         token = "dapi" + secrets.token_hex(16)
@@ -243,9 +247,7 @@ class StandInWorkspace(ThreadingHTTPServer):
 
     def add_azure_user(self, upn: str) -> Principal:
         """An Entra ID user added to the workspace (signs in with Entra ID, no PAT)."""
-        principal = Principal(upn, "user", upn.split("@")[0].title())
-        self.folders.add(f"/Users/{upn}")
-        self.azure_users[upn] = principal
+        principal = self.azure_users[upn] = self._user(upn)
         return principal
 
     def grant(self, principal: str, securable: str, *privileges: str) -> None:
@@ -433,9 +435,9 @@ class StandInWorkspace(ThreadingHTTPServer):
             return _error(400, "RESOURCE_ALREADY_EXISTS",
                           f"Node named '{name.rsplit('/', 1)[-1]}' already exists")
         exp_id = str(uuid.uuid4().int)[:16]
+        location = f"dbfs:/databricks/mlflow-tracking/{exp_id}"
         self.experiments[exp_id] = {"experiment_id": exp_id, "name": name,
-                                    "artifact_location": f"dbfs:/databricks/mlflow-tracking/{exp_id}",
-                                    "lifecycle_stage": "active"}
+                                    "artifact_location": location, "lifecycle_stage": "active"}
         return _json(200, {"experiment_id": exp_id})
 
     # -- Unity Catalog ---------------------------------------------------------------------
