@@ -57,7 +57,8 @@ LOSS = [0.9, float("nan"), float("inf"), float("-inf"), 0.1]
 class Requests:
     """Counts a store's round trips: every blob primitive is one request to the service."""
 
-    PRIMITIVES = ("_get", "_put", "_list_page", "_list_dir", "_delete", "_stat")
+    PRIMITIVES = ("_get", "_put", "_list_page", "_list_page_after", "_list_dir", "_delete",
+                  "_stat")
 
     def __init__(self, blobs: Any) -> None:
         self.calls: list[str] = []

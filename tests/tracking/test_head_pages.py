@@ -344,6 +344,49 @@ def test_first_search_cost_does_not_grow_with_the_runs(store) -> None:  # type: 
     assert costs[1] < 300 / 10, costs
 
 
+def test_first_search_reads_the_pages_while_the_heads_are_still_listed(store) -> None:  # type: ignore[no-untyped-def]
+    """The first search of an experiment in a process GETs its pages as soon as they are
+    listed, not after the heads' listing (a round trip less); a later search of it in the same
+    process reads no page early.  Here the heads' LIST answers are held back until a page GET
+    has begun (at most 60 s: the code before, which read pages after the listing, fails)."""
+    setup = tracking_store(store, strict=True)
+    exp = setup.create_experiment("early")
+    sweep(store, exp, 60, writers=4)
+    reader = tracking_store(store, strict=True)
+    reader.blobs.page_size = 20  # three LIST pages of heads
+    heads, folder = layout.heads(exp), layout.head_pages(exp)
+    events: list[tuple[str, str]] = []
+    lock = threading.Lock()
+    page_read = threading.Event()
+    real_list, real_get = reader.blobs._list_page, reader.blobs._get
+
+    def held_list(prefix: str, token: str | None) -> Any:
+        answer = real_list(prefix, token)
+        if prefix.startswith(heads):
+            page_read.wait(60)
+            with lock:
+                events.append(("heads listed", prefix))
+        return answer
+
+    def get(key: str) -> Any:
+        with lock:
+            events.append(("get", key))
+        if key.startswith(folder):
+            page_read.set()
+        return real_get(key)
+
+    reader.blobs._list_page, reader.blobs._get = held_list, get  # type: ignore[method-assign]
+    expected = summary(search(tracking_store(store, strict=True), exp, ("", None)))
+    assert summary(search(reader, exp, ("", None))) == expected
+    page_gets = [i for i, (what, key) in enumerate(events)
+                 if what == "get" and key.startswith(folder)]
+    first_listed = min(i for i, (what, _) in enumerate(events) if what == "heads listed")
+    assert page_gets and min(page_gets) < first_listed, events
+    events.clear()
+    assert summary(search(reader, exp, ("", None))) == expected
+    assert not [key for what, key in events if what == "get"], "nothing read a second time"
+
+
 def test_logged_models_are_paged_too(store, mlflow_reference: Callable[[], MlflowReference]) -> None:  # type: ignore[no-untyped-def]
     """search_logged_models of a new process reads the pages writers kept for the models they
     finalized (a pending one directly), and answers as MLflow's sqlite store does."""

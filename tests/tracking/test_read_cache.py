@@ -137,29 +137,87 @@ def test_off_writes_no_file(store, monkeypatch) -> None:  # type: ignore[no-unty
         f"*{store.uri.split('//')[1].split('/')[0].split('@')[0]}*"))
 
 
-def test_rows_are_compressed_and_older_plain_rows_still_serve(store) -> None:  # type: ignore[no-untyped-def]
-    """The file keeps each head zlib-compressed (a JSON head on a page of its own made a file
-    of 58,541 heads 274 MB; compressed they fit several to a page); a file written before
-    that, whose rows hold the JSON itself, is still read, and a row that is neither is read
-    again from the store."""
+def test_rows_are_marshal_and_older_json_rows_still_serve(store) -> None:  # type: ignore[no-untyped-def]
+    """The file keeps each head as compressed marshal bytes behind a CRC (decoded in half
+    the time of JSON); files written before that, whose rows hold JSON, zlib-compressed or
+    as it is, are still read; a row whose bytes fail the CRC, or that is in no known format,
+    is read again from the store."""
+    import marshal
     import sqlite3
     import zlib
 
+    from cloudtrack.store import records
+
     setup = tracking_store(store, strict=True)
     exp = setup.create_experiment("compressed")
-    ids = sweep(store, exp, 6, writers=2)
+    ids = sweep(store, exp, 7, writers=2)
     first = tracking_store(store, strict=True)
     expected, _ = searched(first, exp)
     with sqlite3.connect(cache_file(first)) as db:
         bodies = dict(db.execute("SELECT key, body FROM records").fetchall())
-        head = layout.head(exp, ids[0])
-        assert set(bodies) >= {layout.head(exp, i) for i in ids}
-        assert all(not body.startswith(b"{") for body in bodies.values())
-        # As a file written before compression: the JSON itself; and one row damaged.
+        heads = [layout.head(exp, i) for i in ids]
+        assert set(bodies) >= set(heads)
+        for key in heads:
+            body = bodies[key]
+            assert body[:2] == b"M4" and zlib.crc32(body[6:]).to_bytes(4, "big") == body[2:6]
+            assert marshal.loads(zlib.decompress(body[6:]))["info"]["run_id"] == \
+                key.rsplit("/", 1)[1].removesuffix(".json")
+        rec0, rec1 = (marshal.loads(zlib.decompress(bodies[k][6:])) for k in heads[:2])
+        # Files written before: JSON zlib-compressed, and JSON as it is.
         db.execute("UPDATE records SET body = ? WHERE key = ?",
-                   (zlib.decompress(bodies[head]), head))
-        db.execute("UPDATE records SET body = ? WHERE key = ?",
-                   (b"\x78not zlib", layout.head(exp, ids[1])))
+                   (zlib.compress(records.dumps(rec0), 1), heads[0]))
+        db.execute("UPDATE records SET body = ? WHERE key = ?", (records.dumps(rec1), heads[1]))
+        # Damaged: a flipped byte behind the CRC; a zlib tag without zlib; a format unknown.
+        flipped = bytearray(bodies[heads[2]])
+        flipped[-1] ^= 0x01
+        db.execute("UPDATE records SET body = ? WHERE key = ?", (bytes(flipped), heads[2]))
+        db.execute("UPDATE records SET body = ? WHERE key = ?", (b"\x78not zlib", heads[3]))
+        db.execute("UPDATE records SET body = ? WHERE key = ?", (b"M9" + b"\0" * 40, heads[4]))
     runs, calls = searched(tracking_store(store, strict=True), exp)
     assert summary(runs) == summary(expected)
-    assert calls["_get"] == 1, f"{calls}: only the damaged row's head is read from the store"
+    assert calls["_get"] == 3, f"{calls}: only the three damaged rows' heads are read again"
+    runs, calls = searched(tracking_store(store, strict=True), exp)
+    assert summary(runs) == summary(expected)
+    assert calls["_get"] == 0, f"{calls}: the rows read again were written over"
+
+
+def test_heads_listed_before_are_listed_in_ranges_at_once(store, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """A process whose file holds an experiment's heads splits the heads' LIST into ranges
+    between keys it listed before, all read at once (one round trip, where a listing of
+    several pages takes one per page), and still finds runs added since, before, between and
+    after the bounds; so does a later search in the same process.  S3 and GCS (Azure's
+    listing cannot start after a key, its pages hold 5,000)."""
+    from cloudtrack.tracking import search as search_module
+
+    monkeypatch.setattr(search_module, "RANGE_KEYS", 15)
+    setup = tracking_store(store, strict=True)
+    exp = setup.create_experiment("ranges")
+    sweep(store, exp, N, writers=4)
+
+    def small_pages() -> BlobTrackingStore:
+        s = tracking_store(store, strict=True)
+        s.blobs.page_size = 40  # a range asks for 15 + 15 // 4 + 16 = 34 keys
+        return s
+
+    searched(small_pages(), exp)  # fills the file
+    for i in range(N, N + 12):  # new runs, their ids anywhere between the bounds
+        log_run(setup, exp, i)
+    reader = small_pages()
+    counter = Requests(reader)
+    runs = search(reader, exp, ("", ["attributes.run_name ASC"]))
+    calls = collections.Counter(counter.take())
+    assert len(runs) == N + 12
+    assert summary(runs) == summary(search(tracking_store(store, strict=True), exp,
+                                           ("", ["attributes.run_name ASC"])))
+    if not reader.blobs.lists_after:
+        assert reader.blobs.backend == "azure" and calls["_list_page_after"] == 0
+        return
+    # 60 heads on disk: bounds at the 15th, 30th and 45th, four ranges of one page each;
+    # the twelve new heads read from the store (their pages listed, then pages or heads),
+    # not the 60 the file holds.
+    assert calls["_list_page_after"] == 4 and calls["_list_page"] <= 1, calls
+    assert calls["_get"] <= 2 * 12, calls
+    # The same process again: bounds from its own listing of 72 heads, five ranges.
+    runs = search(reader, exp, ("", ["attributes.run_name ASC"]))
+    calls = collections.Counter(counter.take())
+    assert len(runs) == N + 12 and calls == {"_list_page_after": 5}, calls

@@ -15,7 +15,8 @@ from tests.fixtures.stores import tracking_store
 class Requests:
     """Counts the store's round trips (instrumentation around the real backend)."""
 
-    PRIMITIVES = ("_get", "_put", "_list_page", "_list_dir", "_delete", "_stat")
+    PRIMITIVES = ("_get", "_put", "_list_page", "_list_page_after", "_list_dir", "_delete",
+                  "_stat")
 
     def __init__(self, store: BlobTrackingStore) -> None:
         self.calls: list[str] = []

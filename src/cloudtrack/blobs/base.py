@@ -21,7 +21,7 @@ import builtins
 import logging
 import os
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, ClassVar, TypeVar
@@ -336,6 +336,47 @@ class Blobs(abc.ABC):
             out += (i for i in part if i.key > last)
         return out
 
+    #: Whether the backend can start a listing after a given key (:meth:`_list_page_after`).
+    lists_after: ClassVar[bool] = False
+    #: Keys per LIST page the backend asks for.
+    page_size: int = 1000
+
+    def list_ranges(self, prefix: str, bounds: Sequence[str], map_fn: MapFn,
+                    per_range: int | None = None) -> builtins.list[BlobInfo]:
+        """Like :meth:`list`, read as ``len(bounds) + 1`` key ranges in parallel through
+        ``map_fn``: up to ``bounds[0]``, after it up to ``bounds[1]``, ..., after the last to
+        the end.  ``bounds`` are sorted keys under ``prefix`` (from an earlier listing, so
+        that each range is about a page); whatever the keys are now, the ranges tile the
+        prefix and each reads on page by page until it passes its upper bound, so nothing is
+        missed.  ``per_range``: the keys each range held then (its pages ask for a little
+        more, not a whole page).  Without :attr:`lists_after` (or bounds): :meth:`list`."""
+        validate_key(prefix, what="prefix", allow_empty=True)
+        if not bounds or not self.lists_after:
+            return builtins.list(self.list(prefix))
+        highs: dict[str, str | None] = dict(zip(["", *bounds], [*bounds, None], strict=True))
+        size = self.page_size if not per_range else \
+            min(self.page_size, per_range + per_range // 4 + 16)
+
+        def one(low: str) -> builtins.list[BlobInfo]:  # the range after ``low`` ("": all)
+            high = highs[low]
+            out: builtins.list[BlobInfo] = []
+            token: str | None = None
+            while True:
+                def read(_: int, t: str | None = token) -> tuple[builtins.list[BlobInfo],
+                                                                 str | None]:
+                    return self._list_page_after(prefix, low or None, t, size)
+
+                page, token = self._retry(read, f"LIST {self.object_uri(prefix)}")
+                for info in page:
+                    if high is not None and info.key > high:
+                        return out
+                    if info.key > low:
+                        out.append(info)
+                if not token:
+                    return out
+
+        return [info for part in map_fn(one, builtins.list(highs)) for info in part]
+
     def list_dir(self, prefix: str) -> tuple[builtins.list[BlobInfo], builtins.list[str]]:
         """Objects directly under ``prefix`` (a folder, '/'-terminated or empty) and the names
         of its sub-folders (without trailing '/')."""
@@ -470,6 +511,13 @@ class Blobs(abc.ABC):
 
     @abc.abstractmethod
     def _list_page(self, prefix: str, token: str | None) -> tuple[builtins.list[BlobInfo], str | None]: ...
+
+    def _list_page_after(self, prefix: str, after: str | None, token: str | None,
+                         size: int) -> tuple[builtins.list[BlobInfo], str | None]:
+        """One page of at most ``size`` keys under ``prefix``, starting after the key
+        ``after`` (or, when the backend can only start at a key, at it); only where
+        :attr:`lists_after`."""
+        raise NotImplementedError(f"{type(self).__name__} cannot start a listing after a key")
 
     def _list_dir(self, prefix: str) -> tuple[builtins.list[BlobInfo], builtins.list[str]]:
         # Backends with a delimiter listing override this; the fallback walks the whole prefix.

@@ -91,6 +91,19 @@ class PageMap:
                 return path[:depth]
         return None
 
+    def reachable(self) -> list[str]:
+        """The listed pages :meth:`page_of` can answer for some key: all but those whose
+        both halves are covered by deeper listed pages (a split's tombstone)."""
+        prefixes = {b[:i] for b in self.bits for i in range(len(b) + 1)}
+
+        def covered(bits: str) -> bool:  # every path through ``bits`` ends in a listed page
+            if bits in self.bits:
+                return True
+            return bits in prefixes and covered(bits + "0") and covered(bits + "1")
+
+        return sorted(b for b in self.bits
+                      if not (b + "0" in prefixes and covered(b + "0") and covered(b + "1")))
+
     def has_halves(self, bits: str) -> bool:
         """Whether pages below ``bits`` are listed (it is split, or its split half-done)."""
         return any(len(b) > len(bits) and b.startswith(bits) for b in self.bits)

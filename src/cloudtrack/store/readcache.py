@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import marshal
 import os
 import sqlite3
 import threading
@@ -31,7 +32,6 @@ from pathlib import Path
 from cloudtrack.config import StoreConfig
 from cloudtrack.config.common import truthy
 from cloudtrack.config.variables import CLOUDTRACK_READ_CACHE
-from cloudtrack.store import records
 from cloudtrack.store.cache import VersionedCache
 from cloudtrack.store.local import cache_root, private_dirs, store_folder, store_identity
 from cloudtrack.store.records import Record
@@ -124,6 +124,19 @@ class ReadCache:
                 "SELECT 1 FROM records WHERE key >= ? AND key < ? LIMIT 1",
                 (prefix, prefix + "\U0010ffff")).fetchone() is not None
 
+    def keys(self, prefix: str) -> list[str]:
+        """The keys the file holds under ``prefix``, sorted (what a search listed last time,
+        from which it splits its next listing into ranges)."""
+        if self.path is None or not self.path.exists():
+            return []
+        with self._db() as db:
+            if db is None:
+                return []
+            return [k for (k,) in db.execute(
+                "SELECT key FROM records WHERE key >= ? AND key < ? ORDER BY key",
+                (prefix, prefix + "\U0010ffff"))]
+        return []
+
     def fill(self, cache: VersionedCache, listing: Iterable[tuple[str, str]]) -> int:
         """Put into ``cache`` the listed records the file holds at their listed version;
         return how many."""
@@ -145,11 +158,8 @@ class ReadCache:
                 for key, version, body in rows:
                     if todo.get(key) != version:
                         continue
-                    try:
-                        rec = json.loads(_expanded(body))
-                    except (ValueError, TypeError, zlib.error):
-                        continue  # read again from the store, and written over
-                    if isinstance(rec, dict):
+                    rec = _record(body)
+                    if rec is not None:  # else read again from the store, and written over
                         found[key] = (version, rec)
         cache.merge(found)
         return len(found)
@@ -158,13 +168,53 @@ class ReadCache:
         """Keep ``entries`` (key -> (version, record)) for the next process."""
         if not entries or self.path is None:
             return
-        rows = [(key, version, zlib.compress(records.dumps(rec), 1))
-                for key, (version, rec) in entries.items()]
+        rows = []
+        for key, (version, rec) in entries.items():
+            try:
+                rows.append((key, version, _body(rec)))
+            except ValueError:  # not plain data (marshal refuses it): read again next time
+                continue
         with self._lock, self._db() as db:
             if db is None:
                 return
             with db:  # one transaction: committed, or rolled back on any error
                 db.executemany("INSERT OR REPLACE INTO records VALUES (?, ?, ?)", rows)
+
+
+#: A row's body: this tag, the CRC-32 of the rest (4 bytes, big-endian), then the record in
+#: marshal's format 4, zlib-compressed.  Marshal because the read cache exists to make a search
+#: cheap: decoding a 2,000-run experiment's heads took 25 ms from marshal against 54 ms from
+#: JSON (and zlib 15-20 ms on top of either).  Compressed, because SQLite moves a row of a
+#: WITHOUT ROWID table longer than about 1 KB to an overflow page of its own (4 KB).  The CRC
+#: is checked before marshal reads anything: marshal is not meant for damaged bytes, and the
+#: file, private to its user like the journal, may still be damaged on disk.
+_MARSHAL = b"M4"
+_MARSHAL_VERSION = 4
+
+
+def _body(rec: Record) -> bytes:
+    data = zlib.compress(marshal.dumps(rec, _MARSHAL_VERSION), 1)
+    return _MARSHAL + zlib.crc32(data).to_bytes(4, "big") + data
+
+
+def _record(body: object) -> Record | None:
+    """The record a row holds; None when the row is damaged or in no format known here.
+
+    Rows written before the marshal format hold JSON, zlib-compressed (or, before that, as it
+    is); they still serve."""
+    try:
+        if isinstance(body, bytes) and body[:2] == _MARSHAL:
+            data = body[6:]
+            if zlib.crc32(data).to_bytes(4, "big") != body[2:6]:
+                return None
+            rec = marshal.loads(zlib.decompress(data))
+        elif isinstance(body, (bytes, str)):
+            rec = json.loads(_expanded(body))
+        else:
+            return None
+    except (ValueError, TypeError, EOFError, zlib.error):
+        return None
+    return rec if isinstance(rec, dict) else None
 
 
 def _expanded(body: bytes | str) -> bytes | str:

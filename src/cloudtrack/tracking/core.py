@@ -133,6 +133,10 @@ class StoreCore(AbstractStore):
                                                            thread_name_prefix="cloudtrack-read")
         #: Records read by searches (heads, experiments, logged models), by listed version.
         self._cache = VersionedCache()
+        #: Experiments whose run heads a search of this process has read.
+        self._searched: set[str] = set()
+        #: experiment id -> where to split its heads' next listing (search.py).
+        self._bounds: dict[str, list[str]] = {}
         #: The run heads searches read, on this machine's disk for the next process.
         self._read_cache = ReadCache.for_store(self.config)
         #: run id -> experiment id: the run index never changes, so this is never stale.

@@ -247,9 +247,24 @@ class GcsBlobs(Blobs):
         api_request = getattr(getattr(self.client, "_connection", None), "api_request", None)
         if api_request is None:  # another google-cloud-storage layout: the SDK's own path
             return self._list_page_sdk(prefix, token)
+        return self._list_from(prefix, None, token, self.page_size)
+
+    @property
+    def lists_after(self) -> bool:  # type: ignore[override]
+        return getattr(getattr(self.client, "_connection", None), "api_request", None) \
+            is not None
+
+    def _list_page_after(self, prefix: str, after: str | None, token: str | None,
+                         size: int) -> tuple[list[BlobInfo], str | None]:
+        """``after``: GCS's ``startOffset``, which starts at that key (the caller skips it)."""
+        return self._list_from(prefix, after, token, size)
+
+    def _list_from(self, prefix: str, after: str | None, token: str | None,
+                   size: int) -> tuple[list[BlobInfo], str | None]:
+        api_request = self.client._connection.api_request
         try:
-            return list_page(api_request, self.bucket_name, self.root, prefix, token,
-                             self.page_size, self.timeout)
+            return list_page(api_request, self.bucket_name, self.root, prefix, token, size,
+                             self.timeout, start=None if after is None else self.root + after)
         except Exception as e:
             self._raise(e, prefix, "LIST", missing="bucket")
 

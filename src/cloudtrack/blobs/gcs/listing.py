@@ -31,14 +31,17 @@ def timestamp(value: str | None) -> datetime:
 
 
 def list_page(api_request: Callable[..., Any], bucket: str, root: str, prefix: str,
-              token: str | None, page_size: int,
-              timeout: tuple[float, float]) -> tuple[list[BlobInfo], str | None]:
+              token: str | None, page_size: int, timeout: tuple[float, float], *,
+              start: str | None = None) -> tuple[list[BlobInfo], str | None]:
     """One page of ``bucket`` under ``root + prefix``, through the client connection's
-    ``api_request`` (its credentials, endpoint and session)."""
+    ``api_request`` (its credentials, endpoint and session); from the object name ``start``
+    on (``startOffset``) when given."""
     query: dict[str, Any] = {"prefix": root + prefix, "maxResults": page_size,
                              "projection": "noAcl", "fields": FIELDS}
     if token:
         query["pageToken"] = token
+    if start is not None:
+        query["startOffset"] = start
     reply = api_request(method="GET", path=f"/b/{bucket}/o", query_params=query,
                         timeout=timeout, retry=None)
     if not isinstance(reply, dict):  # the client's api_request is checked (client.py): belt

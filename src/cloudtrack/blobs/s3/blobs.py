@@ -237,11 +237,23 @@ class S3Blobs(Blobs):
                           op, self.object_uri(key), delay)
                 time.sleep(delay)
 
+    lists_after = True
+
     def _list_page(self, prefix: str, token: str | None) -> tuple[list[BlobInfo], str | None]:
+        return self._list_from(prefix, None, token, self.page_size)
+
+    def _list_page_after(self, prefix: str, after: str | None, token: str | None,
+                         size: int) -> tuple[list[BlobInfo], str | None]:
+        return self._list_from(prefix, after, token, size)
+
+    def _list_from(self, prefix: str, after: str | None, token: str | None,
+                   size: int) -> tuple[list[BlobInfo], str | None]:
         args: dict[str, Any] = {"Bucket": self.bucket, "Prefix": self._full(prefix),
-                                "MaxKeys": self.page_size}
+                                "MaxKeys": size}
         if token:
             args["ContinuationToken"] = token
+        elif after is not None:
+            args["StartAfter"] = self._full(after)
         with self._sdk("LIST", prefix):
             resp = self._client.list_objects_v2(**args)
         items = [info for obj in resp.get("Contents", []) if (info := self._info(obj))]
