@@ -69,6 +69,7 @@ from mlflow.utils.validation import (
     _validate_tag_name,
 )
 
+from cloudtrack import forks
 from cloudtrack.blobs import open_blobs
 from cloudtrack.config import StoreConfig, resolve
 from cloudtrack.errors import AlreadyExists, BlobNotFound, CorruptObject
@@ -206,10 +207,16 @@ class BlobRegistryStore(AbstractStore):
         self._pool = concurrent.futures.ThreadPoolExecutor(16, thread_name_prefix="cloudtrack-reg")
         #: Registry records read by searches, by the version a listing reported.
         self._cache = VersionedCache()
+        forks.watch(self)
         #: Every registry record this process writes goes into the registry's pages, so a
         #: search reads a few hundred per GET (docs/format.md, "Head pages").
         self._page_writer = PageWriter(self.blobs)
         self.blobs.watch(self._page_record)
+
+    def _after_fork(self) -> None:
+        """In a forked child (cloudtrack.forks): a pool of its own, a lock nobody holds."""
+        self._pool = concurrent.futures.ThreadPoolExecutor(16, thread_name_prefix="cloudtrack-reg")
+        self._cache.after_fork()
 
     def _page_record(self, key: str, version: str, data: bytes) -> None:
         folder = _pages_folder(key)

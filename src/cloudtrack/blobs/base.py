@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, ClassVar, TypeVar
 
+from cloudtrack import forks
 from cloudtrack.errors import (
     AlreadyExists,
     BlobError,
@@ -168,6 +169,7 @@ class Blobs(abc.ABC):
         #: doctor itself is the caller.
         self.advice: str | None = None if from_doctor(config) else doctor_hint(self.uri)
         self._observers: builtins.list[Callable[[str, str, bytes], None]] = []
+        forks.watch(self)
 
     # -- naming ---------------------------------------------------------------------------
 
@@ -204,6 +206,15 @@ class Blobs(abc.ABC):
             return True
         facts = self.error_facts(error)
         return facts is not None and facts.kind in ("credentials", "network", "tls")
+
+    def _after_fork(self) -> None:
+        """In a child process forked from one that used this store, before anything else
+        runs there: stop sharing the parent's pooled connections.  A keep-alive connection
+        used by two processes at once mixes their requests and answers (a write of one
+        answered with the other's status).  Backends with pooled connections drop them here
+        (without closing them for the parent); the child opens its own.  The local store
+        has none."""
+        return None
 
     def _retry(self, fn: Callable[[int], T], what: str) -> T:
         try:

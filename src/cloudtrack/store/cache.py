@@ -30,6 +30,10 @@ class VersionedCache:
         self._entries: dict[str, tuple[str, Record]] = {}
         self._lock = threading.Lock()
 
+    def after_fork(self) -> None:
+        """In a forked child: a lock no other thread holds (cloudtrack.forks)."""
+        self._lock = threading.Lock()
+
     def missing(self, listing: Listing) -> list[str]:
         """The listed keys not cached at their listed version."""
         with self._lock:

@@ -61,6 +61,14 @@ class ReadCache:
         self.path = path
         self._lock = threading.Lock()
 
+    def after_fork(self) -> None:
+        """In a forked child (cloudtrack.forks): off.  SQLite is not usable across a fork
+        while another thread of the parent was inside it (a child of a parent saving to the
+        file hung in ``sqlite3.connect``); workers forked for a sweep log, they rarely
+        search."""
+        self._lock = threading.Lock()
+        self.path = None
+
     @classmethod
     def for_store(cls, config: StoreConfig) -> ReadCache:
         # Where the cache lives, and whether at all, is the process's (its variables), unless

@@ -19,6 +19,7 @@ from mlflow.utils.time import get_current_time_millis
 from mlflow.utils.uri import append_to_uri_path
 from mlflow.utils.validation import _parse_experiment_id, _validate_run_id
 
+from cloudtrack import forks
 from cloudtrack.blobs import open_blobs
 from cloudtrack.config import StoreConfig, resolve
 from cloudtrack.errors import AlreadyExists, BlobNotFound, CloudtrackError
@@ -133,6 +134,7 @@ class StoreCore(AbstractStore):
                                                            thread_name_prefix="cloudtrack-read")
         #: Records read by searches (heads, experiments, logged models), by listed version.
         self._cache = VersionedCache()
+        forks.watch(self)
         #: Experiments whose run heads a search of this process has read.
         self._searched: set[str] = set()
         #: experiment id -> where to split its heads' next listing (search.py).
@@ -333,6 +335,14 @@ class StoreCore(AbstractStore):
         self._page_writer.close()
         self._pool.shutdown(wait=False)
         self.blobs.close()
+
+    def _after_fork(self) -> None:
+        """In a forked child (cloudtrack.forks): a read pool of its own (the parent's
+        threads are not in the child), and locks no parent thread can be holding."""
+        self._pool = concurrent.futures.ThreadPoolExecutor(READ_CONCURRENCY,
+                                                           thread_name_prefix="cloudtrack-read")
+        self._cache.after_fork()
+        self._read_cache.after_fork()
 
     # Methods one mixin calls on another; each is defined by the mixin named.
 

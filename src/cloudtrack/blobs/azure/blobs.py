@@ -129,6 +129,11 @@ class AzureBlobs(Blobs):
         # Blob names inside the container start with this; listings strip it again.
         self._root = config.key("")
 
+    def _after_fork(self) -> None:
+        # A new client with a transport of its own (building it sends nothing).
+        self._service = service_client(self.config, self.credentials)
+        self._container = self._service.get_container_client(self.config.container)
+
     def close(self) -> None:
         self._service.close()
         self.credentials.close()

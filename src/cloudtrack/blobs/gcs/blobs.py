@@ -132,6 +132,11 @@ class GcsBlobs(Blobs):
     def _name(self, key: str) -> str:
         return self.root + key
 
+    def _after_fork(self) -> None:
+        # A new client (and session) on first use; the lock may have been held at the fork.
+        self._lock = threading.Lock()
+        self._client = None
+
     def close(self) -> None:
         with self._lock:
             if self._client is not None:

@@ -24,6 +24,7 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 
 import botocore.exceptions as bex
+import urllib3
 from s3transfer.exceptions import RetriesExceededError
 from s3transfer.manager import TransferConfig, TransferManager
 from s3transfer.subscribers import BaseSubscriber
@@ -238,6 +239,19 @@ class S3Blobs(Blobs):
                 time.sleep(delay)
 
     lists_after = True
+
+    def _after_fork(self) -> None:
+        # botocore's urllib3 pools: new, empty ones; the old ones are left alone (emptying
+        # them takes locks a parent thread may have held at the fork).  On a botocore whose
+        # session is built otherwise, the session empties its own.
+        session = self._client._endpoint.http_session
+        try:
+            manager = urllib3.PoolManager(**session._get_pool_manager_kwargs())
+            manager.pool_classes_by_scheme = session._pool_classes_by_scheme
+        except AttributeError:
+            session.close()
+            return
+        session._manager, session._proxy_managers = manager, {}
 
     def _list_page(self, prefix: str, token: str | None) -> tuple[list[BlobInfo], str | None]:
         return self._list_from(prefix, None, token, self.page_size)
