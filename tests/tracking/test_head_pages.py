@@ -344,11 +344,13 @@ def test_first_search_cost_does_not_grow_with_the_runs(store) -> None:  # type: 
     assert costs[1] < 300 / 10, costs
 
 
-def test_first_search_reads_the_pages_while_the_heads_are_still_listed(store) -> None:  # type: ignore[no-untyped-def]
+def test_first_search_reads_the_pages_while_the_heads_are_still_listed(store, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     """The first search of an experiment in a process GETs its pages as soon as they are
     listed, not after the heads' listing (a round trip less); a later search of it in the same
     process reads no page early.  Here the heads' LIST answers are held back until a page GET
-    has begun (at most 60 s: the code before, which read pages after the listing, fails)."""
+    has begun (at most 60 s: the code before, which read pages after the listing, fails).
+    Without the read cache: a process that finds the heads on disk reads no page at all."""
+    monkeypatch.setenv("CLOUDTRACK_READ_CACHE", "off")
     setup = tracking_store(store, strict=True)
     exp = setup.create_experiment("early")
     sweep(store, exp, 60, writers=4)
