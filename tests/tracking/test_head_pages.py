@@ -389,6 +389,35 @@ def test_first_search_reads_the_pages_while_the_heads_are_still_listed(store, mo
     assert not [key for what, key in events if what == "get"], "nothing read a second time"
 
 
+def test_the_first_search_reads_each_page_once(store, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """Heads newer than their page entries (here 30 of 60, rewritten behind the writers'
+    backs) are read one by one; the pages read early are not read a second time for them
+    (they hold nothing newer).  Before, every page holding a stale entry was read twice."""
+    monkeypatch.setenv("CLOUDTRACK_READ_CACHE", "off")
+    setup = tracking_store(store, strict=True)
+    exp = setup.create_experiment("once")
+    ids = sweep(store, exp, 60, writers=4)
+    for rid in ids[:30]:
+        key = layout.head(exp, rid)
+        head, version = records.read_versioned(setup.blobs, key)
+        head["tags"]["t0"] = "x-newer"  # another body: on S3 and GCS another version too
+        setup.blobs.put_if_version(key, records.dumps(head), version)
+    expected = summary(search(tracking_store(store, strict=True), exp, QUERIES[4]))
+    reader = tracking_store(store, strict=True)
+    gets: list[str] = []
+    real_get = reader.blobs._get
+
+    def get(key: str) -> Any:
+        gets.append(key)
+        return real_get(key)
+
+    reader.blobs._get = get  # type: ignore[method-assign]
+    assert summary(search(reader, exp, QUERIES[4])) == expected
+    page_gets = collections.Counter(k for k in gets if k.startswith(layout.head_pages(exp)))
+    assert page_gets and max(page_gets.values()) == 1, page_gets
+    assert {layout.head(exp, rid) for rid in ids[:30]} <= set(gets)
+
+
 def test_logged_models_are_paged_too(store, mlflow_reference: Callable[[], MlflowReference]) -> None:  # type: ignore[no-untyped-def]
     """search_logged_models of a new process reads the pages writers kept for the models they
     finalized (a pending one directly), and answers as MLflow's sqlite store does."""

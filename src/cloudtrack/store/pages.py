@@ -28,7 +28,7 @@ import logging
 import random
 import time
 import zlib
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from cloudtrack.errors import AlreadyExists, BlobNotFound, PreconditionFailed
@@ -181,15 +181,18 @@ def read_entries(blobs: Blobs, folder: str, bits: str,
 
 
 def seed(cache: VersionedCache, blobs: Blobs, folder: str, page_map: PageMap,
-         listing: Listing, map_fn: Callable[..., Iterable[Any]]) -> list[str]:
+         listing: Listing, map_fn: Callable[..., Iterable[Any]],
+         read: Collection[str] = ()) -> list[str]:
     """Fill ``cache`` with the listed records it lacks (at their listed version) from the
     pages that hold them, when that takes fewer GETs than the records, reading the pages
-    through ``map_fn`` (a pool's ``map``); return the keys still missing."""
+    through ``map_fn`` (a pool's ``map``); return the keys still missing.  ``read``: pages
+    already read into ``cache`` (what they hold is there; they are not read again)."""
     listing = list(listing)
     missing = cache.missing(listing)
     if len(missing) < MIN_MISSES:
         return missing
-    needed = {bits for key in missing if (bits := page_map.page_of(key)) is not None}
+    needed = {bits for key in missing
+              if (bits := page_map.page_of(key)) is not None and bits not in read}
     if not needed or len(needed) >= len(missing):
         return missing
     wanted = set(missing).__contains__

@@ -131,6 +131,7 @@ class ReadCache:
             return db is not None and db.execute(
                 "SELECT 1 FROM records WHERE key >= ? AND key < ? LIMIT 1",
                 (prefix, prefix + "\U0010ffff")).fetchone() is not None
+        return False  # the file failed: _db turned the cache off and swallowed the error
 
     def keys(self, prefix: str) -> list[str]:
         """The keys the file holds under ``prefix``, sorted (what a search listed last time,
@@ -143,7 +144,7 @@ class ReadCache:
             return [k for (k,) in db.execute(
                 "SELECT key FROM records WHERE key >= ? AND key < ? ORDER BY key",
                 (prefix, prefix + "\U0010ffff"))]
-        return []
+        return []  # the file failed: _db turned the cache off and swallowed the error
 
     def fill(self, cache: VersionedCache, listing: Iterable[tuple[str, str]]) -> int:
         """Put into ``cache`` the listed records the file holds at their listed version;

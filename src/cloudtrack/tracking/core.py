@@ -7,7 +7,7 @@ import concurrent.futures
 import logging
 import time
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
 from typing import Any
 
 from mlflow.entities import Experiment, LifecycleStage, Run
@@ -232,19 +232,21 @@ class StoreCore(AbstractStore):
 
     def _read_paged(self, listing: list[tuple[str, str]], folder: str,
                     listed_pages: concurrent.futures.Future[pages.PageMap] | pages.PageMap
-                    | None = None,
+                    | None = None, read_pages: Collection[str] = (),
                     ) -> tuple[dict[str, Record | Exception], list[str], pages.PageMap]:
         """Every listed record, like :meth:`_read_many`, the ones this process does not hold
         taken from the pages in ``folder`` (:mod:`cloudtrack.store.pages`) when that is fewer
         GETs; also the keys that had to be read one by one (queued for the pages when they
-        are many) and the pages found (``listed_pages``: listed already, or being listed)."""
+        are many) and the pages found (``listed_pages``: listed already, or being listed;
+        ``read_pages``: pages whose entries are in the cache already, not read again)."""
         if isinstance(listed_pages, pages.PageMap):
             page_map = listed_pages
         elif listed_pages is not None:
             page_map = listed_pages.result()
         else:
             page_map = pages.list_pages_for_reading(self.blobs, folder)
-        missing = pages.seed(self._cache, self.blobs, folder, page_map, listing, self._pool.map)
+        missing = pages.seed(self._cache, self.blobs, folder, page_map, listing, self._pool.map,
+                             read_pages)
         return self._read_many(listing), missing, page_map
 
     def _page_later(self, folder: str, keys: list[str], done: Callable[[Record], bool]) -> None:

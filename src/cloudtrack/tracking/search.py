@@ -1,8 +1,9 @@
 """``search_runs``: a listing of an experiment's heads (about one request per 1,000 runs, read
 in parallel key ranges when large: split where an earlier listing's keys say, else by next
-character), then only the heads this process has not seen at the listed version: from the head pages writers keep (:mod:`cloudtrack.store.pages`, about one GET
-per few hundred finished runs), and one GET each for the rest (running runs, and heads changed
-since their page entry).  Heads a search had to GET one by one go into the pages for the next
+character), then only the heads this process has not seen at the listed version: from the
+head pages writers keep (:mod:`cloudtrack.store.pages`, about one GET per few hundred
+finished runs), and one GET each for the rest (running runs, and heads changed since their
+page entry).  Heads a search had to GET one by one go into the pages for the next
 process."""
 
 from __future__ import annotations
@@ -34,6 +35,10 @@ EXPERIMENTS_AT_ONCE = 8
 #: Keys per range when a search lists heads it listed before in ranges: a quarter under a
 #: LIST page of 1,000 (S3, GCS), so a range that grew since still takes one request.
 RANGE_KEYS = 750
+
+#: What the first search reads from the pages while the heads are listed: the entries, and
+#: the pages read.
+_EarlyPages = tuple[dict[str, tuple[str, "Record"]], frozenset[str]]
 
 _gc_lock = threading.Lock()
 _gc_pauses = 0
@@ -166,8 +171,10 @@ class SearchMixin(StoreCore):
         if on_disk:
             self._read_cache.fill(self._cache, listing)
         unread = self._cache.missing(listing)  # what the store had to give this time
-        if early is not None:
-            self._cache.merge(early.result())
+        read_early: frozenset[str] = frozenset()
+        if early is not None:  # heads missing still are in no page, or newer than theirs
+            early_found, read_early = early.result()
+            self._cache.merge(early_found)
         self._searched.add(experiment_id)
         if listed_pages is not None:
             page_map = listed_pages.result()
@@ -178,7 +185,7 @@ class SearchMixin(StoreCore):
         if not page_map.bits and len(unread) >= SNAPSHOT_MIN_MISSES:
             # A store written before head pages: the snapshot its readers left, if any.
             snapshots.load_into(self._cache, self.blobs, experiment_id)
-        found, fetched, _ = self._read_paged(listing, folder, page_map)
+        found, fetched, _ = self._read_paged(listing, folder, page_map, read_early)
         self._page_later(folder, fetched, is_finished)
         if unread:  # for the next process: what this one had to read from the store
             self._pool.submit(self._read_cache.save, self._cache.entries(unread))
@@ -203,15 +210,15 @@ class SearchMixin(StoreCore):
         return keys[RANGE_KEYS::RANGE_KEYS]
 
     def _pages_early(self, folder: str, listed_pages: concurrent.futures.Future[pages.PageMap],
-                     ) -> concurrent.futures.Future[dict[str, tuple[str, Record]]]:
+                     ) -> concurrent.futures.Future[_EarlyPages]:
         """Every entry of every page in ``folder``, read once they are listed, in a thread of
-        its own (it waits on the read pool's tasks, which a task of that pool must not);
-        nothing when they cannot be read (pages only save requests)."""
-        out: concurrent.futures.Future[dict[str, tuple[str, Record]]] = \
-            concurrent.futures.Future()
+        its own (it waits on the read pool's tasks, which a task of that pool must not), and
+        the pages read; nothing when they cannot be read (pages only save requests)."""
+        out: concurrent.futures.Future[_EarlyPages] = concurrent.futures.Future()
 
         def read() -> None:
             found: dict[str, tuple[str, Record]] = {}
+            bits: list[str] = []
             try:
                 bits = listed_pages.result().reachable()
                 for part in self._pool.map(
@@ -220,7 +227,7 @@ class SearchMixin(StoreCore):
             except Exception as e:  # pages only save requests
                 log.debug("could not read the pages in %s early: %r",
                           self.blobs.object_uri(folder), e)
-            out.set_result(found)
+            out.set_result((found, frozenset(bits)))
 
         threading.Thread(target=read, name="cloudtrack-pages", daemon=True).start()
         return out
