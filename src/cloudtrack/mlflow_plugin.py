@@ -9,7 +9,9 @@ doctor imports this module for :func:`is_mlflow_file_store`.
 
 from __future__ import annotations
 
+import concurrent.futures
 import os
+import threading
 from typing import Any
 
 from cloudtrack.config import local_path
@@ -35,6 +37,11 @@ def is_mlflow_file_store(path: str) -> bool:
 
 @translate_errors
 def tracking_store(store_uri: str, artifact_uri: str | None = None) -> Any:
+    early = _take_early("tracking", (store_uri, artifact_uri))
+    return early if early is not None else _tracking_store(store_uri, artifact_uri)
+
+
+def _tracking_store(store_uri: str, artifact_uri: str | None) -> Any:
     if store_uri.startswith("file:") or "://" not in store_uri:
         path = local_path(store_uri)
         if is_mlflow_file_store(path):
@@ -54,6 +61,11 @@ def tracking_store(store_uri: str, artifact_uri: str | None = None) -> Any:
 
 @translate_errors
 def registry_store(store_uri: str, tracking_uri: str | None = None) -> Any:
+    early = _take_early("registry", (store_uri, tracking_uri))
+    return early if early is not None else _registry_store(store_uri, tracking_uri)
+
+
+def _registry_store(store_uri: str, tracking_uri: str | None) -> Any:
     if store_uri.startswith("file:") or "://" not in store_uri:
         path = local_path(store_uri)
         if is_mlflow_file_store(path):
@@ -71,6 +83,102 @@ def artifact_repository(artifact_uri: str, tracking_uri: str | None = None,
     from cloudtrack.artifacts import BlobArtifactRepository
 
     return BlobArtifactRepository(artifact_uri, tracking_uri, registry_uri)
+
+
+# -- stores an `mlflow server` worker builds as it starts ----------------------------------------
+#
+# A worker of `mlflow server` / `mlflow ui` builds its stores when the first request needs them:
+# for a bucket that is importing the cloud SDK, making its client and reading the store's
+# marker, about 0.15 s and a round trip that the first request of the UI waited for.  A worker
+# serving one of our stores starts building them in a thread as soon as MLflow loads this
+# plugin (while the worker is still starting), with the arguments MLflow will pass
+# (`mlflow.server.handlers` reads the same variables); the first request takes what was built,
+# or waits for it.  A build that failed is done again in the request, so the request fails
+# (or, the bucket back, succeeds) as it would have; one built for other arguments is closed.
+
+_SERVER_BACKEND = "_MLFLOW_SERVER_FILE_STORE"  # what `mlflow server` hands its workers
+_SERVER_REGISTRY = "_MLFLOW_SERVER_REGISTRY_STORE"
+_SERVER_ARTIFACT_ROOT = "_MLFLOW_SERVER_ARTIFACT_ROOT"
+_OUR_SCHEMES = ("s3", "gs", "wasbs", "abfss", "file")
+
+_Args = tuple[str, str | None]  # (store URI, artifact root or tracking URI)
+_early: dict[tuple[str, _Args], concurrent.futures.Future[Any]] = {}
+_early_lock = threading.Lock()
+
+
+def _ours(uri: str | None) -> bool:
+    """Whether MLflow would send ``uri`` to this plugin: our schemes, ``file:``, plain paths."""
+    if not uri:
+        return False
+    if "://" in uri:
+        return uri.split("://", 1)[0] in _OUR_SCHEMES
+    plain = ":" not in uri.split("/", 1)[0] and uri not in ("databricks", "databricks-uc", "uc")
+    return uri.startswith("file:") or plain
+
+
+def _build_early(kind: str, args: _Args) -> None:
+    """Build the ``kind`` store for ``args`` in a thread, once, for :func:`_take_early`."""
+    with _early_lock:
+        if (kind, args) in _early:
+            return
+        future: concurrent.futures.Future[Any] = concurrent.futures.Future()
+        _early[(kind, args)] = future
+    build = _tracking_store if kind == "tracking" else _registry_store
+
+    def run() -> None:
+        try:
+            future.set_result(build(*args))
+        except BaseException as e:  # the request builds it again, and says what failed
+            future.set_exception(e)
+
+    threading.Thread(target=run, name=f"cloudtrack-early-{kind}", daemon=True).start()
+
+
+def _take_early(kind: str, args: _Args) -> Any:
+    """The ``kind`` store built early for ``args`` (waiting for it if still being built);
+    None when none was, or its build failed.  Stores built early for other arguments are
+    closed."""
+    with _early_lock:
+        mine = _early.pop((kind, args), None)
+        others = [_early.pop(k) for k in list(_early) if k[0] == kind]
+    for future in others:
+        future.add_done_callback(_close_unused)
+    if mine is None:
+        return None
+    try:
+        return mine.result()
+    except Exception:
+        return None
+
+
+def _close_unused(future: concurrent.futures.Future[Any]) -> None:
+    if future.exception() is None:
+        close = getattr(future.result(), "close", None)
+        if close is not None:
+            close()
+
+
+def _start_building_in_server() -> None:
+    """In a worker of `mlflow server` on one of our stores: :func:`_build_early` its stores."""
+    backend = os.environ.get(_SERVER_BACKEND)
+    if not _ours(backend):
+        return
+    assert backend is not None
+    _build_early("tracking", (backend, os.environ.get(_SERVER_ARTIFACT_ROOT)))
+    registry = os.environ.get(_SERVER_REGISTRY) or backend
+    if _ours(registry):
+        # MLflow passes the tracking URI it set when it built the tracking store.
+        _build_early("registry", (registry, backend))
+
+
+def _forget_early_builds() -> None:  # a forked child has the futures, not the threads
+    global _early_lock
+    _early.clear()
+    _early_lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_early_builds)
 
 
 def _also_serve_plain_paths(module_name: str, registry_attr: str, builder: Any) -> None:
@@ -93,6 +201,7 @@ def __getattr__(name: str) -> Any:
     if name == "tracking_store_builder":
         _also_serve_plain_paths("mlflow.tracking._tracking_service.utils",
                                 "_tracking_store_registry", tracking_store)
+        _start_building_in_server()
         return tracking_store
     if name == "registry_store_builder":
         _also_serve_plain_paths("mlflow.tracking._model_registry.utils",
