@@ -418,6 +418,77 @@ def test_the_first_search_reads_each_page_once(store, monkeypatch) -> None:  # t
     assert {layout.head(exp, rid) for rid in ids[:30]} <= set(gets)
 
 
+def give_up(s: BlobTrackingStore, exp: str, run_ids: list[str]) -> None:
+    """What writers that lost their races on a page leave: these runs in no page."""
+    gone = {layout.head(exp, r) for r in run_ids}
+    for info in s.blobs.list(layout.head_pages(exp)):
+        split, entries = pages.unpack(s.blobs.get(info.key))
+        if not split and gone & set(entries):
+            s.blobs.put(info.key, pages.pack({k: v for k, v in entries.items() if k not in gone}))
+
+
+def head_gets(s: BlobTrackingStore, exp: str) -> list[str]:
+    """The heads of ``exp`` that ``s`` GETs one by one from now on (appended as it does)."""
+    gets: list[str] = []
+    real_get = s.blobs._get
+
+    def get(key: str) -> Any:
+        if key.startswith(layout.heads(exp)):
+            gets.append(key)
+        return real_get(key)
+
+    s.blobs._get = get  # type: ignore[method-assign]
+    return gets
+
+
+def test_a_reader_pages_the_few_heads_the_writers_gave_up(store, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """Three finished runs in no page (their writers gave them up): the first reader GETs
+    them, and puts them into the pages, so that the next reader of another machine does not
+    (before, a reader paged only 16 or more)."""
+    monkeypatch.setenv("CLOUDTRACK_READ_CACHE", "off")
+    setup = tracking_store(store, strict=True)
+    exp = setup.create_experiment("healed")
+    ids = sweep(store, exp, 40, writers=4)
+    give_up(setup, exp, ids[:3])
+    first = tracking_store(store, strict=True)
+    gets = head_gets(first, exp)
+    expected = summary(search(first, exp, QUERIES[1]))
+    assert sorted(gets) == sorted(layout.head(exp, r) for r in ids[:3])
+    first.close()  # what a process does at exit: its page writes end
+    second = tracking_store(store, strict=True)
+    gets = head_gets(second, exp)
+    assert summary(search(second, exp, QUERIES[1])) == expected
+    assert gets == []
+
+
+@pytest.mark.parametrize("store", ["s3"], indirect=True)
+def test_a_reader_that_may_not_write_stops_paging(store, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """A reader whose credentials may only read and list (a bucket policy, enforced by the
+    IAM-enforcing moto) tries to page what it had to GET once, is refused, and then sends no
+    more page writes: the searches answer the same."""
+    from cloudtrack.config import resolve
+
+    monkeypatch.setenv("CLOUDTRACK_READ_CACHE", "off")
+    setup = tracking_store(store, strict=True)
+    exps = [setup.create_experiment(f"read-only-{i}") for i in range(2)]
+    ids = {exp: sweep(store, exp, 20, writers=2) for exp in exps}
+    reference = tracking_store(store, strict=True)
+    expected = [summary(search(reference, exp, QUERIES[1])) for exp in exps]
+    reference.close()  # its page writes, if it had any, are done
+    for exp in exps:
+        give_up(setup, exp, ids[exp][:3])
+    env = {**store.env, **store.service.read_only_env()}
+    reader = BlobTrackingStore(store.uri, config=resolve(store.uri, env))
+    counter = Requests(reader)
+    assert summary(search(reader, exps[0], QUERIES[1])) == expected[0]
+    reader._page_writer.write()  # its background pass, now
+    assert "_put" in counter.take() and reader._page_writer._refused
+    assert summary(search(reader, exps[1], QUERIES[1])) == expected[1]
+    reader._page_writer.write()
+    assert "_put" not in counter.take()
+    reader.close()
+
+
 def test_logged_models_are_paged_too(store, mlflow_reference: Callable[[], MlflowReference]) -> None:  # type: ignore[no-untyped-def]
     """search_logged_models of a new process reads the pages writers kept for the models they
     finalized (a pending one directly), and answers as MLflow's sqlite store does."""

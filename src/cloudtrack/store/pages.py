@@ -204,12 +204,13 @@ def seed(cache: VersionedCache, blobs: Blobs, folder: str, page_map: PageMap,
 # -- writing ---------------------------------------------------------------------------------
 
 def merge(blobs: Blobs, folder: str, entries: RawEntries, pages: PageMap | None = None,
-          map_fn: Callable[..., Iterable[dict[str, tuple[str, bytes]]]] = map,
+          map_fn: Callable[..., Iterable[Any]] = map,
           ) -> dict[str, tuple[str, bytes]]:
     """Put ``entries`` into their pages; return the entries given up (lost races).
 
     ``pages`` is what the caller last listed (a page found split sends its entries on to its
-    halves); ``map_fn`` (a pool's ``map``) writes several pages at once."""
+    halves); ``map_fn`` (a pool's ``map``) writes several pages at once.  An error of one
+    page is raised once the others are written (no write of the call is left running)."""
     if not entries:
         return {}
     if pages is None:
@@ -217,11 +218,21 @@ def merge(blobs: Blobs, folder: str, entries: RawEntries, pages: PageMap | None 
     groups: dict[str, dict[str, tuple[str, bytes]]] = {}
     for key, entry in entries.items():
         groups.setdefault(pages.target_of(key), {})[key] = entry
+    def one(item: tuple[str, dict[str, tuple[str, bytes]]],
+            ) -> tuple[dict[str, tuple[str, bytes]], Exception | None]:
+        try:
+            return _merge_page(blobs, folder, *item, halved=pages.has_halves(item[0])), None
+        except Exception as e:  # raised once every page's write has ended, not before
+            return {}, e
+
     lost: dict[str, tuple[str, bytes]] = {}
-    for part in map_fn(lambda item: _merge_page(blobs, folder, *item,
-                                                halved=pages.has_halves(item[0])),
-                       list(groups.items())):
+    errors: list[Exception] = []
+    for part, error in map_fn(one, list(groups.items())):
         lost.update(part)
+        if error is not None:
+            errors.append(error)
+    if errors:
+        raise errors[0]
     return lost
 
 

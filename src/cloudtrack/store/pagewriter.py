@@ -22,6 +22,7 @@ import weakref
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from cloudtrack.errors import PermissionDenied
 from cloudtrack.store import pages
 from cloudtrack.store.records import Record
 
@@ -68,6 +69,8 @@ class PageWriter:
         self._pid = os.getpid()
         self._maps: dict[str, tuple[float, pages.PageMap]] = {}
         self._closed = False
+        #: The store refused a page write (read-only credentials): queue nothing more.
+        self._refused = False
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
         #: key -> passes that lost it so far.
         self._tries: dict[str, int] = {}
@@ -79,7 +82,7 @@ class PageWriter:
 
     def add(self, folder: str, key: str, version: str, record: bytes) -> None:
         """Queue ``record`` (at ``version``) for the pages in ``folder``."""
-        if self._closed:
+        if self._closed or self._refused:
             return
         with self._lock:
             self._queue.setdefault(folder, {})[key] = (version, record)
@@ -124,6 +127,12 @@ class PageWriter:
                 try:
                     lost = pages.merge(self.blobs, folder, entries, self._map(folder),
                                        _threads_map if self._closed else self._pool().map)
+                except PermissionDenied as e:  # a reader that may not write: not again
+                    self.given_up += len(entries)
+                    self._refused = True
+                    log.debug("may not write the pages in %s (%r): writing no page from now",
+                              self.blobs.object_uri(folder), e)
+                    continue
                 except Exception as e:  # a cache: readers pay a GET per record instead
                     self.given_up += len(entries)
                     log.debug("could not write the pages in %s: %r",

@@ -34,8 +34,10 @@ from cloudtrack.tracking.journal import Journal, ReplayReport
 
 #: Parallel GETs when a search or a history read must fetch many objects.
 READ_CONCURRENCY = 32
-#: A read that had to GET this many records one by one puts them into the pages.
-UPGRADE_MIN_MISSES = 16
+#: A read that had to GET this many finished records one by one puts them into the pages:
+#: every one, since each costs every later reader of another machine a GET (entries writers
+#: gave up after lost races, records of a store written before pages).
+UPGRADE_MIN_MISSES = 1
 
 log = logging.getLogger("cloudtrack.tracking")
 
