@@ -34,10 +34,12 @@ from cloudtrack.tracking.journal import Journal, ReplayReport
 
 #: Parallel GETs when a search or a history read must fetch many objects.
 READ_CONCURRENCY = 32
-#: A read that had to GET this many finished records one by one puts them into the pages:
-#: every one, since each costs every later reader of another machine a GET (entries writers
-#: gave up after lost races, records of a store written before pages).
-UPGRADE_MIN_MISSES = 1
+#: A read that had to GET this many records one by one puts them into the pages.
+UPGRADE_MIN_MISSES = 16
+#: The same for run heads: every finished one, since each costs every later reader without
+#: it in its read cache a GET, and sweeps leave a few (entries writers gave up after lost
+#: races on their page).
+UPGRADE_MIN_MISSED_HEADS = 1
 
 log = logging.getLogger("cloudtrack.tracking")
 
@@ -251,11 +253,12 @@ class StoreCore(AbstractStore):
                              read_pages)
         return self._read_many(listing), missing, page_map
 
-    def _page_later(self, folder: str, keys: list[str], done: Callable[[Record], bool]) -> None:
+    def _page_later(self, folder: str, keys: list[str], done: Callable[[Record], bool],
+                    at_least: int = UPGRADE_MIN_MISSES) -> None:
         """Records a read had to GET one by one go into the pages (in the background), so the
         next process does not: how a store written before pages, or pages a writer could not
-        keep, catch up."""
-        if len(keys) < UPGRADE_MIN_MISSES:
+        keep, catch up (when they are ``at_least`` many)."""
+        if len(keys) < at_least:
             return
         for key, (version, rec) in self._cache.entries(keys).items():
             if done(rec):

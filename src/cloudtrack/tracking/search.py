@@ -23,7 +23,12 @@ from cloudtrack.errors import BlobNotFound
 from cloudtrack.store import entities, layout, pages, snapshots
 from cloudtrack.store.pagewriter import is_finished
 from cloudtrack.store.records import Record
-from cloudtrack.tracking.core import StoreCore, check_max_results, distinct_experiment_ids
+from cloudtrack.tracking.core import (
+    UPGRADE_MIN_MISSED_HEADS,
+    StoreCore,
+    check_max_results,
+    distinct_experiment_ids,
+)
 
 log = logging.getLogger("cloudtrack.tracking")
 
@@ -186,7 +191,7 @@ class SearchMixin(StoreCore):
             # A store written before head pages: the snapshot its readers left, if any.
             snapshots.load_into(self._cache, self.blobs, experiment_id)
         found, fetched, _ = self._read_paged(listing, folder, page_map, read_early)
-        self._page_later(folder, fetched, is_finished)
+        self._page_later(folder, fetched, is_finished, UPGRADE_MIN_MISSED_HEADS)
         if unread:  # for the next process: what this one had to read from the store
             self._pool.submit(self._read_cache.save, self._cache.entries(unread))
         candidates = []
