@@ -14,7 +14,7 @@ import os
 import threading
 from typing import Any
 
-from cloudtrack.config import local_path
+from cloudtrack.config import SCHEMES, local_path, split_scheme
 from cloudtrack.mlflow_errors import translate_errors
 
 
@@ -99,7 +99,6 @@ def artifact_repository(artifact_uri: str, tracking_uri: str | None = None,
 _SERVER_BACKEND = "_MLFLOW_SERVER_FILE_STORE"  # what `mlflow server` hands its workers
 _SERVER_REGISTRY = "_MLFLOW_SERVER_REGISTRY_STORE"
 _SERVER_ARTIFACT_ROOT = "_MLFLOW_SERVER_ARTIFACT_ROOT"
-_OUR_SCHEMES = ("s3", "gs", "wasbs", "abfss", "file")
 
 _Args = tuple[str, str | None]  # (store URI, artifact root or tracking URI)
 _early: dict[tuple[str, _Args], concurrent.futures.Future[Any]] = {}
@@ -107,13 +106,11 @@ _early_lock = threading.Lock()
 
 
 def _ours(uri: str | None) -> bool:
-    """Whether MLflow would send ``uri`` to this plugin: our schemes, ``file:``, plain paths."""
-    if not uri:
+    """Whether MLflow would send ``uri`` to this plugin: our schemes, ``file:``, plain paths
+    (but not the bare names MLflow itself takes: ``databricks``, ``databricks-uc``, ``uc``)."""
+    if not uri or uri in ("databricks", "databricks-uc", "uc"):
         return False
-    if "://" in uri:
-        return uri.split("://", 1)[0] in _OUR_SCHEMES
-    plain = ":" not in uri.split("/", 1)[0] and uri not in ("databricks", "databricks-uc", "uc")
-    return uri.startswith("file:") or plain
+    return split_scheme(uri) in SCHEMES
 
 
 def _build_early(kind: str, args: _Args) -> None:

@@ -15,6 +15,9 @@ from typing import Any
 
 import pytest
 
+from backends._common import unique
+from backends.s3.service import BUCKET_PREFIX
+
 WORKER = textwrap.dedent("""
     import json, os, sys
     from mlflow.server import handlers  # what a server worker imports: it loads the plugin
@@ -47,6 +50,14 @@ WORKER = textwrap.dedent("""
             handlers._get_tracking_store()
         except Exception as e:
             out["error"] = f"{type(e).__name__}: {e}"
+    elif mode == "bucket-came-back":
+        failed = early[("tracking", (uri, None))].exception(timeout=300)
+        out["early_error"] = type(failed).__name__
+        import boto3  # the bucket is made after the early build failed, before the request
+        boto3.client("s3", endpoint_url=os.environ["MLFLOW_S3_ENDPOINT_URL"]).create_bucket(
+            Bucket=uri.split("/")[2])
+        store = handlers._get_tracking_store()
+        out["experiments"] = [e.name for e in store.search_experiments()]
     print(json.dumps(out))
 """)
 
@@ -79,6 +90,16 @@ def test_a_failed_early_build_is_done_again_by_the_request_and_says_why(store) -
     assert out["kinds"] == ["registry", "tracking"]
     assert out["error"].startswith("MlflowException") and "cloudtrack-no-such-bucket" in \
         out["error"], out
+
+
+@pytest.mark.parametrize("store", ["s3"], indirect=True)
+def test_a_failed_early_build_is_not_what_the_request_gets_once_the_bucket_is_back(store) -> None:  # type: ignore[no-untyped-def]
+    # A request that re-raised the early failure instead of building again would fail here.
+    bucket = unique(f"{BUCKET_PREFIX}late")  # a name the store's credentials may create
+    out = worker("bucket-came-back",
+                 {**store.env, "_MLFLOW_SERVER_FILE_STORE": f"s3://{bucket}/store"})
+    assert out["early_error"] == "MlflowException", out
+    assert out["experiments"] == ["Default"], out
 
 
 def test_a_server_on_another_store_builds_nothing_early(tmp_path) -> None:  # type: ignore[no-untyped-def]

@@ -43,7 +43,7 @@ RANGE_KEYS = 750
 
 #: What the first search reads from the pages while the heads are listed: the entries, and
 #: the pages read.
-_EarlyPages = tuple[dict[str, tuple[str, "Record"]], frozenset[str]]
+_EarlyPages = tuple[dict[str, tuple[str, Record]], frozenset[str]]
 
 _gc_lock = threading.Lock()
 _gc_pauses = 0
