@@ -48,6 +48,16 @@ from backends._common import (
 HERE = Path(__file__).resolve().parent
 log = logging.getLogger("backends.azure")
 AZURITE_BLOB = HERE / "node_modules" / ".bin" / "azurite-blob"
+#: Starts Azurite's blob service with its periodic extent garbage collection off.  That
+#: collection runs 10 minutes after the start and then every 10 minutes after it ends; its
+#: mark phase lists every blob of the emulator in pages of 5,000, each page a scan and a sort
+#: of the whole in-memory blob table, and the emulator answers nothing meanwhile.  Late in a
+#: test session (a few hundred MB of blobs) Azurite then answered no request for 75 s and
+#: for 160 s at 90 % CPU, measured twice about 10 minutes into a session with a probe every
+#: 2 s: the cause of the doctor test timing out after 5 s and of the SIGKILL test's buffered
+#: writer finding no store (CI, 2026-11-30).  Off, the extents of deleted blobs stay in memory
+#: for the session (Azurite caps in-memory extents at half the machine's memory).
+LAUNCHER = HERE / "azurite-blob.js"
 INSTALL_HINT = "npm ci --prefix backends/azure  (needs node >= 20)"
 
 #: Azurite's built-in development account and its published key (documented by Microsoft for
@@ -262,7 +272,10 @@ class Azurite(StorageService):
             raise RuntimeError(f"Azurite is not installed in {HERE}; run: {INSTALL_HINT}")
         self._tmp = Path(tempfile.mkdtemp(prefix=f"cloudtrack-{self.name}-"))
         self.port = free_port()
-        argv = [str(AZURITE_BLOB), "--blobHost", LOOPBACK, "--blobPort", str(self.port),
+        node = shutil.which("node")
+        if node is None:
+            raise RuntimeError(f"node is not on PATH; Azurite needs it: {INSTALL_HINT}")
+        argv = [node, str(LAUNCHER), "--blobHost", LOOPBACK, "--blobPort", str(self.port),
                 "--inMemoryPersistence", "--disableTelemetry", "--silent",
                 # The SDK may speak a newer REST version than this Azurite knows.
                 "--skipApiVersionCheck",
