@@ -146,10 +146,6 @@ def current_models(found: list[Record]) -> list[Record]:
             if not r.get(RENAMED_TO) or (r[RENAMED_TO], r.get("id")) not in held]
 
 
-#: A search that GETs this many registry records one by one puts them into the pages.
-PAGE_LATER_MIN = 16
-
-
 def _pages_folder(key: str) -> str | None:
     """The pages a registry record belongs in."""
     if key.startswith(layout.REGISTERED_MODELS):
@@ -254,19 +250,19 @@ class BlobRegistryStore(AbstractStore):
         infos = (self.blobs.list_spread(prefix, self._pool.map) if spread
                  else self.blobs.list(prefix))
         listing = [(i.key, i.version) for i in infos]
-        fetched: list[str] = []
+        unpaged: list[str] = []
         if folder is not None and listed_pages is not None:
-            fetched = pages.seed(self._cache, self.blobs, folder, listed_pages.result(),
-                                 listing, self._pool.map)
+            _, unpaged = pages.seed(self._cache, self.blobs, folder, listed_pages.result(),
+                                    listing, self._pool.map)
         for got in self._cache.read_many(self.blobs, listing, self._pool.map).values():
             if isinstance(got, CorruptObject) and skip_corrupt:
                 log.warning("skipping registry record: %s", got)
             elif isinstance(got, Exception) and not isinstance(got, BlobNotFound):
                 raise got
-        if folder is not None and len(fetched) >= PAGE_LATER_MIN:
-            # Read one by one: into the pages for the next process (how a registry written
-            # before pages catches up).
-            for key, (version, rec) in self._cache.entries(fetched).items():
+        if folder is not None:
+            # Read one by one, in no page: into the pages for the next process (how a
+            # registry written before pages, and entries writers gave up, catch up).
+            for key, (version, rec) in self._cache.entries(unpaged).items():
                 self._page_writer.add(folder, key, version, records.dumps(rec))
         return self._cache.vouched(listing)
 

@@ -433,6 +433,27 @@ def test_second_migration_writes_nothing(copied: Copy, source: Populated) -> Non
         f"_get {layout.logged_model(source.exp, source.model_id)}"]
 
 
+def test_what_a_migration_writes_is_in_the_pages(copied: Copy, source: Populated) -> None:
+    """The experiment and logged-model records a migration writes go into their pages as the
+    store's own writes do, so no later reader GETs them one by one (nor pages them: a re-run
+    reads the store after those readers and must find nothing to write)."""
+    copied.dest.tracking._page_writer.write()  # what closing the destination would do
+    blobs = copied.dest.blobs
+
+    def paged(folder: str) -> dict[str, str]:
+        out = {}
+        for info in blobs.list(folder):
+            out.update({k: v for k, (v, _) in pages.unpack(blobs.get(info.key))[1].items()})
+        return out
+
+    experiments = {i.key: i.version for i in blobs.list(layout.EXPERIMENTS)
+                   if i.key.endswith(".json")}
+    assert paged(layout.experiment_pages()) == experiments
+    models = {i.key: i.version for i in blobs.list(layout.logged_models(source.exp))}
+    assert layout.logged_model(source.exp, source.model_id) in models
+    assert paged(layout.logged_model_pages(source.exp)) == models
+
+
 # -- re-writing runs -------------------------------------------------------------------------
 
 def test_rewriting_a_run_keeps_one_copy_of_each_point(copied: Copy, source: Populated) -> None:

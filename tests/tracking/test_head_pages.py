@@ -461,6 +461,50 @@ def test_a_reader_pages_the_few_heads_the_writers_gave_up(store, monkeypatch) ->
     assert gets == []
 
 
+def test_a_merge_that_adds_nothing_writes_nothing(store) -> None:  # type: ignore[no-untyped-def]
+    """Entries already in their page at their versions (a writer's retry, a reader paging
+    what a writer paged meanwhile) cost the merge a GET of the page, not a PUT."""
+    setup = tracking_store(store, strict=True)
+    exp = setup.create_experiment("merged-twice")
+    ids = sweep(store, exp, 12, writers=2)
+    folder = layout.head_pages(exp)
+    heads = {layout.head(exp, r): records.read_versioned(setup.blobs, layout.head(exp, r))
+             for r in ids}
+    entries = {key: (version, records.dumps(rec)) for key, (rec, version) in heads.items()}
+    assert pages.merge(setup.blobs, folder, entries) == {}  # whatever the writers left
+    counter = Requests(setup)
+    assert pages.merge(setup.blobs, folder, entries) == {}
+    calls = counter.take()
+    assert "_get" in calls and "_put" not in calls and "_delete" not in calls, calls
+    # One entry at another version: its page is written, the others are not.
+    key = layout.head(exp, ids[0])
+    assert pages.merge(setup.blobs, folder, {key: ('"another"', entries[key][1])}) == {}
+    assert counter.take().count("_put") == 1
+
+
+def test_records_read_one_by_one_because_they_were_few_are_not_paged_again(store) -> None:  # type: ignore[no-untyped-def]
+    """A reader that GETs a few records because that is cheaper than their pages does not know
+    whether a page holds them, and queues none (it would rewrite pages that hold them); records
+    its pages lacked it does queue (see the test above)."""
+    setup = tracking_store(store, strict=True)
+    for i in range(2):
+        setup.create_experiment(f"few-{i}")
+    setup.close()  # its experiment records are in the pages
+    first = tracking_store(store, strict=True)
+    assert len(first.search_experiments(ViewType.ALL, max_results=100)) == 3
+    first.close()  # it paged the default experiment if no page lay on its path
+    reader = tracking_store(store, strict=True)
+    paged = set().union(*(keys for _, keys in
+                          page_entries_in(reader.blobs, layout.experiment_pages()).values()))
+    assert paged >= {layout.experiment("1"), layout.experiment("2")}, paged
+    counter = Requests(reader)
+    assert len(reader.search_experiments(ViewType.ALL, max_results=100)) == 3
+    assert counter.take().count("_get") == 3  # fewer than pages.MIN_MISSES: read directly
+    assert reader._page_writer.pending() == 0
+    reader._page_writer.write()
+    assert not [c for c in counter.take() if c.startswith("_put")]
+
+
 @pytest.mark.parametrize("store", ["s3"], indirect=True)
 def test_a_reader_that_may_not_write_stops_paging(store, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     """A reader whose credentials may only read and list (a bucket policy, enforced by the

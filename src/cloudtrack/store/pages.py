@@ -79,8 +79,11 @@ def bits_of(key: str) -> str | None:
 class PageMap:
     """The pages a listing found, for finding the page that holds a run."""
 
-    def __init__(self, bits: Iterable[str]) -> None:
+    def __init__(self, bits: Iterable[str], *, known: bool = True) -> None:
         self.bits = set(bits)
+        #: The pages were listed (False: not listed, or the listing failed): a record no
+        #: listed page covers is then in no page only if this holds.
+        self.known = known
         self.depth = max((len(b) for b in self.bits), default=MIN_BITS)
 
     def page_of(self, key: str) -> str | None:
@@ -124,7 +127,7 @@ def list_pages_for_reading(blobs: Blobs, folder: str) -> PageMap:
         return list_pages(blobs, folder)
     except Exception as e:
         log.debug("could not list the pages in %s: %r", blobs.object_uri(folder), e)
-        return PageMap(())
+        return PageMap((), known=False)
 
 
 # -- the page's bytes ------------------------------------------------------------------------
@@ -182,23 +185,32 @@ def read_entries(blobs: Blobs, folder: str, bits: str,
 
 def seed(cache: VersionedCache, blobs: Blobs, folder: str, page_map: PageMap,
          listing: Listing, map_fn: Callable[..., Iterable[Any]],
-         read: Collection[str] = ()) -> list[str]:
+         read: Collection[str] = ()) -> tuple[list[str], list[str]]:
     """Fill ``cache`` with the listed records it lacks (at their listed version) from the
     pages that hold them, when that takes fewer GETs than the records, reading the pages
-    through ``map_fn`` (a pool's ``map``); return the keys still missing.  ``read``: pages
-    already read into ``cache`` (what they hold is there; they are not read again)."""
+    through ``map_fn`` (a pool's ``map``).  ``read``: pages already read into ``cache`` (what
+    they hold is there; they are not read again).
+
+    Return the keys still missing, and those of them known to be in no page at their listed
+    version (their page was read without them, or the listed pages have none for them): what
+    a reader may put into the pages.  The others were left to be read one by one because
+    they were few, and may well be in their pages."""
     listing = list(listing)
     missing = cache.missing(listing)
-    if len(missing) < MIN_MISSES:
-        return missing
-    needed = {bits for key in missing
-              if (bits := page_map.page_of(key)) is not None and bits not in read}
-    if not needed or len(needed) >= len(missing):
-        return missing
-    wanted = set(missing).__contains__
-    for found in map_fn(lambda b: read_entries(blobs, folder, b, wanted), sorted(needed)):
-        cache.merge(found)
-    return cache.missing(listing)
+    where = {key: page_map.page_of(key) for key in missing}
+    read = set(read)
+    if len(missing) >= MIN_MISSES:
+        needed = {bits for bits in where.values() if bits is not None and bits not in read}
+        if needed and len(needed) < len(missing):
+            wanted = set(missing).__contains__
+            for found in map_fn(lambda b: read_entries(blobs, folder, b, wanted),
+                                sorted(needed)):
+                cache.merge(found)
+            read |= needed
+            missing = cache.missing(listing)
+    unpaged = [key for key in missing
+               if where[key] in read or (where[key] is None and page_map.known)]
+    return missing, unpaged
 
 
 # -- writing ---------------------------------------------------------------------------------
@@ -258,6 +270,8 @@ def _merge_page(blobs: Blobs, folder: str, bits: str, entries: dict[str, tuple[s
                 return _merge_children(blobs, folder, bits, entries)
         elif halved:
             return _merge_children(blobs, folder, bits, entries)
+        if all(stored.get(k, ("",))[0] == entry[0] for k, entry in entries.items()):
+            return {}  # every entry is there at its version already: nothing to write
         merged = {**stored, **entries}
         try:
             if len(merged) > MAX_ENTRIES or halved:

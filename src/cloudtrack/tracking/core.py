@@ -10,7 +10,7 @@ import uuid
 from collections.abc import Callable, Collection, Iterable
 from typing import Any
 
-from mlflow.entities import Experiment, LifecycleStage, Run
+from mlflow.entities import Experiment, LifecycleStage, LoggedModelStatus, Run
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE, RESOURCE_DOES_NOT_EXIST
 from mlflow.store.tracking import SEARCH_MAX_RESULTS_THRESHOLD
@@ -34,12 +34,6 @@ from cloudtrack.tracking.journal import Journal, ReplayReport
 
 #: Parallel GETs when a search or a history read must fetch many objects.
 READ_CONCURRENCY = 32
-#: A read that had to GET this many records one by one puts them into the pages.
-UPGRADE_MIN_MISSES = 16
-#: The same for run heads: every finished one, since each costs every later reader without
-#: it in its read cache a GET, and sweeps leave a few (entries writers gave up after lost
-#: races on their page).
-UPGRADE_MIN_MISSED_HEADS = 1
 
 log = logging.getLogger("cloudtrack.tracking")
 
@@ -161,23 +155,32 @@ class StoreCore(AbstractStore):
                                 uri=self.store_uri, keeper=self.journal,
                                 patience=_longest_write(self.config))
         self._initialize()
-        #: Every experiment record this process writes goes into the experiment pages (from
-        #: here: the default experiment a new store starts with costs its readers one GET, not
-        #: every new store object a page write).
-        self.blobs.watch(self._page_experiment)
+        #: Every experiment and logged-model record written through this store's blobs (by
+        #: this store, or a migration into it) goes into its pages once settled.  From here:
+        #: a new store's default experiment costs no page write; the first reader that lists
+        #: the experiments finds it in no page and pages it.
+        self.blobs.watch(self._page_record)
         if self.strict and self.journal.entries():
             # Strict writes never use the buffer, so its thread (which writes what earlier
             # processes kept in the journal before anything else) would never start.
             self._flusher.start()
 
-    def _page_experiment(self, key: str, version: str, data: bytes) -> None:
-        if key.startswith(layout.EXPERIMENTS) and key.endswith(".json"):
-            try:
-                pending = bool(records.parse(data, key).get(claims.PENDING))
-            except CloudtrackError:
-                return
-            if not pending:  # a creation not yet settled is read directly, like a search does
-                self._page_writer.add(layout.experiment_pages(), key, version, data)
+    def _page_record(self, key: str, version: str, data: bytes) -> None:
+        if not key.endswith(".json"):
+            return
+        if key.startswith(layout.EXPERIMENTS):
+            folder = layout.experiment_pages()
+        elif key.startswith(layout.LOGGED_MODELS) and key.count("/") == 2:
+            folder = layout.logged_model_pages(key.split("/")[1])
+        else:
+            return
+        try:
+            rec = records.parse(data, key)
+        except CloudtrackError:
+            return
+        # A creation not yet settled, a model still pending: read directly, as searches do.
+        if not rec.get(claims.PENDING) and rec.get("status") != LoggedModelStatus.PENDING.value:
+            self._page_writer.add(folder, key, version, data)
 
     def _root_uri(self) -> str:
         if self.config.backend == "file":
@@ -240,26 +243,24 @@ class StoreCore(AbstractStore):
                     ) -> tuple[dict[str, Record | Exception], list[str], pages.PageMap]:
         """Every listed record, like :meth:`_read_many`, the ones this process does not hold
         taken from the pages in ``folder`` (:mod:`cloudtrack.store.pages`) when that is fewer
-        GETs; also the keys that had to be read one by one (queued for the pages when they
-        are many) and the pages found (``listed_pages``: listed already, or being listed;
-        ``read_pages``: pages whose entries are in the cache already, not read again)."""
+        GETs; also the keys read one by one that no page holds (for :meth:`_page_later`) and
+        the pages found (``listed_pages``: listed already, or being listed; ``read_pages``:
+        pages whose entries are in the cache already, not read again)."""
         if isinstance(listed_pages, pages.PageMap):
             page_map = listed_pages
         elif listed_pages is not None:
             page_map = listed_pages.result()
         else:
             page_map = pages.list_pages_for_reading(self.blobs, folder)
-        missing = pages.seed(self._cache, self.blobs, folder, page_map, listing, self._pool.map,
-                             read_pages)
-        return self._read_many(listing), missing, page_map
+        _, unpaged = pages.seed(self._cache, self.blobs, folder, page_map, listing,
+                                self._pool.map, read_pages)
+        return self._read_many(listing), unpaged, page_map
 
-    def _page_later(self, folder: str, keys: list[str], done: Callable[[Record], bool],
-                    at_least: int = UPGRADE_MIN_MISSES) -> None:
-        """Records a read had to GET one by one go into the pages (in the background), so the
-        next process does not: how a store written before pages, or pages a writer could not
-        keep, catch up (when they are ``at_least`` many)."""
-        if len(keys) < at_least:
-            return
+    def _page_later(self, folder: str, keys: list[str], done: Callable[[Record], bool]) -> None:
+        """Records a read had to GET because no page holds them go into the pages (in the
+        background; those ``done`` says are settled), so the next process does not: how a
+        store written before pages, and the entries writers gave up after lost races, catch
+        up.  However few: each costs every later reader without it in its read cache a GET."""
         for key, (version, rec) in self._cache.entries(keys).items():
             if done(rec):
                 self._page_writer.add(folder, key, version, records.dumps(rec))

@@ -114,8 +114,8 @@ class ExperimentsMixin(StoreCore):
         listed_pages = self._pool.submit(pages.list_pages_for_reading, self.blobs, folder)
         files, _ = self.blobs.list_dir(layout.EXPERIMENTS)
         listing = [(f.key, f.version) for f in files if f.key.endswith(".json")]
-        found, fetched, _ = self._read_paged(listing, folder, listed_pages)
-        self._page_later(folder, fetched, lambda rec: not rec.get(claims.PENDING))
+        found, unpaged, _ = self._read_paged(listing, folder, listed_pages)
+        self._page_later(folder, unpaged, lambda rec: not rec.get(claims.PENDING))
         out: list[Experiment] = []
         pending: list[tuple[str, Record]] = []
         for key, rec in found.items():

@@ -106,12 +106,9 @@ class LoggedModelsMixin(StoreCore):
                 raise _model_not_found(model_id)
             return change(rec)
 
-        key = layout.logged_model(exp, model_id)
-        rec, version = versioned_update(self.blobs, key, guarded,
-                                        missing=lambda: _model_not_found(model_id))
-        if _settled(rec):
-            self._page_writer.add(layout.logged_model_pages(exp), key, version,
-                                  records.dumps(rec))
+        # Settled, the record goes into its pages as it is written (StoreCore._page_record).
+        rec, _ = versioned_update(self.blobs, layout.logged_model(exp, model_id), guarded,
+                                  missing=lambda: _model_not_found(model_id))
         return rec
 
     def get_logged_model(self, model_id: str, allow_deleted: bool = False) -> LoggedModel:
@@ -230,8 +227,8 @@ class LoggedModelsMixin(StoreCore):
             folder = layout.logged_model_pages(exp_id)
             listed_pages = self._pool.submit(pages.list_pages_for_reading, self.blobs, folder)
             listing = [(i.key, i.version) for i in self.blobs.list(layout.logged_models(exp_id))]
-            found, fetched, _ = self._read_paged(listing, folder, listed_pages)
-            self._page_later(folder, fetched, _settled)
+            found, unpaged, _ = self._read_paged(listing, folder, listed_pages)
+            self._page_later(folder, unpaged, _settled)
             for key, rec in found.items():
                 if isinstance(rec, Exception):
                     if not isinstance(rec, BlobNotFound):

@@ -24,7 +24,6 @@ from cloudtrack.store import entities, layout, pages, snapshots
 from cloudtrack.store.pagewriter import is_finished
 from cloudtrack.store.records import Record
 from cloudtrack.tracking.core import (
-    UPGRADE_MIN_MISSED_HEADS,
     StoreCore,
     check_max_results,
     distinct_experiment_ids,
@@ -186,12 +185,12 @@ class SearchMixin(StoreCore):
         elif len(unread) >= pages.MIN_MISSES:  # the file did not have them: pages may
             page_map = pages.list_pages_for_reading(self.blobs, folder)
         else:
-            page_map = pages.PageMap(())
+            page_map = pages.PageMap((), known=False)
         if not page_map.bits and len(unread) >= SNAPSHOT_MIN_MISSES:
             # A store written before head pages: the snapshot its readers left, if any.
             snapshots.load_into(self._cache, self.blobs, experiment_id)
-        found, fetched, _ = self._read_paged(listing, folder, page_map, read_early)
-        self._page_later(folder, fetched, is_finished, UPGRADE_MIN_MISSED_HEADS)
+        found, unpaged, _ = self._read_paged(listing, folder, page_map, read_early)
+        self._page_later(folder, unpaged, is_finished)
         if unread:  # for the next process: what this one had to read from the store
             self._pool.submit(self._read_cache.save, self._cache.entries(unread))
         candidates = []
