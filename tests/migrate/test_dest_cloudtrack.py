@@ -434,8 +434,8 @@ def test_second_migration_writes_nothing(copied: Copy, source: Populated) -> Non
 
 
 def test_what_a_migration_writes_is_in_the_pages(copied: Copy, source: Populated) -> None:
-    """The experiment and logged-model records a migration writes go into their pages as the
-    store's own writes do, so no later reader GETs them one by one (nor pages them: a re-run
+    """The experiment, logged-model and registry records a migration writes go into their pages
+    as the stores' own writes do, so no later reader GETs them one by one (nor pages them: a re-run
     reads the store after those readers and must find nothing to write)."""
     copied.dest.tracking._page_writer.write()  # what closing the destination would do
     blobs = copied.dest.blobs
@@ -452,6 +452,10 @@ def test_what_a_migration_writes_is_in_the_pages(copied: Copy, source: Populated
     models = {i.key: i.version for i in blobs.list(layout.logged_models(source.exp))}
     assert layout.logged_model(source.exp, source.model_id) in models
     assert paged(layout.logged_model_pages(source.exp)) == models
+    # Registry records, written through the same blobs, into the registry's pages.
+    copied.dest.registry._page_writer.write()
+    versions = {i.key: i.version for i in blobs.list(layout.MODEL_VERSIONS)}
+    assert versions and paged(layout.registry_pages("versions")) == versions
 
 
 # -- re-writing runs -------------------------------------------------------------------------

@@ -45,7 +45,7 @@ from cloudtrack.errors import AlreadyExists, BlobNotFound, CloudtrackError, Corr
 from cloudtrack.migrate.destination import CopiedModel, CopiedRun, Destination, RunTarget
 from cloudtrack.migrate.endpoints import Endpoint
 from cloudtrack.migrate.model import ModelCopy, RunCopy, model_fingerprint, run_fingerprint
-from cloudtrack.model_registry import current_models
+from cloudtrack.model_registry import BlobRegistryStore, current_models
 from cloudtrack.store import build, claims, entities, layout, pages, records, snapshots
 from cloudtrack.store.cas import versioned_update
 from cloudtrack.store.pagewriter import is_finished
@@ -125,6 +125,11 @@ class CloudtrackDestination(Destination):
         self.tracking = endpoint.tracking
         self.registry = endpoint.registry
         self.blobs = self.tracking.blobs
+        # Registry records are written through the tracking store's blobs: the registry
+        # store pages them as it pages its own writes (the tracking store pages experiment
+        # and logged-model records), so no later reader finds them in no page.
+        if isinstance(self.registry, BlobRegistryStore):
+            self.blobs.watch(self.registry._page_record)
         self._pool = ThreadPoolExecutor(CONCURRENCY, thread_name_prefix="cloudtrack-dest")
         # Run bodies (index and history) being written, by run id: one per run between
         # begin_run and finish_run, so at most as many as the caller's workers.  A pool of
