@@ -252,8 +252,8 @@ class BlobRegistryStore(AbstractStore):
         listing = [(i.key, i.version) for i in infos]
         unpaged: list[str] = []
         if folder is not None and listed_pages is not None:
-            _, unpaged = pages.seed(self._cache, self.blobs, folder, listed_pages.result(),
-                                    listing, self._pool.map)
+            unpaged = pages.seed(self._cache, self.blobs, folder, listed_pages.result(),
+                                 listing, self._pool.map)
         for got in self._cache.read_many(self.blobs, listing, self._pool.map).values():
             if isinstance(got, CorruptObject) and skip_corrupt:
                 log.warning("skipping registry record: %s", got)

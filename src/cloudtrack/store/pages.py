@@ -185,16 +185,16 @@ def read_entries(blobs: Blobs, folder: str, bits: str,
 
 def seed(cache: VersionedCache, blobs: Blobs, folder: str, page_map: PageMap,
          listing: Listing, map_fn: Callable[..., Iterable[Any]],
-         read: Collection[str] = ()) -> tuple[list[str], list[str]]:
+         read: Collection[str] = ()) -> list[str]:
     """Fill ``cache`` with the listed records it lacks (at their listed version) from the
     pages that hold them, when that takes fewer GETs than the records, reading the pages
     through ``map_fn`` (a pool's ``map``).  ``read``: pages already read into ``cache`` (what
     they hold is there; they are not read again).
 
-    Return the keys still missing, and those of them known to be in no page at their listed
+    Return the listed keys still missing that are known to be in no page at their listed
     version (their page was read without them, or the listed pages have none for them): what
-    a reader may put into the pages.  The others were left to be read one by one because
-    they were few, and may well be in their pages."""
+    a reader may put into the pages.  Other missing keys were left to be read one by one
+    because they were few, and may well be in their pages."""
     listing = list(listing)
     missing = cache.missing(listing)
     where = {key: page_map.page_of(key) for key in missing}
@@ -208,9 +208,8 @@ def seed(cache: VersionedCache, blobs: Blobs, folder: str, page_map: PageMap,
                 cache.merge(found)
             read |= needed
             missing = cache.missing(listing)
-    unpaged = [key for key in missing
-               if where[key] in read or (where[key] is None and page_map.known)]
-    return missing, unpaged
+    return [key for key in missing
+            if where[key] in read or (where[key] is None and page_map.known)]
 
 
 # -- writing ---------------------------------------------------------------------------------

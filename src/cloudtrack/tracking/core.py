@@ -252,8 +252,8 @@ class StoreCore(AbstractStore):
             page_map = listed_pages.result()
         else:
             page_map = pages.list_pages_for_reading(self.blobs, folder)
-        _, unpaged = pages.seed(self._cache, self.blobs, folder, page_map, listing,
-                                self._pool.map, read_pages)
+        unpaged = pages.seed(self._cache, self.blobs, folder, page_map, listing,
+                             self._pool.map, read_pages)
         return self._read_many(listing), unpaged, page_map
 
     def _page_later(self, folder: str, keys: list[str], done: Callable[[Record], bool]) -> None:

@@ -23,11 +23,7 @@ from cloudtrack.errors import BlobNotFound
 from cloudtrack.store import entities, layout, pages, snapshots
 from cloudtrack.store.pagewriter import is_finished
 from cloudtrack.store.records import Record
-from cloudtrack.tracking.core import (
-    StoreCore,
-    check_max_results,
-    distinct_experiment_ids,
-)
+from cloudtrack.tracking.core import StoreCore, check_max_results, distinct_experiment_ids
 
 log = logging.getLogger("cloudtrack.tracking")
 
