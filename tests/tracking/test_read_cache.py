@@ -218,9 +218,10 @@ def test_heads_listed_before_are_listed_in_ranges_at_once(store, monkeypatch) ->
     assert calls["_list_page_after"] == 4 and calls["_list_page"] <= 1, calls
     assert calls["_get"] <= 2 * 12, calls
     # The same process again: bounds from its own listing of 72 heads, five ranges.  The
-    # twelve heads it had to GET go into their pages in the background: that pass first.
+    # twelve heads it had to GET go into their pages in the background: that pass first (it
+    # may write nothing: the runs' writer may have paged them meanwhile).
     reader._page_writer.write()
-    assert collections.Counter(counter.take())["_put"] >= 1, "the new heads were paged"
+    counter.take()
     runs = search(reader, exp, ("", ["attributes.run_name ASC"]))
     calls = collections.Counter(counter.take())
     assert len(runs) == N + 12 and calls == {"_list_page_after": 5}, calls
