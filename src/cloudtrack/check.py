@@ -142,9 +142,9 @@ class CheckReport:
     objects_removed: int = 0
     bytes_reclaimed: int = 0
     seconds: float = 0.0
-    #: record key -> page folders holding an entry of it (a repair drops the entries of the
-    #: records it removes).
-    entries_in: dict[str, set[str]] = field(default_factory=dict, repr=False)
+    #: record key -> the pages (folder, bits) holding an entry of it (a repair drops the
+    #: entries of the records it removes).
+    entries_in: dict[str, set[tuple[str, str]]] = field(default_factory=dict, repr=False)
     removed: set[str] = field(default_factory=set, repr=False)
 
     @property
@@ -208,8 +208,8 @@ class _Store:
         progress.finish()
         self.records: dict[str, Record] = {}
         self.unreadable: dict[str, str] = {}
-        #: record key -> the page folders holding an entry of it.
-        self.entries_in: dict[str, set[str]] = {}
+        #: record key -> the pages (folder, bits) holding an entry of it.
+        self.entries_in: dict[str, set[tuple[str, str]]] = {}
 
     def young(self, keys: Iterable[str]) -> bool:
         return any((self.now - self.infos[k].modified).total_seconds() < self.grace
@@ -511,7 +511,7 @@ def _pages(st: _Store, out: list[Finding], visible: set[str]) -> None:
                                tuple(keys), st.size(keys), "delete", st.young(keys),
                                _experiment_gone(blobs, exp)))
             continue
-        stale: set[str] = set()
+        stale_in: dict[str, set[str]] = {}  # page bits -> entries of records not listed
         for key in keys:
             try:
                 _, entries = pages.unpack(blobs.get(key))
@@ -521,13 +521,19 @@ def _pages(st: _Store, out: list[Finding], visible: set[str]) -> None:
                 out.append(Finding("unreadable_page", key, str(e), (key,), st.size([key]),
                                    "delete", st.young([key])))
                 continue
-            stale |= {k for k in entries if k not in st.infos}
+            bits = pages.bits_of(key)
+            if bits is None:
+                continue
+            stale_in[bits] = {k for k in entries if k not in st.infos}
             for k in entries:
-                st.entries_in.setdefault(k, set()).add(folder)
+                st.entries_in.setdefault(k, set()).add((folder, bits))
+        stale = set().union(*stale_in.values())
         if stale:
-            def drop(folder: str = folder, stale: frozenset[str] = frozenset(stale)) -> int:
-                gone = [k for k in stale if not blobs.exists(k)]
-                return purge.drop_page_entries(blobs, folder, gone)
+            # From the page each entry is in, which need not be the deepest on its path.
+            def drop(folder: str = folder, stale_in: dict[str, set[str]] = stale_in) -> int:
+                gone = {k for k in set().union(*stale_in.values()) if not blobs.exists(k)}
+                return purge.drop_entries_in_pages(
+                    blobs, folder, {bits: found & gone for bits, found in stale_in.items()})
             out.append(Finding("stale_page_entries", folder,
                                f"{len(stale)} entries of records that no longer exist",
                                tuple(sorted(stale)), 0, "drop_entries", False, None, drop))
@@ -700,15 +706,16 @@ def repair(blobs: Blobs, report: CheckReport, *, progress: Progress | None = Non
             log.info("left %s (%s): %s", f.subject, f.kind, why)
         progress.advance()
     # The pages of what was removed lose its entries too (readers ignore them; the bytes go).
-    folders: dict[str, list[str]] = {}
+    folders: dict[str, dict[str, set[str]]] = {}
     for key in report.removed:
-        for folder in report.entries_in.get(key, ()):
-            folders.setdefault(folder, []).append(key)
-    for folder, keys in folders.items():
+        for folder, bits in report.entries_in.get(key, ()):
+            folders.setdefault(folder, {}).setdefault(bits, set()).add(key)
+    for folder, found in folders.items():
         try:
-            purge.drop_page_entries(blobs, folder, keys)
+            purge.drop_entries_in_pages(blobs, folder, found)
         except CloudtrackError as e:
-            log.info("could not drop %d entries from %s: %s", len(keys), folder, e)
+            log.info("could not drop %d entries from %s: %s",
+                     sum(map(len, found.values())), folder, e)
     progress.finish()
 
 

@@ -15,6 +15,7 @@ dataset-tagged metrics) runs on sqlite and on each backend, strict and buffered.
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
@@ -66,6 +67,9 @@ def scenario(s: Any) -> list[Any]:
     for name in ("first", "second", "third", "gone"):
         m = s.create_logged_model(exp, name, runs[0])
         models.append(r.alias(m.model_id, "model"))
+        # Ties in an order go by creation time, then by model id: two models made in the same
+        # millisecond in one store and not in the other would order by their random ids.
+        time.sleep(0.002)
     first, second, third, gone = models
     train, tune = runs
     # Autolog's order: the model first, then its training metrics, tagged with the dataset.

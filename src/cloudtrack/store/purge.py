@@ -47,6 +47,14 @@ def drop_page_entries(blobs: Blobs, folder: str, keys: Iterable[str],
     return sum(_drop_from_page(blobs, folder, bits, group) for bits, group in groups.items())
 
 
+def drop_entries_in_pages(blobs: Blobs, folder: str, found: dict[str, set[str]]) -> int:
+    """Remove entries from the pages they were found in (page bits -> record keys); return
+    how many went.  For a caller that read every page: a record's entry may sit in a page
+    other than the deepest on its path (a split half-done, a page put there by hand), where
+    :func:`drop_page_entries` would not look."""
+    return sum(_drop_from_page(blobs, folder, bits, keys) for bits, keys in found.items() if keys)
+
+
 def _drop_from_page(blobs: Blobs, folder: str, bits: str, keys: set[str]) -> int:
     key = pages.page_key(folder, bits)
     for attempt in range(pages.ATTEMPTS):
