@@ -421,7 +421,8 @@ def test_second_migration_writes_nothing(copied: Copy, source: Populated) -> Non
     # Reads only: the experiments and their pages (a LIST each; a store of 3 experiments reads
     # the records, not the pages), per experiment its heads and its head pages (a
     # LIST each, a GET per page where there are any, see test_copied_runs_fingerprints...)
-    # and its logged models (one LIST, one GET per model, for its fingerprint), then the
+    # and its logged models (one LIST, one GET per model for its fingerprint: fewer than 4,
+    # so not their pages), then the
     # registry (one LIST of the models, per model one GET and one LIST, one GET per version).
     kinds = Requests.kinds(calls)
     assert (kinds.count("_list_dir"), kinds.count("_list_page")) == (1, 1 + 3 + 3 + 3 + 1 + 3), \

@@ -396,23 +396,45 @@ class CloudtrackDestination(Destination):
     # -- logged models ---------------------------------------------------------------------------
 
     def copied_models(self, experiment_ids: Sequence[str]) -> dict[str, CopiedModel]:
-        # One LIST per experiment and one GET per model, read side by side.  A record that
-        # cannot be read has no fingerprint: the model is written again.
-        keys = [info.key for exp_id in experiment_ids
-                for info in self.blobs.list(layout.logged_models(exp_id))]
+        """Per experiment: one LIST per 1,000 models; with a few or more, one LIST of its
+        logged-model pages and a GET per page that holds a listed model; a GET per model only
+        for records no page holds at their listed version (a model still pending, or paged
+        after a lost race).  A record that cannot be read has no fingerprint: the model is
+        written again."""
+        found: dict[str, CopiedModel] = {}
+        for exp_id in experiment_ids:
+            for key, rec in self._logged_models(exp_id).items():
+                model_id = layout.id_from_key(key)
+                live = rec is not None and rec.get("lifecycle_stage") != LifecycleStage.DELETED
+                found[model_id] = CopiedModel(model_id, model_id, model_fingerprint(
+                    entities.logged_model(rec)) if rec is not None and live else "")
+        return found
+
+    def _logged_models(self, experiment_id: str) -> dict[str, Record | None]:
+        """key -> record (None: unreadable) of every logged model listed in the experiment."""
+        folder = layout.logged_model_pages(experiment_id)
+        listing = [(i.key, i.version) for i in self.blobs.list(layout.logged_models(experiment_id))]
+        paged: dict[str, tuple[str, Record]] = {}
+        if len(listing) >= pages.MIN_MISSES:  # else the records are as few requests
+            page_map = pages.list_pages_for_reading(self.blobs, folder)
+            needed = sorted({b for key, _ in listing if (b := page_map.page_of(key)) is not None})
+            if len(needed) < len(listing):
+                for entries in self._pool.map(
+                        lambda b: pages.read_entries(self.blobs, folder, b, lambda _: True),
+                        needed):
+                    paged.update(entries)
+        out: dict[str, Record | None] = {key: paged[key][1] for key, version in listing
+                                         if paged.get(key, ("",))[0] == version}
+        todo = [key for key, _ in listing if key not in out]
+
         def read(key: str) -> Record | None:
             try:
                 return records.read(self.blobs, key)
             except (BlobNotFound, CorruptObject):
                 return None
 
-        found: dict[str, CopiedModel] = {}
-        for key, rec in zip(keys, self._pool.map(read, keys), strict=True):
-            model_id = layout.id_from_key(key)
-            live = rec is not None and rec.get("lifecycle_stage") != LifecycleStage.DELETED
-            found[model_id] = CopiedModel(model_id, model_id, model_fingerprint(
-                entities.logged_model(rec)) if rec is not None and live else "")
-        return found
+        out.update(zip(todo, self._pool.map(read, todo), strict=True))
+        return out
 
     def write_logged_model(self, copy: ModelCopy, artifacts: Callable[[str], None]) -> str:
         model = copy.model
