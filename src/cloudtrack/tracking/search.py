@@ -12,6 +12,7 @@ import concurrent.futures
 import contextlib
 import gc
 import logging
+import os
 import threading
 from collections.abc import Iterator
 from typing import Any
@@ -43,9 +44,9 @@ _EarlyPages = tuple[dict[str, tuple[str, Record]], frozenset[str]]
 _gc_lock = threading.Lock()
 _gc_pauses = 0
 _gc_was_enabled = False
-_gc_thaw: threading.Timer | None = None
-#: Seconds after the last search ends that what it built joins the oldest generation.
-GC_THAW_AFTER = 2.0
+_gc_resume: threading.Timer | None = None
+#: Seconds the collector stays paused after the last search ends (see :func:`_gc_paused`).
+GC_RESUME_AFTER = 2.0
 
 
 @contextlib.contextmanager
@@ -55,21 +56,20 @@ def _gc_paused() -> Iterator[None]:
     A 10,000-run search allocates millions of small objects (the decoded snapshot, the Run
     entities); each allocation burst triggers full collections that scan them all again: a
     cold 10,000-run search of a local store took 2.9-3.5 s with them, 1.2-1.9 s without.
-    Nothing built here forms cycles worth collecting early.  Re-entrant and thread-safe: the
-    collector resumes when the last pause ends.
+    Nothing built here forms cycles worth collecting early.  Re-entrant and thread-safe.
 
-    When it resumes, everything allocated meanwhile would be the young generation, and the
-    first allocation after it (building the caller's DataFrame, the server's answer) would
-    pay a collection that walks all of it, then another when it ages: 0.11 s and 0.09 s after
-    a 10,000-run search of a local store, 2.1 s and 2.5 s after 100,000.  Those objects are
-    the heads this process keeps; so they are frozen instead (``gc.freeze``: out of every
-    generation, still freed when no longer referenced), and moved into the oldest generation
-    (``gc.unfreeze``) a moment after the last search ends, where only the rare full collection
-    walks them, and collects what cycles among them became garbage.
+    The collector resumes :data:`GC_RESUME_AFTER` seconds after a search ends, not at once:
+    everything the search built is the young generation by then, and the first allocation
+    after it (the caller's DataFrame, the server's answer) would pay a collection walking all
+    of it (0.11 s after a 10,000-run search of a local store, 2.1 s after 100,000).  A timer
+    resumes it and makes that collection, while the process most likely waits on something
+    else; a process that ends first never pays it.  Searches ending meanwhile do not put it
+    off (it stays off for a bounded time); one still running when the timer fires does, until
+    a moment after it ends.  A forked child resumes it at once (the timer is the parent's).
     """
-    global _gc_pauses, _gc_was_enabled, _gc_thaw
+    global _gc_pauses, _gc_was_enabled, _gc_resume
     with _gc_lock:
-        if _gc_pauses == 0:
+        if _gc_pauses == 0 and _gc_resume is None:
             _gc_was_enabled = gc.isenabled()
             gc.disable()
         _gc_pauses += 1
@@ -78,14 +78,34 @@ def _gc_paused() -> Iterator[None]:
     finally:
         with _gc_lock:
             _gc_pauses -= 1
-            if _gc_pauses == 0 and _gc_was_enabled:
-                gc.freeze()
-                if _gc_thaw is not None:
-                    _gc_thaw.cancel()
-                _gc_thaw = threading.Timer(GC_THAW_AFTER, gc.unfreeze)
-                _gc_thaw.daemon = True
-                _gc_thaw.start()
-                gc.enable()
+            if _gc_pauses == 0 and _gc_was_enabled and _gc_resume is None:
+                _gc_resume = threading.Timer(GC_RESUME_AFTER, _resume_gc)
+                _gc_resume.daemon = True
+                _gc_resume.start()
+
+
+def _resume_gc() -> None:
+    """The timer's end of a pause: the collector back on and its young generations
+    collected, unless a search is running again (its end starts another timer)."""
+    global _gc_resume
+    with _gc_lock:
+        _gc_resume = None
+        if _gc_pauses or not _gc_was_enabled:
+            return
+        gc.enable()
+    gc.collect(0)
+
+
+def _gc_after_fork() -> None:
+    global _gc_lock, _gc_pauses, _gc_resume
+    _gc_lock = threading.Lock()
+    paused, _gc_pauses, _gc_resume = _gc_pauses or _gc_resume is not None, 0, None
+    if paused and _gc_was_enabled:
+        gc.enable()
+
+
+if hasattr(os, "register_at_fork"):  # not on Windows
+    os.register_at_fork(after_in_child=_gc_after_fork)
 
 
 class _Info:
