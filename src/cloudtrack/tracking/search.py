@@ -45,7 +45,9 @@ _gc_lock = threading.Lock()
 _gc_pauses = 0
 _gc_was_enabled = False
 _gc_resume: threading.Timer | None = None
-#: Seconds the collector stays paused after the last search ends (see :func:`_gc_paused`).
+#: The timer fired while a search ran: the collector resumes when the last one ends.
+_gc_due = False
+#: Seconds the collector stays paused after a search ends (see :func:`_gc_paused`).
 GC_RESUME_AFTER = 2.0
 
 
@@ -64,12 +66,13 @@ def _gc_paused() -> Iterator[None]:
     of it (0.11 s after a 10,000-run search of a local store, 2.1 s after 100,000).  A timer
     resumes it and makes that collection, while the process most likely waits on something
     else; a process that ends first never pays it.  Searches ending meanwhile do not put it
-    off (it stays off for a bounded time); one still running when the timer fires does, until
-    a moment after it ends.  A forked child resumes it at once (the timer is the parent's).
+    off, and one still running when the timer fires only until it ends: in a loop of searches
+    it stays off no longer than before.  A forked child resumes it at once (the timer is the
+    parent's).
     """
-    global _gc_pauses, _gc_was_enabled, _gc_resume
+    global _gc_pauses, _gc_was_enabled, _gc_resume, _gc_due
     with _gc_lock:
-        if _gc_pauses == 0 and _gc_resume is None:
+        if _gc_pauses == 0 and _gc_resume is None and not _gc_due:
             _gc_was_enabled = gc.isenabled()
             gc.disable()
         _gc_pauses += 1
@@ -78,28 +81,36 @@ def _gc_paused() -> Iterator[None]:
     finally:
         with _gc_lock:
             _gc_pauses -= 1
-            if _gc_pauses == 0 and _gc_was_enabled and _gc_resume is None:
+            if _gc_pauses == 0 and _gc_due:
+                _gc_due = False
+                if _gc_was_enabled:
+                    gc.enable()
+            elif _gc_pauses == 0 and _gc_was_enabled and _gc_resume is None:
                 _gc_resume = threading.Timer(GC_RESUME_AFTER, _resume_gc)
                 _gc_resume.daemon = True
                 _gc_resume.start()
 
 
 def _resume_gc() -> None:
-    """The timer's end of a pause: the collector back on and its young generations
-    collected, unless a search is running again (its end starts another timer)."""
-    global _gc_resume
+    """The timer's end of a pause: the collector back on and its young generation collected,
+    or, while a search runs, on as soon as the last one ends."""
+    global _gc_resume, _gc_due
     with _gc_lock:
         _gc_resume = None
-        if _gc_pauses or not _gc_was_enabled:
+        if _gc_pauses:
+            _gc_due = True
+            return
+        if not _gc_was_enabled:
             return
         gc.enable()
     gc.collect(0)
 
 
 def _gc_after_fork() -> None:
-    global _gc_lock, _gc_pauses, _gc_resume
+    global _gc_lock, _gc_pauses, _gc_resume, _gc_due
     _gc_lock = threading.Lock()
-    paused, _gc_pauses, _gc_resume = _gc_pauses or _gc_resume is not None, 0, None
+    paused = bool(_gc_pauses) or _gc_resume is not None or _gc_due
+    _gc_pauses, _gc_resume, _gc_due = 0, None, False
     if paused and _gc_was_enabled:
         gc.enable()
 
