@@ -62,18 +62,29 @@ def test_sqlite_into_each_backend_exactly(source: str, store: Store,
     assert objects(store.uri) == before, "a re-run over a migrated store wrote something"
 
 
+def _migrate_counted(source: str, uri: str, env: dict[str, str],
+                     monkeypatch: pytest.MonkeyPatch) -> tuple[Any, Any]:
+    """``migrate(source, uri)`` with moto behind a latency proxy; (its report, the proxy's
+    counts).  The store's endpoint is moto's again afterwards."""
+    endpoint = env["MLFLOW_S3_ENDPOINT_URL"]
+    host, port = endpoint.rsplit("/", 1)[-1].rsplit(":", 1)
+    with LatencyProxy(host, int(port)) as proxy:
+        monkeypatch.setenv("MLFLOW_S3_ENDPOINT_URL", proxy.url)
+        try:
+            with proxy.counting() as cost:
+                report = migrate(source, uri)
+        finally:
+            monkeypatch.setenv("MLFLOW_S3_ENDPOINT_URL", endpoint)
+    return report, cost
+
+
 def test_rerun_over_a_migrated_bucket_costs_a_few_requests(source: str,
                                                            monkeypatch: pytest.MonkeyPatch) -> None:
     s3 = service("s3-noauth")
     uri = s3.new_store()
     use(monkeypatch, s3.env)
     assert migrate(source, uri).ok
-    endpoint = s3.env["MLFLOW_S3_ENDPOINT_URL"]
-    host, port = endpoint.rsplit("/", 1)[-1].rsplit(":", 1)
-    with LatencyProxy(host, int(port)) as proxy:
-        monkeypatch.setenv("MLFLOW_S3_ENDPOINT_URL", proxy.url)
-        with proxy.counting() as cost:
-            report = migrate(source, uri)
+    report, cost = _migrate_counted(source, uri, s3.env, monkeypatch)
     assert report.ok and not report.copied.get("runs")
     # Open the store (marker), list experiments, and per experiment the heads, the head pages
     # (a LIST, a GET per page holding one of its runs: at most 16), the logged models; then
@@ -101,13 +112,7 @@ def test_rerun_reads_logged_models_from_their_pages(tmp_path: Path,
     first = migrate(source, uri)
     assert first.ok and first.copied["logged_models"] == 60, first.failures
     before = objects(uri)
-    endpoint = s3.env["MLFLOW_S3_ENDPOINT_URL"]
-    host, port = endpoint.rsplit("/", 1)[-1].rsplit(":", 1)
-    with LatencyProxy(host, int(port)) as proxy:
-        monkeypatch.setenv("MLFLOW_S3_ENDPOINT_URL", proxy.url)
-        with proxy.counting() as cost:
-            again = migrate(source, uri)
-    monkeypatch.setenv("MLFLOW_S3_ENDPOINT_URL", endpoint)
+    again, cost = _migrate_counted(source, uri, s3.env, monkeypatch)
     assert again.ok and not again.copied.get("logged_models")
     assert again.unchanged["logged_models"] == 60
     assert objects(uri) == before, "a re-run over a migrated store wrote something"
