@@ -1,12 +1,18 @@
 """PageMap (src/cloudtrack/store/pages.py) without a store: which listed page a reader looks
 in for a key, and which pages some key can be looked for in at all (what the first search of
-an experiment reads early, before it knows the keys)."""
+an experiment reads early, before it knows the keys); and how a page's lines are read back,
+on a local store."""
 
 from __future__ import annotations
 
 import itertools
+import json
 import random
+from pathlib import Path
 
+from cloudtrack.blobs import open_blobs
+from cloudtrack.config import resolve
+from cloudtrack.store import pages
 from cloudtrack.store.pages import PageMap
 
 
@@ -40,3 +46,31 @@ def test_a_split_page_is_not_reachable_a_half_done_split_is() -> None:
     # Halves covered deeper down count as covered.
     deep = PageMap(["0000", "00000", "000010", "000011"])
     assert deep.reachable() == ["00000", "000010", "000011"]
+
+
+def test_a_page_reads_whole_and_a_damaged_line_hides_only_itself(tmp_path: Path) -> None:
+    """read_entries decodes a page's wanted lines in one go; a line that is not a JSON
+    object (cut short, two objects, a number) is left out and the others still serve."""
+    blobs = open_blobs(resolve(str(tmp_path / "store")))
+    blobs.create_container()
+    folder = "index/heads/1/"
+    heads = {f"heads/1/{i:032x}.json": {"info": {"run_id": f"{i:032x}", "n": i},
+                                        "params": {"p": str(i)}, "metrics": {}}
+             for i in range(40)}
+    entries: dict[str, tuple[str, bytes]] = {
+        key: (f"v{i}", json.dumps(head).encode()) for i, (key, head) in enumerate(heads.items())}
+    read = pages.read_entries
+    blobs.put("index/heads/1/p0000.gz", pages.pack(entries))
+    assert read(blobs, folder, "0000", lambda _: True) == {
+        key: (f"v{i}", head) for i, (key, head) in enumerate(heads.items())}
+    wanted = set(list(heads)[::7])
+    assert set(read(blobs, folder, "0000", wanted.__contains__)) == wanted
+
+    keys = list(heads)
+    damaged = dict(entries)
+    damaged[keys[3]] = ("v3", b'{"info": {"run_id"')
+    damaged[keys[4]] = ("v4", b'{"a": 1},{"b": 2}')
+    damaged[keys[5]] = ("v5", b"3")
+    blobs.put("index/heads/1/p0001.gz", pages.pack(damaged))
+    assert read(blobs, folder, "0001", lambda _: True) == {
+        key: (f"v{i}", head) for i, (key, head) in enumerate(heads.items()) if i not in (3, 4, 5)}
