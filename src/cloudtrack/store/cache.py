@@ -34,6 +34,10 @@ class VersionedCache:
         """In a forked child: a lock no other thread holds (cloudtrack.forks)."""
         self._lock = threading.Lock()
 
+    def clear(self) -> None:
+        with self._lock:
+            self._entries = {}
+
     def missing(self, listing: Listing) -> list[str]:
         """The listed keys not cached at their listed version."""
         with self._lock:

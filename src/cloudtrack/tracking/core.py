@@ -29,7 +29,13 @@ from cloudtrack.store.cas import Change, versioned_update
 from cloudtrack.store.pagewriter import PageWriter, is_finished
 from cloudtrack.store.readcache import ReadCache
 from cloudtrack.store.records import Record
-from cloudtrack.tracking.flusher import FLUSH_INTERVAL, Flusher, Pending, RunLocks
+from cloudtrack.tracking.flusher import (
+    FLUSH_INTERVAL,
+    Flusher,
+    Pending,
+    RunLocks,
+    release_at_exit,
+)
 from cloudtrack.tracking.journal import Journal, ReplayReport
 
 #: Parallel GETs when a search or a history read must fetch many objects.
@@ -154,6 +160,7 @@ class StoreCore(AbstractStore):
         self._flusher = Flusher(self._write_pending, self._run_locks, FLUSH_INTERVAL,
                                 uri=self.store_uri, keeper=self.journal,
                                 patience=_longest_write(self.config))
+        release_at_exit(self)
         self._initialize()
         #: Every experiment and logged-model record written through this store's blobs (by
         #: this store, or a migration into it) goes into its pages once settled.  From here:
@@ -343,6 +350,13 @@ class StoreCore(AbstractStore):
         self._page_writer.close()
         self._pool.shutdown(wait=False)
         self.blobs.close()
+
+    def _release(self) -> None:
+        """At exit, once the buffers are written (flusher.release_at_exit): the records kept
+        only to read faster go (a use after this reads them from the store again)."""
+        self._cache.clear()
+        self._entities = {}
+        self._heads = {}
 
     def _after_fork(self) -> None:
         """In a forked child (cloudtrack.forks): a read pool of its own (the parent's

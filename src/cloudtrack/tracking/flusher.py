@@ -403,6 +403,33 @@ class Flusher:
 
 _FLUSHERS: weakref.WeakSet[Flusher] = weakref.WeakSet()
 
+
+class Releasable(Protocol):
+    def _release(self) -> None: ...
+
+
+_RELEASE: weakref.WeakSet[Releasable] = weakref.WeakSet()
+
+
+def release_at_exit(obj: Releasable) -> None:
+    """Call ``obj._release()`` at exit, once every buffer is written: it lets go of what it
+    only kept to read faster (see :func:`_release_all`)."""
+    _RELEASE.add(obj)
+
+
+def _release_all() -> None:
+    """Drop the records stores keep to read faster, before the interpreter tears down.
+
+    The interpreter's last garbage collections walk every container still alive, and a
+    process that searched 100,000 runs holds about 1.7 million of them (each head's dicts
+    and metric lists): its exit took 26 s after the search had ended, against 0.5 s to free
+    them here, where no collection walks them first."""
+    for obj in list(_RELEASE):
+        try:
+            obj._release()
+        except Exception as e:  # only an exit made slower
+            log.debug("cloudtrack: could not release %r at exit: %r", obj, e)
+
 #: ``flusher``: set in a flusher's background thread.
 _background = threading.local()
 
@@ -437,6 +464,7 @@ def _end_active_run() -> None:
 def _flush_all_at_exit() -> None:
     flushers = list(_FLUSHERS)
     if not flushers:
+        _release_all()
         return
     started = time.monotonic()
     # The background passes end first (a write under way holds its run's lock), so that
@@ -452,6 +480,7 @@ def _flush_all_at_exit() -> None:
     # After the data: the runs ended just now are the ones the next reader looks for.
     pagewriter.close_all()
     log.debug("cloudtrack: buffers closed in %.1fs at exit", time.monotonic() - started)
+    _release_all()
 
 
 def _after_fork_in_child() -> None:
