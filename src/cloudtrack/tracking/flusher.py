@@ -430,6 +430,7 @@ def _release_all() -> None:
         except Exception as e:  # only an exit made slower
             log.debug("cloudtrack: could not release %r at exit: %r", obj, e)
 
+
 #: ``flusher``: set in a flusher's background thread.
 _background = threading.local()
 
