@@ -463,9 +463,15 @@ def _end_active_run() -> None:
 
 @atexit.register
 def _flush_all_at_exit() -> None:
+    try:
+        _flush_all()
+    finally:  # whatever the flush met, the exit no longer walks what the stores read
+        _release_all()
+
+
+def _flush_all() -> None:
     flushers = list(_FLUSHERS)
     if not flushers:
-        _release_all()
         return
     started = time.monotonic()
     # The background passes end first (a write under way holds its run's lock), so that
@@ -481,7 +487,6 @@ def _flush_all_at_exit() -> None:
     # After the data: the runs ended just now are the ones the next reader looks for.
     pagewriter.close_all()
     log.debug("cloudtrack: buffers closed in %.1fs at exit", time.monotonic() - started)
-    _release_all()
 
 
 def _after_fork_in_child() -> None:
