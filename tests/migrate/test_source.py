@@ -112,3 +112,56 @@ def test_bulk_history_of_a_server_gives_every_point() -> None:
             src.endpoint.close()
     finally:
         server.stop()
+
+
+def _points(histories: dict[str, list[Any]]) -> dict[str, list[tuple[Any, ...]]]:
+    return {run_id: sorted((point_key(m), m.run_id, m.model_id, m.dataset_name, m.dataset_digest)
+                           for m in points) for run_id, points in histories.items()}
+
+
+def test_sqlite_histories_read_by_the_reader_process_are_mlflows(source: str) -> None:
+    """A sqlite source's points come from a child process (sqlite3 lets other threads take
+    the interpreter at every row): the same points as the in-process read, and as MLflow's own
+    ``get_metric_history``, NaN and ±inf included."""
+    from cloudtrack.migrate.sqlite_reader import SqliteReader
+
+    src, inline = _open(source), _open(source)
+    inline._sqlite = False  # read in this process
+    try:
+        runs = [r for e in src.experiments() for page in src.runs(e.experiment_id) for r in page]
+        read = src.histories(runs)
+        assert isinstance(src._sqlite, SqliteReader)
+        assert _points(read) == _points(inline.histories(runs))
+        client = MlflowClient(tracking_uri=source)
+        mlflows = {r.info.run_id: [m for key in r.data.metrics
+                                   for m in client.get_metric_history(r.info.run_id, key)]
+                   for r in runs}
+        assert {k: sorted(point_key(m) for m in v) for k, v in read.items()} == {
+            k: sorted(point_key(m) for m in v) for k, v in mlflows.items()}
+        assert sum(len(p) for p in read.values()) > 50
+    finally:
+        for s in (src, inline):
+            s.close()
+            s.endpoint.close()
+    assert src._sqlite._process is None  # closed: the child is gone
+
+
+def test_a_sqlite_reader_that_died_or_failed_is_replaced_by_reading_in_process(
+        source: str) -> None:
+    from cloudtrack.migrate.sqlite_reader import ReaderError, SqliteReader
+
+    src = _open(source)
+    try:
+        runs = [r for e in src.experiments() for page in src.runs(e.experiment_id) for r in page]
+        first = _points(src.histories(runs))
+        reader = src._sqlite
+        assert isinstance(reader, SqliteReader) and reader._process is not None
+        with pytest.raises(ReaderError, match="no such table"):
+            reader.select("SELECT 1 FROM no_such_table", [])
+        reader._process.kill()  # as if the child crashed between two reads
+        reader._process.wait()
+        assert _points(src.histories(runs)) == first
+        assert src._sqlite is False  # and it is not tried again
+    finally:
+        src.close()
+        src.endpoint.close()

@@ -11,6 +11,8 @@ the report's exit code says whether anything failed.
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import json
 import logging
 import math
@@ -48,6 +50,9 @@ log = logging.getLogger("cloudtrack.migrate")
 
 #: Runs whose histories are read together (one SQL query; bounded memory).
 HISTORY_CHUNK = 50
+#: Allocations between collections of the youngest generation during a migration
+#: (:func:`_batch_collection`; Python's default is 700).
+BATCH_GC_THRESHOLD = 20_000
 
 #: A run read from the source: the run, its earlier copy, its history, when it was deleted.
 _Read = tuple[Run, CopiedRun | None, list[Metric], int | None]
@@ -87,9 +92,10 @@ def migrate(source: str, dest: str, *, experiments: Sequence[str] = (), registry
     try:
         migration = Migration(src, dst, options, progress or Silent())
         try:
-            report = migration.run()
+            with _batch_collection():
+                report = migration.run()
         finally:
-            migration.source.close()
+            migration.close()
     finally:
         src.close()
         dst.close()
@@ -127,6 +133,14 @@ class Migration:
         #: Destination experiments this migration created: no earlier copy left anything in
         #: their artifact locations.
         self.new_experiments: set[str] = set()
+        #: Threads copying artifact files, shared by every run's copy (up to 4 files of a run
+        #: at once, as many runs as workers).
+        self.artifact_pool = ThreadPoolExecutor(4 * options.workers,
+                                                thread_name_prefix="cloudtrack-artifacts")
+
+    def close(self) -> None:
+        self.artifact_pool.shutdown(wait=True)
+        self.source.close()
 
     # -- the whole ---------------------------------------------------------------------------
 
@@ -379,7 +393,8 @@ class Migration:
         result = artifacts.copy_tree(source_uri, self.src.tracking_uri, dest_uri,
                                      self.dest.endpoint.tracking_uri,
                                      workers=min(4, self.options.workers),
-                                     repositories=self.repositories, dest_empty=dest_empty)
+                                     repositories=self.repositories, dest_empty=dest_empty,
+                                     pool=self.artifact_pool)
         self._count("artifacts", result.files)
         if result.unchanged:
             self._count("artifacts", result.unchanged, unchanged=True)
@@ -513,6 +528,25 @@ class Migration:
         tmp.write_text(json.dumps(doc, indent=1, sort_keys=True))
         os.replace(tmp, path)
         self.report.id_map = str(path)
+
+
+@contextlib.contextmanager
+def _batch_collection() -> Iterator[None]:
+    """The garbage collector tuned for one long batch, as it was after.
+
+    A migration allocates millions of short-lived objects (points, rows, requests) beside the
+    hundreds of thousands MLflow and the SDKs leave alive once imported; every full collection
+    walked all of those, and collections took 3.5 s of a 21.5 s migration of 1,000 runs into
+    s3.  Objects alive at the start are set aside (``gc.freeze``: never walked until the end)
+    and the youngest generation is collected every 20,000 allocations instead of 700."""
+    threshold = gc.get_threshold()
+    gc.freeze()
+    gc.set_threshold(max(threshold[0], BATCH_GC_THRESHOLD), *threshold[1:])
+    try:
+        yield
+    finally:
+        gc.set_threshold(*threshold)
+        gc.unfreeze()
 
 
 def _state_file(report: MigrationReport) -> Path:

@@ -19,6 +19,7 @@ from mlflow.entities.model_registry import ModelVersion, RegisteredModel
 from mlflow.exceptions import MlflowException
 
 from cloudtrack.migrate.endpoints import Endpoint, EndpointError
+from cloudtrack.migrate.sqlite_reader import ReaderError, SqliteReader
 
 log = logging.getLogger("cloudtrack.migrate")
 
@@ -49,10 +50,15 @@ class Source:
         #: False once a server refused its bulk history (an older or a proxied MLflow).
         self._bulk_history = True
         self._readers: ThreadPoolExecutor | None = None
+        #: A sqlite source's history reader (:mod:`cloudtrack.migrate.sqlite_reader`), started
+        #: at the first history read; False once it failed (then read in-process).
+        self._sqlite: SqliteReader | bool | None = None
 
     def close(self) -> None:
         if self._readers is not None:
             self._readers.shutdown(wait=True)
+        if isinstance(self._sqlite, SqliteReader):
+            self._sqlite.close()
 
     def _map(self, fn: Callable[[Any], T], items: Sequence[Any]) -> list[T]:
         """``fn`` over ``items``, a server's requests in parallel."""
@@ -268,13 +274,19 @@ class Source:
         out: dict[str, list[Metric]] = {r.info.run_id: [] for r in runs}
         ids = list(out)
         nan = math.nan
+        columns = ["key", "value", "timestamp", "step", "is_nan", "run_uuid", *linked]
         for start in range(0, len(ids), SQL_HISTORY_BATCH):
             chunk = ids[start:start + SQL_HISTORY_BATCH]
-            with self.tracking.ManagedSessionMaker() as session:
-                rows = _select_in(session, table.name,
-                                  ["key", "value", "timestamp", "step", "is_nan", "run_uuid",
-                                   *linked], "run_uuid", chunk)
-            if linked:
+            rows = self._sqlite_select(table.name, columns, "run_uuid", chunk)
+            if rows is None:
+                with self.tracking.ManagedSessionMaker() as session:
+                    rows = _select_in(session, table.name, columns, "run_uuid", chunk)
+            if linked == ["model_id", "dataset_name", "dataset_digest"]:  # MLflow 3's table
+                # Metric's own argument order: no keywords to build for each point.
+                for key, value, timestamp, step, is_nan, run_id, model, d_name, d_digest in rows:
+                    out[run_id].append(Metric(key, nan if is_nan else value, timestamp, step,
+                                              model, d_name, d_digest, run_id))
+            elif linked:
                 for key, value, timestamp, step, is_nan, run_id, *link in rows:
                     out[run_id].append(Metric(key, nan if is_nan else value, timestamp, step,
                                               run_id=run_id, **dict(zip(linked, link,
@@ -284,6 +296,30 @@ class Source:
                     out[run_id].append(Metric(key, nan if is_nan else value, timestamp, step,
                                               run_id=run_id))
         return out
+
+    def _sqlite_select(self, table: str, columns: Sequence[str], column: str,
+                       values: Sequence[Any]) -> list[tuple[Any, ...]] | None:
+        """The rows from a sqlite source's reader process; None where there is none (another
+        database, an in-memory one) or it failed: the caller reads in-process."""
+        if self._sqlite is None:
+            self._sqlite = False
+            url = self.tracking.engine.url
+            if url.get_backend_name() == "sqlite" and url.database \
+                    and url.database != ":memory:" and not url.database.startswith("file:"):
+                try:
+                    self._sqlite = SqliteReader(url.database)
+                except OSError as e:
+                    log.debug("no sqlite reader for %s: %s", self.endpoint.shown, e)
+        if not isinstance(self._sqlite, SqliteReader):
+            return None
+        sql, params = _select_sql(self.tracking.engine.dialect, table, columns, column, values)
+        try:
+            return self._sqlite.select(sql, params)
+        except ReaderError as e:
+            log.info("%s; reading in this process", e)
+            self._sqlite.close()
+            self._sqlite = False
+            return None
 
     def _server_histories(self, runs: Sequence[Run]) -> dict[str, list[Metric]]:
         """A server's histories one metric of up to 100 runs per request (the bulk history the
@@ -452,11 +488,22 @@ class Source:
 
 def _select_in(session: Any, table: str, columns: Sequence[str], column: str,
                values: Sequence[Any]) -> list[tuple[Any, ...]]:
-    """``SELECT columns FROM table WHERE column IN values`` on the session's DBAPI connection,
-    names quoted and placeholders written as its dialect wants them (``key`` is a reserved
-    word in MySQL)."""
+    """``SELECT columns FROM table WHERE column IN values`` on the session's DBAPI connection
+    (plain tuples: SQLAlchemy's result rows cost several times the query)."""
     connection = session.connection()
-    dialect = connection.dialect
+    sql, params = _select_sql(connection.dialect, table, columns, column, values)
+    cursor = connection.connection.dbapi_connection.cursor()
+    try:
+        cursor.execute(sql, params)
+        return list(cursor.fetchall())
+    finally:
+        cursor.close()
+
+
+def _select_sql(dialect: Any, table: str, columns: Sequence[str], column: str,
+                values: Sequence[Any]) -> tuple[str, Any]:
+    """``SELECT columns FROM table WHERE column IN values`` for ``dialect``: names quoted and
+    placeholders written as it wants them (``key`` is a reserved word in MySQL)."""
     quote = dialect.identifier_preparer.quote
     style = dialect.paramstyle
     if style == "qmark":
@@ -472,12 +519,7 @@ def _select_in(session: Any, table: str, columns: Sequence[str], column: str,
         params = {f"p{i}": v for i, v in enumerate(values)}  # type: ignore[assignment]
     sql = (f"SELECT {', '.join(quote(c) for c in columns)} FROM {quote(table)} "
            f"WHERE {quote(column)} IN ({', '.join(marks)})")
-    cursor = connection.connection.dbapi_connection.cursor()
-    try:
-        cursor.execute(sql, params)
-        return list(cursor.fetchall())
-    finally:
-        cursor.close()
+    return sql, params
 
 
 def metric_history(store: Any, run_id: str, key: str) -> list[Metric]:
