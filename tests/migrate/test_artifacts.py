@@ -79,3 +79,15 @@ def test_the_collector_is_as_it_was_after_a_batch() -> None:
         raise RuntimeError("a migration that failed")
     assert gc.get_threshold() == before
     assert gc.get_freeze_count() == 0
+
+
+def test_overlapping_batches_put_back_what_was_there_before_the_first() -> None:
+    before = gc.get_threshold()
+    first, second = _batch_collection(), _batch_collection()
+    first.__enter__()
+    second.__enter__()
+    first.__exit__(None, None, None)  # the first migration ends while the second runs
+    assert gc.get_threshold()[0] >= 20_000 and gc.get_freeze_count() > 0
+    second.__exit__(None, None, None)
+    assert gc.get_threshold() == before
+    assert gc.get_freeze_count() == 0

@@ -530,6 +530,11 @@ class Migration:
         self.report.id_map = str(path)
 
 
+#: Migrations running in this process, and the collector's settings from before the first.
+_batches: list[tuple[int, ...]] = []
+_batches_lock = threading.Lock()
+
+
 @contextlib.contextmanager
 def _batch_collection() -> Iterator[None]:
     """The garbage collector tuned for one long batch, as it was after.
@@ -538,15 +543,25 @@ def _batch_collection() -> Iterator[None]:
     hundreds of thousands MLflow and the SDKs leave alive once imported; every full collection
     walked all of those, and collections took 3.5 s of a 21.5 s migration of 1,000 runs into
     s3.  Objects alive at the start are set aside (``gc.freeze``: never walked until the end)
-    and the youngest generation is collected every 20,000 allocations instead of 700."""
-    threshold = gc.get_threshold()
-    gc.freeze()
-    gc.set_threshold(max(threshold[0], BATCH_GC_THRESHOLD), *threshold[1:])
+    and the youngest generation is collected every 20,000 allocations instead of 700.  Several
+    migrations at once in one process: the first sets this up, the last puts back what was
+    there before the first."""
+    with _batches_lock:
+        if not _batches:
+            threshold = gc.get_threshold()
+            gc.freeze()
+            gc.set_threshold(max(threshold[0], BATCH_GC_THRESHOLD), *threshold[1:])
+            _batches.append(threshold)
+        else:
+            _batches.append(_batches[0])
     try:
         yield
     finally:
-        gc.set_threshold(*threshold)
-        gc.unfreeze()
+        with _batches_lock:
+            before = _batches.pop()
+            if not _batches:
+                gc.set_threshold(*before)
+                gc.unfreeze()
 
 
 def _state_file(report: MigrationReport) -> Path:
