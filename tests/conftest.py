@@ -3,7 +3,9 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import tempfile
 import warnings
 from collections.abc import Iterator
@@ -25,6 +27,9 @@ pytest_plugins = [
 os.environ["CLOUDTRACK_CONFIG_DIR"] = tempfile.mkdtemp(prefix="cloudtrack-test-config-")
 # Nor their cache folder (the journal, the read cache): one of the session's own.
 os.environ["XDG_CACHE_HOME"] = tempfile.mkdtemp(prefix="cloudtrack-test-cache-")
+# Each pytest process (the controller and every xdist worker) removes its two when it ends.
+for _folder in (os.environ["CLOUDTRACK_CONFIG_DIR"], os.environ["XDG_CACHE_HOME"]):
+    atexit.register(shutil.rmtree, _folder, ignore_errors=True)
 
 #: MLflow's default tracking URI (sqlite:///mlflow.db) creates this in the working directory:
 #: a test (or a code path) that reaches it without meaning to leaves it in the checkout.
