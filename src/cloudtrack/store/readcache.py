@@ -146,15 +146,45 @@ class ReadCache:
                 (prefix, prefix + "\U0010ffff"))]
         return []  # the file failed: _db turned the cache off and swallowed the error
 
-    def fill(self, cache: VersionedCache, listing: Iterable[tuple[str, str]]) -> int:
+    def load(self, prefix: str) -> dict[str, tuple[str, Record]]:
+        """Every record the file holds under ``prefix``, decoded (key -> (version, record)),
+        whatever the store holds now: what :meth:`fill` then takes from instead of the file.
+
+        A process's first search of an experiment calls this while the heads are listed (in
+        a thread: SQLite gives up the interpreter lock while it reads), so decoding the
+        file's records no longer waits for the listing: 2,000 heads took 25-40 ms."""
+        if self.path is None or not self.path.exists():
+            return {}
+        found: dict[str, tuple[str, Record]] = {}
+        with self._db() as db:
+            if db is None:
+                return {}
+            for key, version, body in db.execute(
+                    "SELECT key, version, body FROM records WHERE key >= ? AND key < ?",
+                    (prefix, prefix + "\U0010ffff")):
+                rec = _record(body)
+                if rec is not None:  # else read again from the store, and written over
+                    found[key] = (version, rec)
+        return found
+
+    def fill(self, cache: VersionedCache, listing: Iterable[tuple[str, str]],
+             loaded: Mapping[str, tuple[str, Record]] | None = None) -> int:
         """Put into ``cache`` the listed records the file holds at their listed version;
-        return how many."""
+        return how many.  ``loaded``: what :meth:`load` read of the file beforehand, taken
+        instead of reading the file again."""
         listing = list(listing)
         missing = set(cache.missing(listing))
         todo = {key: version for key, version in listing if key in missing}
         if not todo or self.path is None:
             return 0
         found: dict[str, tuple[str, Record]] = {}
+        if loaded is not None:
+            for key, version in todo.items():
+                hit = loaded.get(key)
+                if hit is not None and hit[0] == version:
+                    found[key] = hit
+            cache.merge(found)
+            return len(found)
         with self._db() as db:
             if db is None:
                 return 0

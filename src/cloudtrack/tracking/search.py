@@ -205,6 +205,10 @@ class SearchMixin(StoreCore):
         # experiment: then most heads come from it and the pages are listed only if not.
         listed_pages = None if on_disk else \
             self._pool.submit(pages.list_pages_for_reading, self.blobs, folder)
+        # The experiment's first search in this process, with the heads on disk: they are
+        # read from the file and decoded while the heads are listed, not after.
+        loaded = self._pool.submit(self._read_cache.load, heads) \
+            if on_disk and experiment_id not in self._searched else None
         # The experiment's first search in this process, with nothing on disk: its heads will
         # come from the pages, so they are read as soon as they are listed, while the heads'
         # listing (often two round trips) goes on: one round trip less.
@@ -218,7 +222,8 @@ class SearchMixin(StoreCore):
         if self.blobs.lists_after:
             self._bounds[experiment_id] = self._bounds_of([key for key, _ in listing])
         if on_disk:
-            self._read_cache.fill(self._cache, listing)
+            self._read_cache.fill(self._cache, listing, None if loaded is None else
+                                  loaded.result())
         unread = self._cache.missing(listing)  # what the store had to give this time
         read_early: frozenset[str] = frozenset()
         if early is not None:  # heads missing still are in no page, or newer than theirs
