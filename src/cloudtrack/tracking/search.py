@@ -14,7 +14,7 @@ import gc
 import logging
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from mlflow.entities import LifecycleStage, Run
@@ -154,6 +154,13 @@ class _Data:
             self._metrics = {k: float(t[1]) for k, t in self._head.get("metrics", {}).items()}
         return self._metrics
 
+    def metric(self, key: str) -> float | None:
+        """``metrics.get(key)``, without building the dict."""
+        if self._metrics is not None:
+            return self._metrics.get(key)
+        latest = self._head.get("metrics", {}).get(key)
+        return None if latest is None else float(latest[1])
+
     @property
     def params(self) -> dict[str, str]:
         return self._head.get("params", {})  # type: ignore[no-any-return]
@@ -185,6 +192,58 @@ class _Candidate:
 
 def _every_key(_: str) -> bool:
     return True
+
+
+def _filtered(candidates: list[_Candidate], filter_string: str | None) -> list[_Candidate]:
+    """``SearchUtils.filter(candidates, filter_string)``, with what MLflow works out again for
+    every run and clause (the key's alias and kind, the value's type, the comparison) worked
+    out once per clause: 2,000 runs and two clauses took 25 ms, most of a search's filtering.
+    The comparisons and the checks of the key's kind are MLflow's own; a clause of any other
+    kind (datasets), or one MLflow would refuse, is left to MLflow's per-run function, which
+    then answers or raises as it does (and, like it, not at all when there is no run)."""
+    if not filter_string:
+        return candidates
+    tests = [_clause_test(clause) for clause in SearchUtils.parse_search_filter(filter_string)]
+    return [c for c in candidates if all(test(c) for test in tests)]
+
+
+def _clause_test(clause: dict[str, Any]) -> Callable[[_Candidate], bool]:
+    """A clause of a parsed filter as a test of one candidate (see :func:`_filtered`)."""
+    def mlflows(run: _Candidate) -> bool:
+        return bool(SearchUtils._does_run_match_clause(run, clause))
+
+    try:
+        kind, value = clause.get("type"), clause.get("value")
+        comparator = clause["comparator"].upper()
+        key = SearchUtils.translate_key_alias(clause.get("key"))
+        get: Callable[[_Candidate], Any]
+        if SearchUtils.is_metric(kind, comparator):
+            value = float(value)  # type: ignore[arg-type]
+            get = lambda run: run.data.metric(key)  # noqa: E731
+        elif SearchUtils.is_param(kind, comparator):
+            get = lambda run: run.data.params.get(key)  # noqa: E731
+        elif SearchUtils.is_tag(kind, comparator):
+            get = lambda run: run.data.tags.get(key)  # noqa: E731
+        elif SearchUtils.is_string_attribute(kind, key, comparator):
+            get = lambda run: getattr(run.info, key)  # noqa: E731
+        elif SearchUtils.is_numeric_attribute(kind, key, comparator):
+            get = lambda run: getattr(run.info, key)  # noqa: E731
+            if isinstance(value, str):
+                value = int(value)
+        else:
+            return mlflows
+        if comparator in ("IS NULL", "IS NOT NULL"):
+            null = comparator == "IS NULL"
+            return lambda run: (get(run) is None) is null
+        compare = SearchUtils.get_comparison_func(comparator)
+    except Exception:  # MLflow's own function raises it for each run, or answers
+        return mlflows
+
+    def test(run: _Candidate) -> bool:
+        lhs = get(run)
+        return lhs is not None and bool(compare(lhs, value))
+
+    return test
 
 
 class SearchMixin(StoreCore):
@@ -323,7 +382,7 @@ class SearchMixin(StoreCore):
         with _gc_paused():
             for found in self._each_experiment(experiment_ids):
                 candidates.extend(c for c in found if c.info.lifecycle_stage in stages)
-            filtered = SearchUtils.filter(candidates, filter_string)
+            filtered = _filtered(candidates, filter_string)
             ordered = SearchUtils.sort(filtered, order_by)
             if max_results is None:
                 offset = SearchUtils.parse_start_offset_from_page_token(page_token)
