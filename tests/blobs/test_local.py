@@ -135,3 +135,22 @@ def test_a_folder_the_listing_cannot_read_is_an_error_not_an_empty_listing(
     monkeypatch.setattr(os, "scandir", refusing)
     with pytest.raises(PermissionDenied, match="permission denied"):
         list(blobs.list("heads/"))
+    with pytest.raises(PermissionDenied, match="permission denied"):
+        list(blobs.list(""))
+
+
+def test_lost_and_found_at_the_root_of_a_volume_is_not_listed(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Mocked as above: root reads ``lost+found`` whatever its mode."""
+    blobs = open_blobs(resolve(str(tmp_path)))
+    blobs.put("heads/1/a.json", b"{}")
+    (tmp_path / "lost+found").mkdir()
+    real_scandir = os.scandir
+
+    def refusing(path: Any) -> Any:
+        if str(path).endswith("lost+found"):
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_scandir(path)
+
+    monkeypatch.setattr(os, "scandir", refusing)
+    assert [i.key for i in blobs.list("")] == ["heads/1/a.json"]
