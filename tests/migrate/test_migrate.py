@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ import pytest
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunTag, ViewType
 
+from backends._common import free_port
 from backends.proxy.latency import LatencyProxy
 from cloudtrack.blobs import open_blobs
 from cloudtrack.config import resolve
@@ -175,6 +177,135 @@ def test_destination_without_permission_fails_fast_with_the_cause(source: str) -
     assert time.monotonic() - started < 60
     assert "cloudtrack doctor" in run.stderr and "permission" in run.stderr.lower(), run.stderr
     assert "Traceback" not in run.stderr
+
+
+@pytest.mark.parametrize("end", ["source", "dest"])
+def test_a_server_nothing_answers_at_fails_in_seconds(end: str, source: str,
+                                                      tmp_path: Path) -> None:
+    """MLflow's REST client retries a refused connection with backoff for about four minutes
+    (this took 4 min 10 s before the first request got a short timeout of its own)."""
+    gone = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    local = tmp_path / "store"
+    started = time.monotonic()
+    run = cli(*((gone, str(local)) if end == "source" else (source, gone)), timeout=240)
+    took = time.monotonic() - started
+    assert run.returncode == 1, run.stdout + run.stderr
+    assert took < 60, f"{took:.0f} s to give up on {gone}"
+    shown = "source" if end == "source" else "destination"
+    assert f"cannot open {shown} {gone}" in run.stderr, run.stderr
+    assert "connection-refused" in run.stderr and "cloudtrack doctor" in run.stderr, run.stderr
+    assert "Traceback" not in run.stderr
+    assert not local.exists(), "a migration that could not start created its destination"
+
+
+def test_a_sqlite_file_given_as_a_directory_is_named_back_as_a_sqlite_uri(
+        tmp_path: Path) -> None:
+    db = tmp_path / "mlflow.db"
+    MlflowClient(f"sqlite:///{db}").create_experiment("e")
+    for args, end in (((str(db), str(tmp_path / "dest")), "source"),
+                      ((f"sqlite:///{db}", str(db)), "destination")):
+        before = db.read_bytes()
+        run = cli(*args)
+        assert run.returncode == 2, run.stdout + run.stderr
+        assert f"{end} {db}: {db} is a SQLite database" in run.stderr, run.stderr
+        assert f"sqlite:///{db}" in run.stderr
+        assert db.read_bytes() == before
+    other = tmp_path / "notes.txt"
+    other.write_text("x")
+    run = cli(str(other), str(tmp_path / "dest"))
+    assert run.returncode == 2 and f"{other} is a file, not a store directory" in run.stderr
+    assert not (tmp_path / "dest").exists()
+
+
+class _StopAfter:
+    """A progress that takes a callable down once ``runs`` runs are done."""
+
+    def __init__(self, runs: int, stop: Any) -> None:
+        self.runs, self.stop, self.done = runs, stop, 0
+        self.lock = threading.Lock()
+        self.stopped_at: float | None = None
+
+    def start(self, label: str, total: int | None) -> None:
+        pass
+
+    def advance(self, n: int = 1) -> None:
+        with self.lock:
+            self.done += n
+            if self.done >= self.runs and self.stopped_at is None:
+                self.stopped_at = time.monotonic()
+                threading.Thread(target=self.stop, daemon=True).start()
+
+    def finish(self) -> None:
+        pass
+
+
+def test_a_destination_that_stops_answering_stops_the_migration_which_resumes(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The bucket goes away mid-migration (its endpoint refuses connections): the migration
+    stops after STOP_AFTER runs failed in a row for want of an answer and says how to go on,
+    instead of spending a retry budget on every run left; the same command then finishes
+    exactly."""
+    from cloudtrack.migrate.runner import STOP_AFTER
+
+    monkeypatch.chdir(tmp_path)
+    source = f"sqlite:///{tmp_path}/many.db"
+    populate(source, runs=90, points=5)
+    client = MlflowClient(source)
+    total = len(client.search_runs([e.experiment_id for e in client.search_experiments(
+        view_type=ViewType.ALL)], run_view_type=ViewType.ALL))
+    s3 = service("s3-noauth")
+    uri = s3.new_store()
+    use(monkeypatch, s3.env)
+    endpoint = s3.env["MLFLOW_S3_ENDPOINT_URL"]
+    host, port = endpoint.rsplit("/", 1)[-1].rsplit(":", 1)
+    with LatencyProxy(host, int(port), 5.0) as proxy:
+        monkeypatch.setenv("MLFLOW_S3_ENDPOINT_URL", proxy.url)
+        progress = _StopAfter(10, proxy.stop)
+        from cloudtrack.migrate.runner import migrate as run_migration
+
+        report = run_migration(source, uri, workers=2, progress=progress)
+    monkeypatch.setenv("MLFLOW_S3_ENDPOINT_URL", endpoint)
+    assert progress.stopped_at is not None
+    assert time.monotonic() - progress.stopped_at < 90
+    assert not report.ok and report.exit_code == 1
+    stops = [f for f in report.failures if f.kind == "migration"]
+    assert len(stops) == 1, report.failures
+    assert "stopped" in stops[0].error and "run the same command" in stops[0].error, stops
+    failed_runs = [f for f in report.failures if f.kind == "run"]
+    assert STOP_AFTER <= len(failed_runs) <= STOP_AFTER + 2, len(failed_runs)
+    assert f"{total - report.copied['runs'] - len(failed_runs)} run(s)" in stops[0].error
+    assert report.copied["runs"] < total - STOP_AFTER
+    again = migrate(source, uri, verify=True)
+    assert again.ok, (again.failures, again.differences)
+    assert again.copied["runs"] + again.unchanged["runs"] == total
+    assert snapshot(uri) == snapshot(source)
+
+
+def test_what_says_a_store_did_not_answer() -> None:
+    """The errors that count towards stopping a migration, and those that do not (a store that
+    answered, whatever it said)."""
+    import requests
+    from mlflow.exceptions import MlflowException
+
+    from cloudtrack.errors import PermissionDenied, TransientError
+    from cloudtrack.migrate.runner import unanswered
+
+    def wrapped(inner: BaseException) -> MlflowException:
+        """As mlflow.utils.rest_utils.http_request raises it: in the except, with no cause."""
+        try:
+            try:
+                raise inner
+            except Exception as e:
+                raise MlflowException(f"API request failed with exception {e}")  # noqa: B904
+        except MlflowException as outer:
+            return outer
+
+    assert unanswered(TransientError("GET x failed after 5 attempts", "s3://b/x"))
+    assert unanswered(wrapped(requests.exceptions.ConnectionError("refused")))
+    assert unanswered(wrapped(requests.exceptions.RetryError("too many 503 error responses")))
+    assert not unanswered(MlflowException("Run 'x' not found"))
+    assert not unanswered(PermissionDenied("PUT x: access denied", "s3://b/x"))
+    assert not unanswered(ValueError("bad value"))
 
 
 def test_killed_mid_migration_then_rerun_finishes_exactly(tmp_path: Path,

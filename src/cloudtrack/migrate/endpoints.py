@@ -111,7 +111,11 @@ def open_endpoint(uri: str, *, role: Literal["source", "dest"],
     if role == "source" and kind in ("cloudtrack", "filestore") and split_scheme(uri) == "file":
         path = local_path(uri)
         if not os.path.isdir(path):
-            raise ConfigError(f"source {redact_uri(uri)}: {path} does not exist; check the path")
+            raise ConfigError(f"source {redact_uri(uri)}: {_not_a_folder(path)}")
+    if role == "dest" and kind == "cloudtrack" and split_scheme(uri) == "file":
+        path = local_path(uri)
+        if os.path.exists(path) and not os.path.isdir(path):
+            raise ConfigError(f"destination {redact_uri(uri)}: {_not_a_folder(path)}")
     opener = {"cloudtrack": _open_cloudtrack, "sql": _open_sql, "filestore": _open_filestore,
               "server": _open_server}[kind]
     try:
@@ -123,16 +127,53 @@ def open_endpoint(uri: str, *, role: Literal["source", "dest"],
         raise EndpointError(_explain(uri, role, e)) from e
     try:
         # One cheap read proves the store answers and the credentials are accepted.
-        endpoint.tracking.search_experiments(max_results=1)
+        if kind == "server":
+            _probe_server(endpoint)
+        else:
+            endpoint.tracking.search_experiments(max_results=1)
     except Exception as e:
         endpoint.close()
         raise EndpointError(_explain(uri, role, e)) from e
     return endpoint
 
 
+def _not_a_folder(path: str) -> str:
+    """Why ``path``, given as a store directory, is not one, and what to write instead."""
+    if not os.path.exists(path):
+        return f"{path} does not exist; check the path"
+    try:
+        with open(path, "rb") as f:
+            sqlite = f.read(16) == b"SQLite format 3\0"
+    except OSError:
+        sqlite = False
+    if sqlite:
+        return (f"{path} is a SQLite database, not a store directory; name it as MLflow does: "
+                f"sqlite:///{os.path.abspath(path)}")
+    return f"{path} is a file, not a store directory; check the path"
+
+
+#: Seconds the first request to an MLflow server may take to connect and to answer.
+SERVER_PROBE_TIMEOUT = 15.0
+
+
+def _probe_server(endpoint: Endpoint) -> None:
+    """The first request to an MLflow server, with a short timeout and two quick retries.
+    MLflow's client retries a refused connection or a 5xx answer with backoff for about four
+    minutes (and waits up to 120 s for each answer): a server that is down, or a wrong port,
+    must fail in seconds."""
+    from mlflow.utils.rest_utils import http_request, verify_rest_response
+
+    path = "/api/2.0/mlflow/experiments/search"
+    response = http_request(endpoint.tracking.get_host_creds(), path, "POST", max_retries=2,
+                            backoff_factor=0.5, timeout=SERVER_PROBE_TIMEOUT,
+                            raise_on_status=False, json={"max_results": 1})
+    verify_rest_response(response, path)
+
+
 def _explain(uri: str, role: str, error: BaseException) -> str:
     """What went wrong opening ``uri``, with the doctor's cause and fix where it has one."""
-    message = f"cannot open {role} {redact_uri(uri)}: {error}"
+    end = "destination" if role == "dest" else role
+    message = f"cannot open {end} {redact_uri(uri)}: {error}"
     if classify(uri) in ("cloudtrack", "server"):
         try:
             from cloudtrack.doctor import run as doctor
@@ -143,7 +184,7 @@ def _explain(uri: str, role: str, error: BaseException) -> str:
             log.debug("the doctor could not diagnose %s", redact_uri(uri), exc_info=True)
             return message
         # The doctor's diagnosis follows, and the command: the error's own hint would repeat it.
-        message = f"cannot open {role} {redact_uri(uri)}: {without_doctor_hint(str(error))}"
+        message = f"cannot open {end} {redact_uri(uri)}: {without_doctor_hint(str(error))}"
         root = report.root
         if root is not None:
             message += f"\n  cause: {report.cause}: {root.summary}"

@@ -54,6 +54,11 @@ HISTORY_CHUNK = 50
 #: (:func:`_batch_collection`; Python's default is 700).
 BATCH_GC_THRESHOLD = 20_000
 
+#: Runs in a row (at least; twice the workers when more) that failed because a store stopped
+#: answering — its retries ran out on refused connections, timeouts or 5xx — before the
+#: migration stops instead of failing every run left the same way, one retry budget each.
+STOP_AFTER = 16
+
 #: A run read from the source: the run, its earlier copy, its history, when it was deleted.
 _Read = tuple[Run, CopiedRun | None, list[Metric], int | None]
 
@@ -137,6 +142,12 @@ class Migration:
         #: at once, as many runs as workers).
         self.artifact_pool = ThreadPoolExecutor(4 * options.workers,
                                                 thread_name_prefix="cloudtrack-artifacts")
+        #: Runs that failed in a row because a store did not answer, and the last such error.
+        self._unanswered = 0
+        self._last_unanswered: BaseException | None = None
+        #: Why the migration stopped early (None while it goes on); runs left not attempted.
+        self.stopped: str | None = None
+        self.not_attempted = 0
 
     def close(self) -> None:
         self.artifact_pool.shutdown(wait=True)
@@ -147,12 +158,21 @@ class Migration:
     def run(self) -> MigrationReport:
         experiments = self.source.experiments(self.options.experiments)
         existing = self.dest.experiments()
+        left = len(experiments)
         for exp in experiments:
+            if self.stopped:
+                break
+            left -= 1
             try:
                 self._experiment(exp, existing)
             except Exception as e:
                 log.debug("experiment %s failed", exp.experiment_id, exc_info=True)
                 self._fail("experiment", f"experiment {exp.name!r} ({exp.experiment_id})", e)
+        if self.stopped:
+            self._stop_report(left)
+            if not self.options.dry_run:
+                self._write_id_map()
+            return self.report
         self._cannot_hold([e.experiment_id for e in experiments])
         if self.options.registry:
             self._registry()
@@ -167,6 +187,34 @@ class Migration:
     def _fail(self, kind: str, what: str, error: BaseException) -> None:
         with self._lock:
             self.report.failures.append(Failure(kind, what, f"{type(error).__name__}: {error}"))
+
+    def _run_done(self, error: BaseException | None) -> None:
+        """After each run: count the runs that failed in a row for want of an answer, and
+        stop the migration when they are too many (:data:`STOP_AFTER`)."""
+        with self._lock:
+            if error is None or not unanswered(error):
+                self._unanswered = 0
+                return
+            self._unanswered += 1
+            self._last_unanswered = error
+            if self._unanswered >= max(STOP_AFTER, 2 * self.options.workers) \
+                    and not self.stopped:
+                self.stopped = f"{self._unanswered} runs in a row failed for want of an answer"
+                log.warning("stopping the migration: %s (last: %s)", self.stopped, error)
+
+    def _stop_report(self, experiments_left: int) -> None:
+        """The failure that says the migration stopped, what it did not try, and how to go on."""
+        last = self._last_unanswered
+        untried = [f"{self.not_attempted} run(s) of the experiments under way"]
+        if experiments_left:
+            untried.append(f"{experiments_left} experiment(s) not started")
+        if self.options.registry:
+            untried.append("the model registry")
+        self.report.failures.append(Failure(
+            "migration", f"{self.report.source} -> {self.report.dest}",
+            f"stopped: {self.stopped}; the last: {type(last).__name__}: {last}. Not attempted: "
+            f"{', '.join(untried)}. What was copied stays; once the store answers again, run "
+            "the same command to go on from there."))
 
     def _count(self, kind: str, n: int = 1, *, unchanged: bool = False) -> None:
         with self._lock:
@@ -214,6 +262,8 @@ class Migration:
                     self._runs(page, copied, dest_id, by_run)
         finally:
             self.progress.finish()
+        if self.stopped:  # the models and the experiment's last word wait for the re-run
+            return
         for run_id, rest in by_run.items():
             for m in rest:
                 if dest_id is None:
@@ -294,6 +344,11 @@ class Migration:
 
         def one(chunk: list[tuple[Run, CopiedRun | None]], read: list[_Read] | None) -> None:
             for n, (run, _) in enumerate(chunk):
+                if self.stopped:
+                    with self._lock:
+                        self.not_attempted += 1
+                    self.progress.advance()
+                    continue
                 try:
                     if read is None:
                         read = self._read(chunk)
@@ -303,6 +358,9 @@ class Migration:
                 except Exception as e:
                     log.debug("run %s failed", run.info.run_id, exc_info=True)
                     self._fail("run", f"run {run.info.run_id} ({run.info.run_name})", e)
+                    self._run_done(e)
+                else:
+                    self._run_done(None)
                 finally:
                     self.progress.advance()
 
@@ -315,6 +373,12 @@ class Migration:
                 as pool:
             waiting: deque[Future[None]] = deque()
             for chunk in _chunks(todo, HISTORY_CHUNK if bulk else 1):
+                if self.stopped:
+                    with self._lock:
+                        self.not_attempted += len(chunk)
+                    for _ in chunk:
+                        self.progress.advance()
+                    continue
                 if not bulk:
                     waiting.append(pool.submit(one, chunk, None))
                 else:
@@ -323,6 +387,7 @@ class Migration:
                     except Exception as e:
                         for run, _ in chunk:
                             self._fail("run", f"run {run.info.run_id} ({run.info.run_name})", e)
+                            self._run_done(e)
                             self.progress.advance()
                         continue
                     waiting.extend(pool.submit(one, [item], [r]) for item, r in zip(
@@ -620,6 +685,29 @@ def _unique(points: list[Metric]) -> list[Metric]:
 
 
 _INFINITIES = (math.inf, -math.inf)
+
+
+def unanswered(error: BaseException) -> bool:
+    """Whether ``error`` (or what raised it) says a store did not answer — its retries ran out
+    on refused or reset connections, timeouts or 5xx answers — rather than that it refused
+    something: cloudtrack's own :class:`~cloudtrack.errors.TransientError`, or the requests and
+    urllib3 errors MLflow's REST client wraps (it keeps them as the exception's context)."""
+    import requests
+    import urllib3
+
+    from cloudtrack.errors import TransientError
+
+    seen: set[int] = set()
+    cause: BaseException | None = error
+    while cause is not None and id(cause) not in seen:
+        seen.add(id(cause))
+        if isinstance(cause, TransientError | requests.exceptions.ConnectionError
+                      | requests.exceptions.Timeout | requests.exceptions.RetryError
+                      | urllib3.exceptions.MaxRetryError | urllib3.exceptions.NewConnectionError
+                      | ConnectionError | TimeoutError):
+            return True
+        cause = cause.__cause__ or cause.__context__
+    return False
 
 
 def _chunks(items: list[Any], size: int) -> Iterator[list[Any]]:
