@@ -166,6 +166,10 @@ def test_cli_json_report_and_exit_codes(source: str, tmp_path: Path) -> None:
     missing = cli(f"sqlite:///{tmp_path}/nope.db", str(tmp_path / "y"))
     assert missing.returncode == 2 and "does not exist" in missing.stderr
     assert not (tmp_path / "y").exists(), "a failed migration created its destination"
+    wrong = cli(source, str(tmp_path / "z"), "--experiment", "no-such-experiment")
+    assert wrong.returncode == 2, wrong.stdout + wrong.stderr
+    assert "no experiment named or numbered 'no-such-experiment'" in wrong.stderr
+    assert not (tmp_path / "z").exists(), "a wrong --experiment created the destination"
 
 
 def test_destination_without_permission_fails_fast_with_the_cause(source: str) -> None:

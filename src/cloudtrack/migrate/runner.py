@@ -89,6 +89,8 @@ def migrate(source: str, dest: str, *, experiments: Sequence[str] = (), registry
     started = time.monotonic()
     src = open_endpoint(source, role="source", server_requests=server_requests)
     try:
+        if options.experiments:  # a wrong --experiment fails before the destination is touched
+            Source(src).experiments(options.experiments)
         dst = open_endpoint(dest, role="dest", artifact_root=artifact_root,
                             server_requests=server_requests)
     except BaseException:

@@ -18,7 +18,8 @@ from mlflow.entities import Experiment, LoggedModel, Metric, Run, ViewType
 from mlflow.entities.model_registry import ModelVersion, RegisteredModel
 from mlflow.exceptions import MlflowException
 
-from cloudtrack.migrate.endpoints import Endpoint, EndpointError
+from cloudtrack.errors import ConfigError
+from cloudtrack.migrate.endpoints import Endpoint
 from cloudtrack.migrate.sqlite_reader import ReaderError, SqliteReader
 
 log = logging.getLogger("cloudtrack.migrate")
@@ -101,7 +102,9 @@ class Source:
         try:
             return self.tracking.get_experiment(selector)
         except MlflowException as e:
-            raise EndpointError(
+            if e.error_code not in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+                raise
+            raise ConfigError(
                 f"no experiment named or numbered {selector!r} in {self.endpoint.shown} "
                 f"({e.error_code}); `--experiment` takes a name or an id") from None
 
