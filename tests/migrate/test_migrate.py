@@ -465,6 +465,34 @@ def test_postgresql_directly_into_gcs(tmp_path: Path, monkeypatch: pytest.Monkey
     assert snapshot(dest) == snapshot(uri)
 
 
+def test_a_database_that_cannot_be_reached_or_is_missing_fails_in_seconds(
+        source: str, tmp_path: Path) -> None:
+    """MLflow's SQL store tries a failed connection ten times with backoff (1 min 48 s here
+    before the first connection got a timeout of its own); the password never shows."""
+    from backends.postgres.service import PostgresService
+
+    pg = service("postgres")
+    assert isinstance(pg, PostgresService)
+    real = pg.new_database()
+    missing = real.rsplit("/", 1)[0] + "/no_such_database"
+    closed = f"postgresql://someone:s3cret-pw@127.0.0.1:{free_port()}/mlflow"
+    for uri, says in ((missing, '"no_such_database" does not exist'),
+                      (closed, "Connection refused")):
+        for args, end in (((uri, str(tmp_path / "dest")), "source"),
+                          ((source, uri), "destination")):
+            started = time.monotonic()
+            run = cli(*args)
+            took = time.monotonic() - started
+            out = run.stdout + run.stderr
+            assert run.returncode == 1, out
+            assert took < 45, f"{took:.0f} s to give up on {uri}"
+            assert f"cannot open {end} " in run.stderr and says in run.stderr, run.stderr
+            assert "fix: check that the database server runs" in run.stderr
+            assert "s3cret-pw" not in out and "Traceback" not in out
+            assert "will be retried" not in out
+    assert not (tmp_path / "dest").exists()
+
+
 def test_cloudtrack_into_a_server_keeps_what_a_server_can(
         source: str, tmp_path: Path, mlflow_server: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))  # where the id map goes

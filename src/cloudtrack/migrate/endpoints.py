@@ -17,6 +17,7 @@ import contextlib
 import logging
 import os
 import threading
+import urllib.parse
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
@@ -173,8 +174,15 @@ def _probe_server(endpoint: Endpoint) -> None:
 def _explain(uri: str, role: str, error: BaseException) -> str:
     """What went wrong opening ``uri``, with the doctor's cause and fix where it has one."""
     end = "destination" if role == "dest" else role
-    message = f"cannot open {end} {redact_uri(uri)}: {error}"
-    if classify(uri) in ("cloudtrack", "server"):
+    message = f"cannot open {end} {redact_uri(uri)}: {_scrubbed(str(error), uri)}"
+    kind = classify(uri)
+    if kind == "sql" and not uri.startswith("sqlite:"):
+        where = urllib.parse.urlsplit(uri)
+        message += (f"\n  fix: check that the database server runs and accepts connections at "
+                    f"{where.hostname or 'localhost'}"
+                    + (f":{where.port}" if where.port else "")
+                    + ", and that the database, user and password in the URL are right")
+    if kind in ("cloudtrack", "server"):
         try:
             from cloudtrack.doctor import run as doctor
 
@@ -184,7 +192,8 @@ def _explain(uri: str, role: str, error: BaseException) -> str:
             log.debug("the doctor could not diagnose %s", redact_uri(uri), exc_info=True)
             return message
         # The doctor's diagnosis follows, and the command: the error's own hint would repeat it.
-        message = f"cannot open {end} {redact_uri(uri)}: {without_doctor_hint(str(error))}"
+        message = (f"cannot open {end} {redact_uri(uri)}: "
+                   f"{_scrubbed(without_doctor_hint(str(error)), uri)}")
         root = report.root
         if root is not None:
             message += f"\n  cause: {report.cause}: {root.summary}"
@@ -192,6 +201,15 @@ def _explain(uri: str, role: str, error: BaseException) -> str:
                 message += f"\n  fix: {root.fix}"
         message += f"\n  (`cloudtrack doctor {redact_uri(uri)}` shows every check)"
     return message
+
+
+def _scrubbed(text: str, uri: str) -> str:
+    """``text`` without the password of ``uri``, should a driver's message quote it."""
+    try:
+        password = urllib.parse.urlsplit(uri).password
+    except ValueError:
+        return text
+    return text.replace(password, "***") if password else text
 
 
 def _open_cloudtrack(uri: str, role: str, artifact_root: str | None) -> Endpoint:
@@ -229,10 +247,34 @@ def _open_sql(uri: str, role: str, artifact_root: str | None) -> Endpoint:
         if role == "source" and path and path != ":memory:" and not os.path.exists(path):
             raise ConfigError(f"source {redact_uri(uri)}: the database file {path} does not "
                               "exist; check the path (sqlite:////absolute/path.db)")
+    else:
+        _probe_database(uri)
     root = artifact_root or _default_sql_artifact_root(uri)
     tracking = SqlAlchemyStore(uri, root)
     registry = SqlRegistryStore(uri)
     return Endpoint(uri, "sql", tracking, registry, uri, root)
+
+
+#: Seconds a database server may take to accept the first connection.
+DATABASE_CONNECT_TIMEOUT = 10
+
+
+def _probe_database(uri: str) -> None:
+    """One connection, with a connect timeout, before MLflow's SQL store opens the database:
+    MLflow tries a failed connection ten times with backoff (about two minutes, a warning
+    each time), so a database that is down or refuses the credentials must fail here first."""
+    import sqlalchemy
+    from sqlalchemy.pool import NullPool
+
+    dialect = split_scheme(uri).split("+", 1)[0]
+    args = {"connect_timeout": DATABASE_CONNECT_TIMEOUT} \
+        if dialect in ("postgresql", "mysql") else {}
+    engine = sqlalchemy.create_engine(uri, poolclass=NullPool, connect_args=args)
+    try:
+        with engine.connect():
+            pass
+    finally:
+        engine.dispose()
 
 
 def _default_sql_artifact_root(uri: str) -> str:
