@@ -204,12 +204,15 @@ def _explain(uri: str, role: str, error: BaseException) -> str:
 
 
 def _scrubbed(text: str, uri: str) -> str:
-    """``text`` without the password of ``uri``, should a driver's message quote it."""
+    """``text`` without secrets (:func:`cloudtrack.doctor.core.scrub`), the password of
+    ``uri`` included, should a driver's message quote it."""
+    from cloudtrack.doctor.core import scrub
+
     try:
         password = urllib.parse.urlsplit(uri).password
     except ValueError:
-        return text
-    return text.replace(password, "***") if password else text
+        password = None
+    return scrub(text, [password] if password else [])
 
 
 def _open_cloudtrack(uri: str, role: str, artifact_root: str | None) -> Endpoint:

@@ -697,16 +697,15 @@ def unanswered(error: BaseException) -> bool:
     import requests
     import urllib3
 
-    from cloudtrack.errors import TransientError
-
     seen: set[int] = set()
     cause: BaseException | None = error
     while cause is not None and id(cause) not in seen:
         seen.add(id(cause))
-        if isinstance(cause, TransientError | requests.exceptions.ConnectionError
-                      | requests.exceptions.Timeout | requests.exceptions.RetryError
-                      | urllib3.exceptions.MaxRetryError | urllib3.exceptions.NewConnectionError
-                      | ConnectionError | TimeoutError):
+        # TransientError is a ConnectionError; urllib3's NewConnectionError ends in a
+        # MaxRetryError, which requests wraps in its own ConnectionError.
+        if isinstance(cause, ConnectionError | TimeoutError
+                      | requests.exceptions.ConnectionError | requests.exceptions.Timeout
+                      | requests.exceptions.RetryError | urllib3.exceptions.MaxRetryError):
             return True
         cause = cause.__cause__ or cause.__context__
     return False
