@@ -4,7 +4,9 @@ it, and files go through the migration's shared pool."""
 from __future__ import annotations
 
 import gc
+import importlib.util
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -91,3 +93,36 @@ def test_overlapping_batches_put_back_what_was_there_before_the_first() -> None:
     second.__exit__(None, None, None)
     assert gc.get_threshold() == before
     assert gc.get_freeze_count() == 0
+
+
+def test_modules_mlflow_probes_each_request_fail_at_once_during_a_batch(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """MLflow's REST client tries `import dbruntime` (and pyspark) before every request; not
+    installed, each try searched the module path.  During a batch the absent ones fail at
+    once — the same ImportError, no search — and afterwards the process is as it was."""
+    from mlflow.tracking.request_header.registry import resolve_request_headers
+
+    searched: list[str] = []
+
+    class Watch:
+        @staticmethod
+        def find_spec(name: str, *args: Any) -> None:
+            searched.append(name.partition(".")[0])
+
+    monkeypatch.setattr(sys, "meta_path", [Watch(), *sys.meta_path])
+    assert importlib.util.find_spec("dbruntime") is None  # not installed here
+    assert "dbruntime" not in sys.modules
+    headers = resolve_request_headers()
+    assert "dbruntime" in searched  # what every request cost before
+    with _batch_collection():
+        searched.clear()
+        assert sys.modules["dbruntime"] is None
+        with pytest.raises(ImportError):
+            import dbruntime  # noqa: F401
+        assert sys.modules["json"] is not None
+        assert resolve_request_headers() == headers
+        assert not {"dbruntime", "pyspark"} & set(searched), searched
+    assert "dbruntime" not in sys.modules
+    searched.clear()
+    resolve_request_headers()
+    assert "dbruntime" in searched

@@ -449,7 +449,8 @@ def _source_run(source_uri: str, run_id: str) -> tuple[Run, list[Metric], Experi
 @pytest.mark.parametrize(("which", "method", "nth"), [
     ("long_run", "log_batch", 2),         # half the points, params and tags written
     ("running", "log_inputs", 1),         # a run still going: only its marker tells it apart
-    ("long_run", "delete_tag", 1),        # everything written but the marker's removal
+    ("long_run", "update_run_info", 1),   # everything written but the status and end time
+    ("running", "delete_tag", 1),         # everything written but the marker's removal
     ("deleted_run", "update_run_info", 1),
     ("deleted_run", "delete_run", 1),     # complete, but not yet deleted
 ])
@@ -494,6 +495,42 @@ def test_an_interrupted_copy_is_finished_not_duplicated(
     assert got.data.tags.keys() - {SOURCE_RUN_TAG} == run.data.tags.keys()
     assert [(d.dataset.name, d.dataset.digest) for d in got.inputs.dataset_inputs] == [
         (d.dataset.name, d.dataset.digest) for d in run.inputs.dataset_inputs]
+
+
+@pytest.mark.parametrize("which", ["long_run", "running"])
+def test_only_a_copy_its_status_cannot_tell_unfinished_carries_the_marker(
+        server: MlflowServer, source: tuple[str, dict[str, Any]], which: str,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A copy of a run that has ended differs from it by status and end time until its last
+    writes: it takes no marker, and no request to remove one.  A running run's copy does."""
+    source_uri, ids = source
+    run_id = ids["runs"][0] if which == "running" else ids[which]
+    run, history, exp = _source_run(source_uri, run_id)
+    if which == "running":
+        run.info._status, run.info._end_time = "RUNNING", None
+    exp = Experiment(exp.experiment_id, f"marker-{uuid.uuid4().hex[:8]}",
+                     exp.artifact_location, exp.lifecycle_stage, [])
+    dest = open_dest(server.url)
+    calls: list[tuple[str, str]] = []
+    real_delete = dest.tracking.delete_tag
+
+    def delete_tag(run_id: str, key: str) -> None:
+        calls.append((run_id, key))
+        real_delete(run_id, key)
+
+    monkeypatch.setattr(dest.tracking, "delete_tag", delete_tag)
+    try:
+        target_exp = dest.create_experiment(exp, None)
+        copy = RunCopy(run, history, target_exp.experiment_id)
+        target = dest.begin_run(copy, None)
+        marked = MlflowClient(tracking_uri=server.url).get_run(target.run_id).data.tags
+        assert (INCOMPLETE_TAG in marked) == (which == "running")
+        dest.finish_run(copy, target)
+        assert calls == ([(target.run_id, INCOMPLETE_TAG)] if which == "running" else [])
+        assert dest.copied_runs(target_exp.experiment_id)[run_id].fingerprint == \
+            run_fingerprint(run)
+    finally:
+        dest.close()
 
 
 def test_an_interrupted_logged_model_is_finished_not_duplicated(

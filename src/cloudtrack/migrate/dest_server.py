@@ -9,9 +9,13 @@ so its variables (``MLFLOW_TRACKING_USERNAME/PASSWORD/TOKEN``, ``MLFLOW_TRACKING
 
 Each copy carries its source's id (:data:`~cloudtrack.migrate.model.SOURCE_RUN_TAG`,
 :data:`~cloudtrack.migrate.model.SOURCE_MODEL_TAG`): that is how the next migration finds it.
-While a run or logged model is written it also carries :data:`INCOMPLETE_TAG`, removed by one of
-the last writes, so a copy interrupted anywhere reads back with a fingerprint its source does not
-have and the next migration finishes it in place, sending only what is missing.
+A copy interrupted anywhere must read back with a fingerprint its source does not have, so that
+the next migration finishes it in place, sending only what is missing.  A server creates every
+run ``RUNNING`` without an end time, and the copy's last writes give it its source's status and
+end time (then delete it, if its source is deleted): a copy of a run that has ended differs
+from its source until then.  A copy that could not differ that way — of a run still running,
+or one taken up again by a later migration — and every logged model carry
+:data:`INCOMPLETE_TAG` while they are written, removed by one of the last writes.
 
 A server numbers a model's versions itself, one past the highest it ever gave (deleted ones
 included).  Versions are therefore created in order, and a deleted number is taken by a
@@ -139,6 +143,8 @@ class ServerDestination(Destination):
         self._reader = Source(endpoint)
         # Runs this object created: nothing to look up before writing them.
         self._fresh: set[str] = set()
+        #: Runs of the server carrying INCOMPLETE_TAG until finish_run removes it.
+        self._marked: set[str] = set()
         # Deleted experiments of the destination, not restored (yet): nothing was written
         # into them.
         self._deleted: set[str] = set()
@@ -249,8 +255,12 @@ class ServerDestination(Destination):
                 self.tracking.restore_run(earlier.run_id)  # a deleted run takes no writes
             # Marked again: until finish_run ends, this copy must not pass for a finished one.
             self.tracking.set_tag(earlier.run_id, RunTag(INCOMPLETE_TAG, "true"))
+            self._marked.add(earlier.run_id)
             return RunTarget(earlier.run_id, run.info.artifact_uri)
-        tags = [RunTag(SOURCE_RUN_TAG, info.run_id), RunTag(INCOMPLETE_TAG, "true")]
+        marked = _needs_marker(info)
+        tags = [RunTag(SOURCE_RUN_TAG, info.run_id)]
+        if marked:
+            tags.append(RunTag(INCOMPLETE_TAG, "true"))
 
         def create(attempt: int) -> tuple[Run, bool]:
             if attempt:  # the failed attempt may have created the copy after all
@@ -263,6 +273,8 @@ class ServerDestination(Destination):
         run, fresh = self.requests.retried(f"create_run for run {info.run_id}", create)
         if fresh:
             self._fresh.add(run.info.run_id)
+        if marked or INCOMPLETE_TAG in run.data.tags:
+            self._marked.add(run.info.run_id)
         return RunTarget(run.info.run_id, run.info.artifact_uri)
 
     def _copies(self, experiment_id: str, source_run_id: str) -> list[Run]:
@@ -298,7 +310,9 @@ class ServerDestination(Destination):
         self._log_inputs_and_outputs(copy, run_id, have, models)
         # The last writes: a copy interrupted before them differs from its source in the marker,
         # the status or end time, or the lifecycle stage.
-        self.tracking.delete_tag(run_id, INCOMPLETE_TAG)
+        if run_id in self._marked:
+            self.tracking.delete_tag(run_id, INCOMPLETE_TAG)
+            self._marked.discard(run_id)
         self.tracking.update_run_info(run_id, RunStatus.from_string(info.status), info.end_time,
                                       info.run_name or None)
         if info.lifecycle_stage == LifecycleStage.DELETED:
@@ -720,6 +734,13 @@ def _int(text: str | None) -> int:
 
 def _quote(value: str) -> str:
     return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def _needs_marker(info: Any) -> bool:
+    """Whether a copy of a run with ``info`` needs :data:`INCOMPLETE_TAG` to tell it unfinished:
+    only when its source's status and end time are those of a run just created (``RUNNING``, no
+    end time), which the copy's last writes would not change."""
+    return bool(info.status == "RUNNING" and info.end_time is None)
 
 
 def _has_tag(key: str) -> str:

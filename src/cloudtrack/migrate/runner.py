@@ -13,11 +13,13 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import importlib.util
 import json
 import logging
 import math
 import os
 import re
+import sys
 import threading
 import time
 from collections import deque
@@ -597,28 +599,44 @@ class Migration:
         self.report.id_map = str(path)
 
 
+#: Modules MLflow's REST client tries to import before every request, to tell whether it runs
+#: on Databricks (``DatabricksRequestHeaderProvider.in_context``).
+PROBED_EACH_REQUEST = ("dbruntime", "pyspark", "IPython")
+
 #: Migrations running in this process, and the collector's settings from before the first.
 _batches: list[tuple[int, ...]] = []
 _batches_lock = threading.Lock()
+#: The modules of PROBED_EACH_REQUEST the first migration found not installed.
+_absent: list[str] = []
 
 
 @contextlib.contextmanager
 def _batch_collection() -> Iterator[None]:
-    """The garbage collector tuned for one long batch, as it was after.
+    """The process tuned for one long batch, as it was after.
 
     A migration allocates millions of short-lived objects (points, rows, requests) beside the
     hundreds of thousands MLflow and the SDKs leave alive once imported; every full collection
     walked all of those, and collections took 3.5 s of a 21.5 s migration of 1,000 runs into
     s3.  Objects alive at the start are set aside (``gc.freeze``: never walked until the end)
-    and the youngest generation is collected every 20,000 allocations instead of 700.  Several
-    migrations at once in one process: the first sets this up, the last puts back what was
-    there before the first."""
+    and the youngest generation is collected every 20,000 allocations instead of 700.
+
+    MLflow's REST client tries to import ``dbruntime`` and ``pyspark`` before each request to
+    a server; where they are not installed, every try searches the whole module path again
+    under the interpreter's import lock: 0.47 ms a request, 0.62 ms with 8 threads asking at
+    once.  For the migration those not installed are marked missing in ``sys.modules``
+    (``None``: an import fails at once, as it would have after the search).
+
+    Several migrations at once in one process: the first sets this up, the last puts back what
+    was there before the first."""
     with _batches_lock:
         if not _batches:
             threshold = gc.get_threshold()
             gc.freeze()
             gc.set_threshold(max(threshold[0], BATCH_GC_THRESHOLD), *threshold[1:])
             _batches.append(threshold)
+            _absent[:] = [name for name in PROBED_EACH_REQUEST if _not_installed(name)]
+            for name in _absent:
+                sys.modules[name] = None  # type: ignore[assignment]
         else:
             _batches.append(_batches[0])
     try:
@@ -629,6 +647,19 @@ def _batch_collection() -> Iterator[None]:
             if not _batches:
                 gc.set_threshold(*before)
                 gc.unfreeze()
+                for name in _absent:
+                    if name in sys.modules and sys.modules[name] is None:
+                        del sys.modules[name]
+                _absent.clear()
+
+
+def _not_installed(name: str) -> bool:
+    if name in sys.modules:
+        return False
+    try:
+        return importlib.util.find_spec(name) is None
+    except (ImportError, ValueError):
+        return False
 
 
 def _state_file(report: MigrationReport) -> Path:
