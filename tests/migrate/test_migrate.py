@@ -135,16 +135,43 @@ def test_verify_catches_a_point_deleted_behind_its_back(source: str, tmp_path: P
     assert any("metric points differ" in d for d in report.differences or [])
 
 
-def test_dry_run_writes_nothing(source: str, tmp_path: Path) -> None:
-    dest = tmp_path / "dest"
-    report = migrate(source, str(dest), dry_run=True)
+@pytest.mark.parametrize("kind", ["local", "sqlite", "s3"])
+def test_dry_run_writes_nothing(kind: str, source: str, tmp_path: Path,
+                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """Not even the store itself: a dry run into a destination that is not there yet (a typo
+    in a path or prefix, say) leaves nothing behind, and over a migrated one writes nothing."""
+    if kind == "s3":
+        s3 = service("s3-noauth")
+        use(monkeypatch, s3.env)
+        dest = s3.new_store()
+        present = lambda: objects(dest)  # noqa: E731
+    else:
+        path = tmp_path / ("dest" if kind == "local" else "dest.db")
+        dest = str(path) if kind == "local" else f"sqlite:///{path}"
+        present = lambda: sorted(str(p) for p in tmp_path.rglob("dest*"))  # noqa: E731
+    before = present()
+    report = migrate(source, dest, dry_run=True)
     assert report.ok and report.copied["runs"] == 5 and report.copied["experiments"] == 2
     assert report.copied["model_versions"] == 4  # the model's 1 and 3, the prompt's 1 and 2
     assert report.copied["artifacts"] == 6 and report.bytes == 3 * (2048 + 6) + 0 + 1 + 2
-    # Opening a directory as a cloudtrack store creates it, with its marker and Default; no
-    # experiment, run or artifact of the source.
-    names = {p.relative_to(dest).as_posix() for p in dest.rglob("*") if p.is_file()}
-    assert not any(n.startswith(("heads/", "history/", "artifacts/")) for n in names), names
+    assert present() == before, "a dry run created its destination"
+
+    assert migrate(source, dest).ok
+    before = present() if kind != "sqlite" else (tmp_path / "dest.db").read_bytes()
+    again = migrate(source, dest, dry_run=True)
+    assert again.ok and not again.copied.get("runs") and again.unchanged["runs"] == 5
+    after = present() if kind != "sqlite" else (tmp_path / "dest.db").read_bytes()
+    assert after == before, "a dry run over a migrated store wrote something"
+
+
+def test_one_experiment_named_twice_moves_once(source: str, tmp_path: Path) -> None:
+    client = MlflowClient(source)
+    exp = client.search_experiments(filter_string="name != 'Default'")[0]
+    report = migrate(source, str(tmp_path / "dest"), registry=False,
+                     experiments=[exp.name, exp.experiment_id, exp.name])
+    runs = len(client.search_runs([exp.experiment_id], run_view_type=ViewType.ALL))
+    assert report.ok and report.copied["experiments"] == 1
+    assert report.copied["runs"] == runs and not report.unchanged.get("runs")
 
 
 def cli(*args: str, env: dict[str, str] | None = None,
@@ -170,6 +197,63 @@ def test_cli_json_report_and_exit_codes(source: str, tmp_path: Path) -> None:
     assert wrong.returncode == 2, wrong.stdout + wrong.stderr
     assert "no experiment named or numbered 'no-such-experiment'" in wrong.stderr
     assert not (tmp_path / "z").exists(), "a wrong --experiment created the destination"
+    # --json: one object on stdout whatever happens, the error among its failures.
+    wrong_json = cli(source, str(tmp_path / "z"), "--experiment", "no-such-experiment",
+                     "--json")
+    assert wrong_json.returncode == 2
+    failed = json.loads(wrong_json.stdout)
+    assert not failed["ok"] and failed["copied"] == {}
+    assert "no-such-experiment" in failed["failures"][0]["error"]
+    gone = cli(source, f"http://127.0.0.1:{free_port()}", "--json", timeout=240)
+    assert gone.returncode == 1 and not json.loads(gone.stdout)["ok"]
+
+
+def test_a_store_is_not_migrated_into_itself_or_into_itself_nested(
+        source: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    dest = tmp_path / "dest"
+    assert cli(source, str(dest)).returncode == 0
+    before = sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*"))
+    spelled = source.replace(f"sqlite:///{tmp_path}/", "sqlite:///")  # relative to cwd
+    s3 = service("s3-noauth")
+    bucket = s3.new_store()
+    for src, dst, says in [
+            (source, spelled, "are the same store"),
+            (str(dest), dest.as_uri() + "/", "are the same store"),
+            (str(dest), str(dest / "inner"), "is inside SOURCE"),
+            (str(dest / "inner"), str(dest), "is inside DEST"),
+            (bucket, bucket.rstrip("/") + "/inner", "is inside SOURCE")]:
+        run = subprocess.run([sys.executable, "-m", "cloudtrack.cli", "migrate", src, dst],
+                             capture_output=True, text=True, timeout=120, cwd=str(tmp_path),
+                             env={**os.environ, **s3.env})
+        assert run.returncode == 2 and says in run.stderr, (src, dst, run.stderr)
+    after = sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*"))
+    assert after == before
+    use(monkeypatch, s3.env)
+    assert objects(bucket) == {}
+
+
+def test_interrupted_with_ctrl_c_says_how_to_go_on(tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    source = f"sqlite:///{tmp_path}/many.db"
+    client = MlflowClient(source)
+    exp = client.create_experiment("many")
+    for i in range(300):
+        run = client.create_run(exp).info.run_id
+        client.log_batch(run, metrics=[Metric("m", float(i), 1, s) for s in range(50)])
+    dest = tmp_path / "dest"
+    proc = subprocess.Popen([sys.executable, "-m", "cloudtrack.cli", "migrate", source,
+                             str(dest), "--workers", "1"], cwd=str(ROOT),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not list(dest.glob("heads/*/*")) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, out + err
+    assert "run the same command again" in err and "Traceback" not in err, err
+    again = migrate(source, str(dest), verify=True)
+    assert again.ok and again.copied["runs"] + again.unchanged["runs"] == 300
 
 
 def test_destination_without_permission_fails_fast_with_the_cause(source: str) -> None:

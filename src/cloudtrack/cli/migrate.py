@@ -114,10 +114,21 @@ def migrate_cmd(source: str, dest: str, experiments: tuple[str, ...], no_registr
                          verify=verify, dry_run=dry_run, workers=workers,
                          artifact_root=artifact_root, id_map=id_map, progress=progress,
                          server_requests=server_requests)
-    except ConfigError as e:
-        fail(str(e), 2)
+    except KeyboardInterrupt:
+        click.echo("\ninterrupted: what was copied stays; run the same command again to go "
+                   "on from there (nothing is copied twice)", err=True)
+        sys.exit(130)
     except CloudtrackError as e:
-        fail(str(e), 1)
+        code = 2 if isinstance(e, ConfigError) else 1
+        if as_json:  # a script reading --json gets its one object, failures and all
+            from cloudtrack.config import redact_uri
+            from cloudtrack.migrate.model import Failure, MigrationReport
+
+            failed = MigrationReport(redact_uri(source), redact_uri(dest), dry_run=dry_run)
+            failed.failures.append(Failure("migration", f"{failed.source} -> {failed.dest}",
+                                           str(e)))
+            click.echo(json.dumps(failed.to_dict(), indent=2))
+        fail(str(e), code)
     if as_json:
         click.echo(json.dumps(report.to_dict(), indent=2))
         sys.exit(report.exit_code)

@@ -15,9 +15,9 @@ from __future__ import annotations
 import abc
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import ClassVar, NoReturn
 
-from mlflow.entities import Experiment
+from mlflow.entities import Experiment, LifecycleStage
 from mlflow.entities.model_registry import ModelVersion, RegisteredModel
 
 from cloudtrack.migrate.endpoints import Endpoint
@@ -140,18 +140,77 @@ class Destination(abc.ABC):
         self.endpoint.close()
 
 
+class AbsentDestination(Destination):
+    """A destination where no store is yet, as a dry run reads it (it must not create one):
+    empty, and never written."""
+
+    kind = "absent"
+    keeps_ids = True
+
+    def experiments(self) -> list[Experiment]:
+        # What the store would hold once created: MLflow's SQL stores and cloudtrack's make
+        # the Default experiment, id 0, when they are first opened.
+        return [Experiment("0", "Default", "", LifecycleStage.ACTIVE)]
+
+    def copied_runs(self, experiment_id: str) -> dict[str, CopiedRun]:
+        return {}
+
+    def copied_models(self, experiment_ids: Sequence[str]) -> dict[str, CopiedModel]:
+        return {}
+
+    def registered_models(self) -> dict[str, tuple[RegisteredModel, list[ModelVersion]]]:
+        return {}
+
+    def _written(self) -> NoReturn:
+        raise RuntimeError(f"{self.endpoint.shown} holds no store yet and a dry run writes "
+                           "nothing")
+
+    def create_experiment(self, source: Experiment, experiment_id: str | None) -> Experiment:
+        self._written()
+
+    def update_experiment(self, dest: Experiment, source: Experiment) -> None:
+        self._written()
+
+    def finish_experiment(self, dest: Experiment, source: Experiment) -> None:
+        self._written()
+
+    def begin_run(self, copy: RunCopy, earlier: CopiedRun | None) -> RunTarget:
+        self._written()
+
+    def finish_run(self, copy: RunCopy, target: RunTarget) -> None:
+        self._written()
+
+    def write_logged_model(self, copy: ModelCopy, artifacts: Callable[[str], None]) -> str:
+        self._written()
+
+    def write_registered_model(self, model: RegisteredModel, versions: Sequence[ModelVersion],
+                               deleted: Sequence[int]) -> int:
+        self._written()
+
+    def close(self) -> None:
+        pass
+
+
 def open_destination(endpoint: Endpoint) -> Destination:
-    """The writer for ``endpoint``'s kind."""
+    """The writer for ``endpoint``'s kind (for an endpoint where no store is yet, an empty
+    one that says what that kind could not hold)."""
+    cls: type[Destination]
     if endpoint.kind == "cloudtrack":
         from cloudtrack.migrate.dest_cloudtrack import CloudtrackDestination
 
-        return CloudtrackDestination(endpoint)
-    if endpoint.kind == "sql":
+        cls = CloudtrackDestination
+    elif endpoint.kind == "sql":
         from cloudtrack.migrate.dest_sql import SqlDestination
 
-        return SqlDestination(endpoint)
-    if endpoint.kind == "server":
+        cls = SqlDestination
+    elif endpoint.kind == "server":
         from cloudtrack.migrate.dest_server import ServerDestination
 
-        return ServerDestination(endpoint)
-    raise ValueError(f"{endpoint.shown} ({endpoint.kind}) cannot be a destination")
+        cls = ServerDestination
+    else:
+        raise ValueError(f"{endpoint.shown} ({endpoint.kind}) cannot be a destination")
+    if endpoint.tracking is None:
+        absent = type(f"Absent{cls.__name__}", (AbsentDestination,),
+                      {"keeps_ids": cls.keeps_ids, "cannot_hold": cls.cannot_hold})
+        return absent(endpoint)  # type: ignore[no-any-return]
+    return cls(endpoint)

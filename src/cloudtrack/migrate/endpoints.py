@@ -99,10 +99,12 @@ def classify(uri: str) -> Kind:
 
 def open_endpoint(uri: str, *, role: Literal["source", "dest"],
                   artifact_root: str | None = None, server_requests: int | None = None,
-                  ) -> Endpoint:
+                  create: bool = True) -> Endpoint:
     """Open ``uri`` as the migration's ``role``; fail fast when it cannot serve as one.
     ``server_requests``: the requests in flight an MLflow server gets at most
-    (:data:`cloudtrack.migrate.rest.SERVER_REQUESTS` by default)."""
+    (:data:`cloudtrack.migrate.rest.SERVER_REQUESTS` by default).  ``create=False`` (a dry
+    run): a destination where no store is yet is not created but opened empty, with no
+    stores (``tracking`` None)."""
     kind = classify(uri)
     if role == "dest" and kind == "filestore":
         raise ConfigError(
@@ -119,6 +121,15 @@ def open_endpoint(uri: str, *, role: Literal["source", "dest"],
             raise ConfigError(f"destination {redact_uri(uri)}: {_not_a_folder(path)}")
     opener = {"cloudtrack": _open_cloudtrack, "sql": _open_sql, "filestore": _open_filestore,
               "server": _open_server}[kind]
+    if role == "dest" and not create and kind in ("cloudtrack", "sql"):
+        try:
+            exists = _store_exists(uri, kind)
+        except (EndpointError, ConfigError):
+            raise
+        except Exception as e:
+            raise EndpointError(_explain(uri, role, e)) from e
+        if not exists:
+            return Endpoint(uri, kind, None, None, uri)
     try:
         endpoint = (_open_server(uri, role, artifact_root, server_requests)
                     if kind == "server" else opener(uri, role, artifact_root))
@@ -213,6 +224,87 @@ def _scrubbed(text: str, uri: str) -> str:
     except ValueError:
         password = None
     return scrub(text, [password] if password else [])
+
+
+def check_apart(source: str, dest: str) -> None:
+    """:class:`ConfigError` unless SOURCE and DEST are different stores, neither inside the
+    other: a migration into its own source would copy the store into itself (into a server,
+    every run again beside itself), and a folder or prefix inside the other mixes one
+    store's objects into the other's."""
+    a, b = _place(source), _place(dest)
+    if a is None or b is None or a[0] != b[0]:
+        return
+    (_, where_a, path_a), (_, where_b, path_b) = a, b
+    if where_a != where_b:
+        return
+    if path_a == path_b:
+        raise ConfigError(f"SOURCE {redact_uri(source)} and DEST {redact_uri(dest)} are the "
+                          "same store; give a different destination")
+    if _within(path_b, path_a) or _within(path_a, path_b):
+        inner, outer = ("DEST", "SOURCE") if _within(path_b, path_a) else ("SOURCE", "DEST")
+        raise ConfigError(f"{inner} {redact_uri(dest if inner == 'DEST' else source)} is inside "
+                          f"{outer} {redact_uri(source if outer == 'SOURCE' else dest)}: one "
+                          "store's objects would mix with the other's; give a destination "
+                          "outside the source (another folder, prefix or bucket)")
+
+
+def _within(inner: str, outer: str) -> bool:
+    return outer == "" or inner.startswith(outer.rstrip("/") + "/")
+
+
+def _place(uri: str) -> tuple[str, str, str] | None:
+    """Where ``uri``'s store lives, as (medium, place, path): a local folder or file by its
+    real path, a bucket by backend and container with its prefix, a server or database by
+    address.  None when the URI cannot be read (opening it says why)."""
+    try:
+        kind = classify(uri)
+        scheme = split_scheme(uri)
+        if kind in ("cloudtrack", "filestore") and scheme == "file":
+            path = os.path.realpath(local_path(uri))
+            if os.path.isfile(path):
+                return None  # no store folder: opening it says what the file is
+            return "local", "", path
+        if kind == "cloudtrack":
+            from cloudtrack.config import resolve
+
+            config = resolve(uri)
+            return str(config.backend), config.container, config.prefix
+        parsed = urllib.parse.urlsplit(uri)
+        if kind == "sql" and uri.startswith("sqlite:"):
+            path = uri.split(":///", 1)[-1] if ":///" in uri else ""
+            if not path or path == ":memory:":
+                return None
+            return "local", "", os.path.realpath(path)
+        host = (parsed.hostname or "").lower()
+        where = f"{scheme}://{host}:{parsed.port or ''}"
+        return kind, where, parsed.path.rstrip("/")
+    except Exception:
+        return None
+
+
+def _store_exists(uri: str, kind: Kind) -> bool:
+    """Whether a store is at ``uri`` already — read only, for a dry run."""
+    if kind == "cloudtrack":
+        from cloudtrack.blobs import open_blobs
+        from cloudtrack.config import resolve
+        from cloudtrack.store import marker
+
+        with open_blobs(resolve(uri)) as blobs:
+            return marker.read(blobs) is not None
+    if uri.startswith("sqlite:"):
+        path = uri.split(":///", 1)[-1] if ":///" in uri else ""
+        if not path or path == ":memory:" or not os.path.exists(path):
+            return False
+    else:
+        _probe_database(uri)
+    import sqlalchemy
+    from sqlalchemy.pool import NullPool
+
+    engine = sqlalchemy.create_engine(uri, poolclass=NullPool)
+    try:
+        return bool(sqlalchemy.inspect(engine).has_table("experiments"))
+    finally:
+        engine.dispose()
 
 
 def _open_cloudtrack(uri: str, role: str, artifact_root: str | None) -> Endpoint:

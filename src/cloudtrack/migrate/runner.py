@@ -34,7 +34,7 @@ from mlflow.entities.model_registry import ModelVersion, ModelVersionTag
 
 from cloudtrack.migrate import artifacts
 from cloudtrack.migrate.destination import CopiedRun, Destination, open_destination
-from cloudtrack.migrate.endpoints import Endpoint, open_endpoint
+from cloudtrack.migrate.endpoints import Endpoint, check_apart, open_endpoint
 from cloudtrack.migrate.model import (
     Failure,
     MigrationReport,
@@ -89,12 +89,13 @@ def migrate(source: str, dest: str, *, experiments: Sequence[str] = (), registry
     options = Options(tuple(experiments), registry, verify, dry_run, max(1, workers),
                       artifact_root, id_map)
     started = time.monotonic()
+    check_apart(source, dest)
     src = open_endpoint(source, role="source", server_requests=server_requests)
     try:
         if options.experiments:  # a wrong --experiment fails before the destination is touched
             Source(src).experiments(options.experiments)
         dst = open_endpoint(dest, role="dest", artifact_root=artifact_root,
-                            server_requests=server_requests)
+                            server_requests=server_requests, create=not dry_run)
     except BaseException:
         src.close()
         raise

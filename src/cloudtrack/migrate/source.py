@@ -82,8 +82,12 @@ class Source:
 
     def experiments(self, selectors: Sequence[str] = ()) -> list[Experiment]:
         """Every experiment (deleted ones too), or those ``selectors`` name (by id or name)."""
-        if selectors:
-            return [self._experiment(s) for s in dict.fromkeys(selectors)]
+        if selectors:  # one experiment named twice (by name and by id, say) is one
+            found_by_id: dict[str, Experiment] = {}
+            for selector in dict.fromkeys(selectors):
+                exp = self._experiment(selector)
+                found_by_id.setdefault(exp.experiment_id, exp)
+            return list(found_by_id.values())
         found: list[Experiment] = []
         token = None
         while True:
