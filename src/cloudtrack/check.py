@@ -29,9 +29,9 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
-from cloudtrack.errors import AlreadyExists, BlobNotFound, CloudtrackError
+from cloudtrack.errors import AlreadyExists, BlobNotFound, CloudtrackError, CorruptObject
 from cloudtrack.progress import Progress, Silent
-from cloudtrack.store import build, claims, layout, pages, purge, records
+from cloudtrack.store import build, claims, layout, marker, pages, purge, records
 from cloudtrack.store.records import Record
 
 if TYPE_CHECKING:
@@ -45,11 +45,13 @@ GRACE_SECONDS = 3600.0
 READ_CONCURRENCY = 16
 
 _RUN_ID = re.compile(r"^[0-9a-f]{32}$")
+_EXPERIMENT_KEY = re.compile(r"^experiments/[0-9]+\.json$")
 _MODEL_ID = re.compile(r"^m-[0-9a-f]{32}$")
 
 #: kind -> what it means (the report's words).
 KINDS: dict[str, str] = {
-    "unreadable_record": "a record that does not parse (kept: a person decides)",
+    "unreadable_record": "a record that does not parse, or lacks what readers need (kept: "
+                         "a person decides)",
     "unknown_object": "an object the format does not know (kept; not a problem)",
     "unreadable_page": "a page that does not parse (a cache: removed)",
     "pending_experiment": "an experiment record its creator or a hard delete left pending, "
@@ -167,10 +169,25 @@ class CheckReport:
             return 0 if all(id(f) in done for f in self.problems) else 1
         return 1
 
-    def counts(self) -> dict[str, int]:
+    def counts(self, findings: Iterable[Finding] | None = None) -> dict[str, int]:
+        """Findings by kind (of ``findings``; of every finding by default)."""
+        out: dict[str, int] = {}
+        for f in (self.findings if findings is None else findings):
+            out[f.kind] = out.get(f.kind, 0) + 1
+        return dict(sorted(out.items()))
+
+    def not_counted(self) -> dict[str, int]:
+        """The findings that are no problems, by kind and why: ``"<kind> (harmless)"``,
+        ``"<kind> (younger than the grace period)"``."""
         out: dict[str, int] = {}
         for f in self.findings:
-            out[f.kind] = out.get(f.kind, 0) + 1
+            if f.kind in HARMLESS:
+                why = f"{f.kind} (harmless)"
+            elif f.young:
+                why = f"{f.kind} (younger than the grace period)"
+            else:
+                continue
+            out[why] = out.get(why, 0) + 1
         return dict(sorted(out.items()))
 
     def to_dict(self) -> dict[str, Any]:
@@ -178,7 +195,8 @@ class CheckReport:
         return {
             "store": self.store, "objects": self.objects, "bytes": self.bytes,
             "grace_seconds": self.grace_seconds, "whole": not self.problems,
-            "counts": self.counts(), "findings": [f.to_dict() for f in self.findings],
+            "counts": self.counts(), "problems": self.counts(self.problems),
+            "findings": [f.to_dict() for f in self.findings],
             "plan": {"findings": len(plan), "objects": sum(len(f.keys) for f in plan
                                                            if f.action == "delete"),
                      "bytes": sum(f.bytes for f in plan if f.action == "delete")},
@@ -188,6 +206,18 @@ class CheckReport:
             "objects_removed": self.objects_removed, "bytes_reclaimed": self.bytes_reclaimed,
             "seconds": round(self.seconds, 3), "exit_code": self.exit_code,
         }
+
+
+def holds_store(blobs: Blobs) -> bool:
+    """Whether ``blobs`` holds a cloudtrack store: its marker, ``cloudtrack.json``
+    (docs/format.md), or else an experiment record — a store's first writer writes the
+    Default experiment's before the marker, and may have been killed in between.  A folder of
+    other files is no store, however many.  Raises
+    :class:`~cloudtrack.store.marker.ForeignFormat` for the marker of another format."""
+    if marker.read(blobs) is not None:
+        return True
+    files, _ = blobs.list_dir(layout.EXPERIMENTS)
+    return any(_EXPERIMENT_KEY.match(f.key) for f in files)
 
 
 # -- the plan --------------------------------------------------------------------------------
@@ -229,6 +259,10 @@ class _Store:
                 return key, records.read(self.blobs, key), None
             except BlobNotFound:
                 return key, None, None  # gone since the listing
+            except CorruptObject as e:
+                # Its own words, not the reader's advice (which names the whole URI again).
+                return key, None, f"{e.why}; kept: restore it from a backup or fix it by " \
+                    "hand, or remove it if it is not wanted"
             except CloudtrackError as e:
                 return key, None, str(e)
 
@@ -286,14 +320,47 @@ def plan(blobs: Blobs, *, grace: float = GRACE_SECONDS,
     return report
 
 
+#: What a reader needs of an experiment record (store.entities.experiment): one without them
+#: is skipped by search_experiments, as a record that does not parse is.
+_EXPERIMENT_FIELDS = ("experiment_id", "name", "artifact_location", "lifecycle_stage")
+
+
+def _malformed_experiment(rec: Record) -> str | None:
+    """Why the experiment record ``rec``, which parses, is no experiment a name claim can be
+    rebuilt from; None when it is one."""
+    missing = [f for f in _EXPERIMENT_FIELDS if f not in rec]
+    if missing:
+        return f"malformed experiment record: no {', '.join(missing)} (readers skip it)"
+    if not isinstance(rec["name"], str) or not rec["name"]:
+        return f"malformed experiment record: its name is {rec['name']!r}, not a name"
+    if not isinstance(rec.get("tags", {}), dict):
+        return "malformed experiment record: its tags are not an object (readers skip it)"
+    return None
+
+
 def _experiments(st: _Store, out: list[Finding]) -> set[str]:
-    """Experiment records and name claims; returns the ids of the experiments that exist."""
+    """Experiment records and name claims; returns the ids of the experiments that exist, and
+    of those whose record does not parse or is malformed: what hangs off them may be wanted
+    once a person restores the record, so none of it is provably garbage."""
     blobs = st.blobs
     recs = {layout.id_from_key(k): (k, r) for k, r in st.records.items()
             if k.startswith(layout.EXPERIMENTS) and k.endswith(".json")}
     claims_of = {k: r for k, r in st.records.items() if k.startswith(layout.EXPERIMENT_NAMES)}
-    visible: set[str] = set()
-    for exp_id, (key, rec) in recs.items():
+    visible: set[str] = {layout.id_from_key(k) for k in st.unreadable
+                         if k.startswith(layout.EXPERIMENTS) and k.endswith(".json")}
+    unsure = set(visible)
+    for exp_id, (key, rec) in sorted(recs.items()):
+        why = _malformed_experiment(rec)
+        if why is not None:
+            # Data, as a record that does not parse: no claim is written from it (a name
+            # claim for "None" would squat that name), nothing is removed.
+            unsure.add(exp_id)
+            visible.add(exp_id)
+            out.append(Finding("unreadable_record", key, f"{why}; kept: restore it from a "
+                               "backup or fix it by hand, or remove it if experiment "
+                               f"{exp_id} is not wanted (a later repair then removes what "
+                               "it held)", (key,), st.size([key])))
+            continue
         name_key = layout.experiment_name(str(rec.get("name")))
         claim = claims_of.get(name_key)
         points = claim is not None and str(claim.get("experiment_id")) == exp_id
@@ -326,6 +393,8 @@ def _experiments(st: _Store, out: list[Finding]) -> set[str]:
                 (name_key,), 0, "write", False, unclaimed, write_claim))
     for name_key, claim in claims_of.items():
         exp_id = str(claim.get("experiment_id"))
+        if exp_id in unsure:
+            continue  # perhaps its own claim: nothing is provable until the record is fixed
         target = recs.get(exp_id)
         if target is not None and layout.experiment_name(str(target[1].get("name"))) == name_key:
             continue

@@ -10,6 +10,7 @@ from __future__ import annotations
 import gzip
 import json
 import os
+import re
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -453,3 +454,150 @@ def test_the_old_record_of_an_unfinished_rename_is_garbage(base: Base) -> None:
     assert set(before) - set(after) == {old_key}
     assert all(after[k] == before[k] for k in after), "a repair changed data"
     assert names() == seen
+
+
+def _cli(*args: str) -> tuple[int, str, str]:
+    result = CliRunner().invoke(main, ["check", *args])
+    assert result.exception is None or isinstance(result.exception, SystemExit), \
+        repr(result.exception)
+    return result.exit_code, result.stdout, result.stderr
+
+
+def test_a_folder_of_other_files_holds_no_store(tmp_path: Path) -> None:
+    """A mistyped path to a folder of other files is told it holds no store, as an empty
+    folder is (exit 2), never that the store is whole — and a repair touches nothing."""
+    empty, other = tmp_path / "empty", tmp_path / "other"
+    empty.mkdir()
+    (other / "sub").mkdir(parents=True)
+    (other / "a.txt").write_text("a\n")
+    (other / "sub" / "b.txt").write_text("b\n")
+    code, out, err = _cli(str(empty))
+    assert (code, out) == (2, "") and "holds no cloudtrack store" in err
+    for args in ([], ["--repair", "--grace", "0"], ["--json"]):
+        code, out, err = _cli(str(other), *args)
+        assert (code, out) == (2, ""), out
+        assert err == f"error: {other} holds no cloudtrack store (no cloudtrack.json and no " \
+                      "experiment record under it); check the URI\n"
+    assert sorted(p.name for p in other.rglob("*")) == ["a.txt", "b.txt", "sub"]
+    (other / "cloudtrack.json").write_text('{"format": "something-else"}')
+    code, out, err = _cli(str(other))
+    assert (code, out) == (2, "") and "holds no cloudtrack store: its cloudtrack.json is of " \
+        "format 'something-else'" in err, err
+
+
+@pytest.mark.parametrize("store", ["local"], indirect=True)
+def test_a_store_that_lost_its_marker_is_still_checked(base: Base) -> None:
+    """A store's first writer writes the Default experiment before the marker: its records
+    make it a store without one (the next writer adds the marker)."""
+    base.blobs.delete(layout.MARKER)
+    code, report = _check(base.s.store_uri)
+    assert (code, _settled(report)) == (0, {}), report["findings"]
+
+
+def test_a_file_given_as_a_local_store(tmp_path: Path) -> None:
+    """One line that says the path is a file, exit 2 (a usage error, as a path that does not
+    exist), and the same words where a tracking store is opened on it."""
+    path = tmp_path / "afile"
+    path.write_text("hi\n")
+    for args in ([], ["--repair", "--grace", "0"], ["--json"]):
+        code, out, err = _cli(str(path), *args)
+        assert (code, out) == (2, "")
+        assert err == f"error: {path} is a file, not a store directory: a local store is a " \
+                      "directory; check the path\n"
+    from mlflow.exceptions import MlflowException
+
+    with pytest.raises(MlflowException, match="is a file, not a store directory") as info:
+        BlobTrackingStore(f"file://{path}")
+    assert "clash" not in str(info.value)
+    assert path.read_text() == "hi\n"
+
+
+@pytest.mark.parametrize("store", ["local"], indirect=True)
+@pytest.mark.parametrize("record", [{}, {"experiment_id": "77", "name": None,
+                                         "artifact_location": "x", "lifecycle_stage": "active"}],
+                         ids=["empty", "no-name"])
+def test_a_malformed_experiment_record_is_reported_and_kept(base: Base,
+                                                            record: dict[str, Any]) -> None:
+    """A record that parses but has no name is data a person decides about, as one that does
+    not parse: reported under its key, and a repair writes no name claim from it (one for
+    "None" would take that name from every experiment) and removes nothing."""
+    key = layout.experiment("77")
+    base.blobs.put(key, _json(record))
+    before = base.objects()
+    code, report = _check(base.s.store_uri)
+    assert code == 1 and _settled(report) == {"unreadable_record": 1}, report["findings"]
+    (found,) = [f for f in report["findings"] if f["kind"] == "unreadable_record"]
+    assert found["subject"] == key and "malformed experiment record" in found["detail"]
+    assert found["action"] is None
+    code, repaired = _check(base.s.store_uri, "--repair")
+    assert code == 1 and repaired["repaired"] == 0
+    assert base.objects() == before
+    assert not base.blobs.exists(layout.experiment_name("None"))
+    assert base.s.create_experiment("None")  # the name is free
+
+
+@pytest.mark.parametrize("store", ["local"], indirect=True)
+def test_what_a_malformed_experiment_record_held_is_kept(base: Base) -> None:
+    """The runs, logged models, pages and artifacts of an experiment whose record became
+    malformed are not garbage: restoring the record brings them all back."""
+    key = layout.experiment(base.exp)
+    good = base.blobs.get(key)
+    reads = base.readback()
+    base.blobs.put(key, _json({"lifecycle_stage": "active"}))
+    before = base.objects()
+    code, report = _check(base.s.store_uri, "--repair")
+    assert code == 1 and _settled(report) == {"unreadable_record": 1}, report["findings"]
+    assert report["objects_removed"] == 0 and base.objects() == before
+    base.blobs.put(key, good)
+    assert base.readback() == reads
+    code, report = _check(base.s.store_uri)
+    assert (code, _settled(report)) == (0, {}), report["findings"]
+
+
+def _summary_numbers(line: str) -> tuple[int, int, int]:
+    """(the problem count, the sum of its kinds' counts, the sum of the others' counts) of a
+    check's line ``N problem(s): n kind, …; not problems: n kind (why), …``."""
+    head, _, rest = line.partition("; not problems: ")
+    count, _, kinds = head.partition(" problem(s): ")
+
+    def total(text: str) -> int:
+        return sum(int(n) for n in re.findall(r"(?:^|, )(\d+) ", text))
+    return int(count), total(kinds), total(rest)
+
+
+@pytest.mark.parametrize("store", ["local"], indirect=True)
+def test_the_counts_add_up_to_the_findings_listed(base: Base) -> None:
+    """Problems (an unreadable record, a malformed experiment record), a finding younger than
+    the grace period and harmless ones (an unknown object, stale page entries): the problem
+    count is the sum of its kinds, and with the rest it is every finding listed."""
+    _unreadable_record(base)
+    base.blobs.put(layout.experiment("77"), b"{}")
+    _run_index_without_head(base)
+    _unknown_object(base)
+    _stale_page_entries(base)
+    uri = base.s.store_uri
+    for args, problems in ((["--grace", "1h"], 2), (["--grace", "0"], 3)):
+        code, out, _ = _cli(uri, *args)
+        lines = out.splitlines()
+        listed = [ln for ln in lines if ln.startswith("  ")]
+        summary = next(ln for ln in lines if "problem(s): " in ln)
+        count, kinds, rest = _summary_numbers(summary)
+        assert (code, count, kinds) == (1, problems, problems), out
+        assert count + rest == len(listed) == 5, out
+        report = json.loads(CliRunner().invoke(main, ["check", uri, "--json", *args]).stdout)
+        assert sum(report["problems"].values()) == problems
+        assert sum(report["counts"].values()) == len(report["findings"]) == 5
+
+
+@pytest.mark.parametrize("store", ["local"], indirect=True)
+def test_a_whole_store_says_what_it_did_not_count(base: Base) -> None:
+    """Harmless findings only: whole, and each one not counted is named with why (not "younger
+    than the grace period" for what is not young)."""
+    _unknown_object(base)
+    _stale_page_entries(base)
+    code, out, _ = _cli(base.s.store_uri, "--grace", "0")
+    listed = [ln for ln in out.splitlines() if ln.startswith("  ")]
+    assert code == 0 and len(listed) == 2 and all("(harmless: not a problem)" in ln
+                                                   for ln in listed), out
+    assert "the store is whole (not problems: 1 stale_page_entries (harmless), " \
+           "1 unknown_object (harmless))" in out.splitlines(), out

@@ -132,6 +132,8 @@ class LocalBlobs(Blobs):
             return PermissionDenied(f"permission denied on {uri}: {e.strerror}; check the "
                                     f"directory's owner and mode", uri)
         if e.errno in (errno.ENOTDIR, errno.EISDIR, errno.EEXIST):
+            if os.path.exists(self.root) and not os.path.isdir(self.root):
+                return self._root_not_a_folder()
             return BlobError(f"{uri}: a file and a folder of the same name clash "
                              f"({e.strerror}); the local store cannot hold both 'a' and 'a/b'",
                              uri)
@@ -146,7 +148,13 @@ class LocalBlobs(Blobs):
         finally:
             os.close(fd)
 
+    def _root_not_a_folder(self) -> BlobError:
+        return BlobError(f"{self.uri.rstrip('/')} is a file, not a store directory: a local "
+                         "store is a directory; check the path", self.uri)
+
     def _check_root(self) -> None:
+        if os.path.exists(self.root) and not os.path.isdir(self.root):
+            raise self._root_not_a_folder()
         if not os.path.isdir(self.root):
             raise ContainerNotFound(
                 f"store directory {self.root} does not exist; create it or check the URI",

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 import time
 from typing import TextIO
@@ -87,8 +88,10 @@ def check_cmd(uri: str, repair: bool, dry_run: bool, as_json: bool, grace: str) 
     2 usage error.
     """
     from cloudtrack.blobs import open_blobs
-    from cloudtrack.check import check, parse_duration
+    from cloudtrack.check import HARMLESS, check, holds_store, parse_duration
     from cloudtrack.config import resolve
+    from cloudtrack.store import layout
+    from cloudtrack.store.marker import ForeignFormat
 
     try:
         grace_seconds = parse_duration(grace)
@@ -106,36 +109,47 @@ def check_cmd(uri: str, repair: bool, dry_run: bool, as_json: bool, grace: str) 
     logging.getLogger("cloudtrack").addHandler(logging.NullHandler())
     try:
         with open_blobs(config) as blobs:
-            from cloudtrack.store import marker
-
-            if marker.read(blobs) is None and not list(blobs.list_dir("")[0]):
-                fail(f"{config.display_uri} holds no cloudtrack store", 2)
+            try:
+                found = holds_store(blobs)
+            except ForeignFormat as e:
+                fail(f"{config.display_uri} holds no cloudtrack store: its {layout.MARKER} "
+                     f"is of format {e.found!r}; check the URI", 2)
+            if not found:
+                # A mistyped path to a folder of other files must not read as a whole store.
+                fail(f"{config.display_uri} holds no cloudtrack store (no {layout.MARKER} "
+                     "and no experiment record under it); check the URI", 2)
             report = check(blobs, repair_=repair, dry_run=dry_run, grace=grace_seconds,
                            progress=None if as_json else Bar())
     except BlobNotFound as e:
         fail(f"{config.display_uri} holds no cloudtrack store ({e})", 2)
     except CloudtrackError as e:
-        fail(str(e), 1)
+        # A file given as a local store is a usage error (the message says so), not a store
+        # with problems.
+        fail(str(e), 2 if config.backend == "file" and os.path.exists(config.container)
+             and not os.path.isdir(config.container) else 1)
     if as_json:
         click.echo(json.dumps(report.to_dict(), indent=2))
         sys.exit(report.exit_code)
     click.echo(f"checked {report.store}: {report.objects} objects, {_size(report.bytes)} "
                f"in {report.seconds:.1f}s")
     for f in report.findings:
-        state = " (younger than the grace period: left alone)" if f.young else ""
+        state = (" (harmless: not a problem)" if f.kind in HARMLESS else
+                 " (younger than the grace period: left alone)" if f.young else "")
         action = {"delete": "remove", "write": "write back", "drop_entries": "drop entries",
                   None: "report only"}[f.action]
         size = f", {_size(f.bytes)}" if f.bytes else ""
         click.echo(f"  {f.kind:<34} {f.subject}: {f.detail} [{action}{size}]{state}")
     problems, plan = report.problems, report.planned
     removes = [f for f in plan if f.action == "delete"]
+    # The numbers add up to the findings listed: problems, then the rest and why.
+    others = report.not_counted()
+    rest = ", ".join(f"{n} {k}" for k, n in others.items())
     if not problems:
-        click.echo("the store is whole" + (f" ({len(report.findings)} finding(s) younger than "
-                                           "the grace period or tidy-ups)"
-                                           if report.findings else ""))
+        click.echo("the store is whole" + (f" (not problems: {rest})" if others else ""))
     else:
         click.echo(f"{len(problems)} problem(s): " + ", ".join(
-            f"{n} {k}" for k, n in report.counts().items()))
+            f"{n} {k}" for k, n in report.counts(problems).items())
+            + (f"; not problems: {rest}" if others else ""))
     if not plan:
         pass
     elif not repair:
