@@ -1,9 +1,14 @@
-"""The credential helpers the doctor reports from: a SAS token's fields, a JWT's claims."""
+"""The credential helpers the doctor reports from (a SAS token's fields, a JWT's claims), and what
+the vault accepts: login targets, the CLOUDTRACK_KEYRING setting."""
 
 from __future__ import annotations
 
+import pytest
+
 from cloudtrack.credentials import decode_jwt
 from cloudtrack.credentials.azure import parse_sas
+from cloudtrack.credentials.vault import backend_of, canonical, keyring_enabled
+from cloudtrack.errors import ConfigError
 
 
 def test_sas_fields_and_jwt_claims() -> None:
@@ -14,3 +19,22 @@ def test_sas_fields_and_jwt_claims() -> None:
     claims = decode_jwt(mint_token("wrong-audience"))
     assert claims["aud"] == "https://management.azure.com" and claims["tid"]
     assert decode_jwt("not-a-jwt") == {}
+
+
+def test_login_targets_in_messages_include_abfss_and_a_misspelt_scheme_is_named() -> None:
+    with pytest.raises(ConfigError) as e:
+        backend_of("s4://bucket/x")
+    assert "abfss://container@account.dfs.core.windows.net" in str(e.value)
+    assert "did you mean 's3://bucket/x'" in str(e.value)
+    assert backend_of("abfss://c@acct.dfs.core.windows.net/p") == "azure"
+    with pytest.raises(ConfigError) as e:
+        canonical("abfss://c@nowhere/p")
+    assert "abfss://<container>@<account>.dfs.<suffix>" in str(e.value)
+
+
+def test_the_keyring_setting_is_a_boolean() -> None:
+    assert keyring_enabled({}) is True
+    assert keyring_enabled({"CLOUDTRACK_KEYRING": "on"}) is True
+    assert keyring_enabled({"CLOUDTRACK_KEYRING": "OFF"}) is False
+    with pytest.raises(ConfigError, match="CLOUDTRACK_KEYRING='of' is not a boolean"):
+        keyring_enabled({"CLOUDTRACK_KEYRING": "of"})

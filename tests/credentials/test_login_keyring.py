@@ -188,3 +188,55 @@ def test_a_keyring_that_does_not_answer_costs_its_timeout_not_a_hang(
         assert_no_secret([secret], run.stdout, run.stderr, again.stdout, again.stderr)
     finally:
         os.kill(daemon, signal.SIGCONT)
+
+
+def test_whoami_says_a_secret_is_set_and_where_from_never_any_of_it(
+        s3_store: Store, secret_service: SecretService, tmp_path: Path) -> None:
+    """A keyring login is labelled as one, and neither whoami's text nor its JSON shows a
+    character of the secret (the last four used to be shown: much of a short password)."""
+    store = s3_store
+    args, secret, keep, _ = login_args(store)
+    env = child_env(tmp_path, {**keep, **secret_service.env})
+    assert cli(env, "login", store.uri, *args, stdin=secret).returncode == 0
+    text = cli(env, "whoami", store.uri)
+    as_json = cli(env, "whoami", store.uri, "--json")
+    assert text.returncode == 0 and as_json.returncode == 0, text.stdout + text.stderr
+    row = json.loads(as_json.stdout)["targets"][0]
+    assert row["source"] == f"keyring:{store.uri}"
+    assert row["secret"].endswith(f"secret access key set (from keyring:{store.uri})")
+    assert f"source     keyring:{store.uri}" in text.stdout
+    # The same credentials from the environment: named as such.
+    from_env = cli({**env, **{k: store.env[k] for k in ("AWS_ACCESS_KEY_ID",
+                                                        "AWS_SECRET_ACCESS_KEY")}},
+                   "whoami", store.uri, "--json")
+    env_row = json.loads(from_env.stdout)["targets"][0]
+    assert env_row["secret"].endswith("secret access key set (from env:AWS_SECRET_ACCESS_KEY)")
+    # An MLflow server's password from the environment (whoami reads no server for it).
+    server = cli({**env, "MLFLOW_TRACKING_USERNAME": "bob",
+                  "MLFLOW_TRACKING_PASSWORD": "hunter2-short"}, "whoami",
+                 "http://127.0.0.1:9", "--json")
+    server_row = json.loads(server.stdout)["targets"][0]
+    assert server_row["secret"] == "password set (from env:MLFLOW_TRACKING_PASSWORD)"
+    for out in (text.stdout, as_json.stdout, from_env.stdout):
+        assert secret[-4:] not in out and secret[:4] not in out
+    assert "hort" not in server.stdout and "hunter2" not in server.stdout
+
+
+def test_a_keyring_setting_that_is_no_boolean_is_refused_not_taken_for_on(
+        s3_store: Store, secret_service: SecretService, tmp_path: Path) -> None:
+    store = s3_store
+    args, secret, keep, _ = login_args(store)
+    env = child_env(tmp_path, {**keep, **secret_service.env})
+    assert cli(env, "login", store.uri, *args, stdin=secret).returncode == 0
+    typo = python({**env, "MLFLOW_TRACKING_URI": store.uri, "CLOUDTRACK_KEYRING": "of"},
+                  LOGGING)
+    assert typo.returncode != 0
+    assert "CLOUDTRACK_KEYRING='of' is not a boolean" in typo.stderr, typo.stderr[-2000:]
+    who = cli({**env, "CLOUDTRACK_KEYRING": "of"}, "whoami", store.uri, "--json")
+    assert who.returncode == 1
+    assert "CLOUDTRACK_KEYRING='of'" in json.loads(who.stdout)["targets"][0]["error"]
+    # `off` still means off: the login is ignored, and nothing else signs.
+    off = python({**env, "MLFLOW_TRACKING_URI": store.uri, "CLOUDTRACK_KEYRING": "off"},
+                 LOGGING)
+    assert off.returncode != 0 and "Unable to locate credentials" in off.stderr, off.stderr[-2000:]
+    assert_no_secret([secret], typo.stdout, typo.stderr, who.stdout, off.stderr)

@@ -97,6 +97,14 @@ def test_a_login_that_does_not_work_is_not_stored(cloud: Store, tmp_path: Path) 
     assert "nothing stored" in refused.stderr
     assert not (tmp_path / ".config" / "cloudtrack" / "logins.json").exists()
     assert_no_secret([secret], refused.stdout, refused.stderr)
+    # The refusal is said of what was given, by the store it was checked against: no
+    # credential variable is set here, and the doctor cannot see a secret that was not kept.
+    said = refused.stderr
+    assert cloud.uri in said and "given" in said, said
+    assert "refused" in said or "cannot be used" in said, said
+    for unset in ("AWS_ACCESS_KEY_ID", "AZURE_STORAGE_", "GOOGLE_APPLICATION_CREDENTIALS",
+                  "cloudtrack doctor", "plain file"):
+        assert unset not in said, said
 
 
 def test_the_environment_outranks_a_login_and_config_says_where_values_came_from(
@@ -142,8 +150,10 @@ def test_the_longest_matching_login_wins(s3_store: Store, tmp_path: Path) -> Non
     assert run.returncode == 0, run.stderr[-2000:]
     who = cli(env, "whoami", store.uri, "--json")
     row = json.loads(who.stdout)["targets"][0]
-    assert row["login"] == store.uri and row["source"] == "explicit"
-    assert row["secret"].startswith(store.env["AWS_ACCESS_KEY_ID"][:4])
+    assert row["login"] == store.uri and row["source"] == f"insecure-file:{store.uri}"
+    assert row["secret"] == (f"{store.env['AWS_ACCESS_KEY_ID'][:4]}…"
+                             f"{store.env['AWS_ACCESS_KEY_ID'][-4:]} / secret access key set "
+                             f"(from insecure-file:{store.uri})")
     assert row["identity"].startswith("arn:aws:iam::") and row["identity"].endswith("tester")
     # The bucket-wide login still covers the rest of the bucket.
     sibling = python({**env, "MLFLOW_TRACKING_URI": f"s3://{bucket}/elsewhere"}, LOGGING)
@@ -154,6 +164,13 @@ def test_the_longest_matching_login_wins(s3_store: Store, tmp_path: Path) -> Non
         [e.experiment_id for e in tracking_store(store).search_experiments()], "",
         ViewType.ALL)
     assert len(runs) == 1
+    # Logging out of a URI under a login names the login that covers it and leaves it be.
+    under = cli(env, "logout", f"{store.uri}/deeper")
+    assert under.returncode == 0, under.stderr
+    assert f"uses the login of {store.uri}" in under.stdout
+    assert f"`cloudtrack logout {store.uri}`" in under.stdout
+    assert cli(env, "whoami", f"{store.uri}/deeper", "--json").returncode == 0
+    assert "No login" in cli(env, "logout", "s3://another-bucket-entirely/x").stdout
 
 
 def test_the_doctor_names_the_login_and_a_login_whose_keys_go_elsewhere(

@@ -23,7 +23,14 @@ from cloudtrack.cli.common import fail
 from cloudtrack.config import redact, resolve
 from cloudtrack.credentials import mask_key_id, vault
 from cloudtrack.credentials.vault import ENV_CREDENTIALS, KeyringUnavailable, Login, Vault
-from cloudtrack.errors import BlobNotFound, CloudtrackError
+from cloudtrack.errors import (
+    DOCTOR_HINT_START,
+    BlobNotFound,
+    CloudtrackError,
+    CredentialsUnavailable,
+    PermissionDenied,
+    Unauthenticated,
+)
 
 _AZURE_KINDS = {"account-key": ("azure-account-key", "account_key", "Storage account key"),
                 "sas": ("azure-sas", "sas_token", "SAS token"),
@@ -114,6 +121,72 @@ def _check_store(login: Login) -> str:
     return f"{config.display_uri} answered with these credentials"
 
 
+def _given(login: Login) -> str:
+    """The credentials typed (or piped) to ``login``, as messages name them."""
+    public = login.public
+    return {
+        "s3-keys": "access key "
+                   f"{mask_key_id(public.get('access_key_id', ''))} with the secret access key given",
+        "azure-account-key": "account key given",
+        "azure-sas": "SAS token given",
+        "azure-connection-string": "connection string given",
+        "gcs-service-account": "service-account key given"
+                               + (f" ({public['client_email']})" if public.get("client_email")
+                                  else ""),
+        "server-basic": f"password given for user {public.get('username', '')!r}",
+        "server-token": "token given",
+        "server-token-command": "token printed by --token-command",
+    }.get(login.kind, "credentials given")
+
+
+def _service_said(e: BaseException, login: Login) -> str | None:
+    """What the service answered, from the SDK error kept as the cause: its code, status and
+    message; None when no SDK error says."""
+    cause: BaseException | None = e
+    seen = 0
+    while cause is not None and seen < 8:
+        seen += 1
+        response = getattr(cause, "response", None)
+        if isinstance(response, dict) and isinstance(response.get("Error"), dict):  # botocore
+            error = response["Error"]
+            status = response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+            parts = [str(error.get("Code") or ""), f"HTTP {status}" if status else "",
+                     str(error.get("Message") or "")]
+            return _scrub(", ".join(x for x in parts if x), login)
+        status = getattr(cause, "status_code", None) or getattr(cause, "code", None)
+        code = getattr(cause, "error_code", None) or getattr(cause, "reason", None)
+        if isinstance(status, int) or code:  # azure-core, google-api-core
+            text = str(getattr(cause, "message", "") or "").splitlines()[:1]
+            parts = [str(code or ""), f"HTTP {status}" if isinstance(status, int) else "",
+                     *text]
+            # azure-core's reason is often the message itself: say it once.
+            return _scrub(", ".join(dict.fromkeys(x for x in parts if x)), login)[:400]
+        cause = cause.__cause__ or cause.__context__
+    return None
+
+
+def _check_failed(login: Login, e: CloudtrackError) -> str:
+    """Why the live check failed, said of the credentials given: they came from the prompt,
+    stdin or --secret-file (not from the environment the store's errors name), and the doctor
+    cannot see them, since nothing was stored."""
+    target = redact(login.target)
+    endpoint = login.public.get("endpoint_url")
+    who = target + (f" (at {redact(endpoint)})" if endpoint else "")
+    said = _service_said(e, login)
+    text = _scrub(str(e), login).split(DOCTOR_HINT_START, 1)[0].rstrip(" .;")
+    again = f"check it and run `cloudtrack login {target}` again; nothing stored"
+    if isinstance(e, CredentialsUnavailable):  # refused before any request was sent
+        return f"the {_given(login)} cannot be used ({said or text}); {again}"
+    if isinstance(e, Unauthenticated):
+        return f"{who} refused the {_given(login)} ({said or type(e).__name__}); {again}"
+    if isinstance(e, PermissionDenied):
+        return (f"{who} accepted the {_given(login)} but denied the check's read "
+                f"({said or text}); nothing stored (`--no-check` stores the login without "
+                "the check)")
+    return (f"the check with these credentials failed: {text}; nothing stored (`--no-check` "
+            "stores the login without the check)")
+
+
 @main.command("login")
 @click.argument("target")
 @click.option("--access-key-id", help="s3://: the access key id (prompted if not given).")
@@ -154,14 +227,16 @@ def login_cmd(target: str, **opts: Any) -> None:
                 from cloudtrack.credentials import server
 
                 status, said = server.check(target, login)
+                if status == 401:
+                    fail(f"{redact(target)} refused the {_given(login)} (HTTP 401); check it "
+                         f"and run `cloudtrack login {redact(target)}` again; nothing stored", 1)
                 if status not in (200, 403):
                     fail(f"{redact(target)}: {said}; nothing stored", 1)
                 checked = said
             else:
                 checked = _check_store(login)
         except CloudtrackError as e:
-            fail(f"the check with these credentials failed: "
-                 f"{_scrub(str(e), login).rstrip('. ')}; nothing stored", 1)
+            fail(_check_failed(login, e), 1)
     try:
         stored = Vault().save(login, insecure=opts["insecure_storage"])
     except KeyringUnavailable as e:
@@ -198,11 +273,17 @@ def logout_cmd(target: str) -> None:
     try:
         kind = vault.backend_of(target)
         removed = Vault().remove(target)
+        parent = Vault().covering(target) if removed is None else None
     except KeyringUnavailable as e:
         fail(str(e), 1)
     except CloudtrackError as e:
         fail(str(e), 2)
-    if removed is None:
+    if removed is None and parent is not None:
+        # A login covers everything under its target: this URI still signs with it.
+        click.echo(f"No login of its own for {redact(target)}: it uses the login of "
+                   f"{parent.target}, which covers everything under it; run `cloudtrack logout "
+                   f"{parent.target}` to remove that one.")
+    elif removed is None:
         click.echo(f"No login for {redact(target)}.")
     else:
         click.echo(f"Logged out of {removed.target}.")
@@ -212,12 +293,15 @@ def logout_cmd(target: str) -> None:
                    f"{redact(target)} still authenticate with it", err=True)
 
 
-def masked(secret: str | None) -> str | None:
-    """A secret as whoami shows it: its length hidden, its last four characters kept when it
-    is long enough that they give nothing away."""
-    if not secret:
-        return None
-    return f"****{secret[-4:]}" if len(secret) >= 20 else "****"
+#: What the secret of each kind of credential is called.
+_SECRET_NAMES = {"access-key": "secret access key", "account-key": "account key",
+                 "sas": "SAS token", "token": "access token"}
+
+
+def set_from(name: str, source: str | None) -> str:
+    """That a secret is set and where it comes from: none of its characters (not even a
+    tail: for a short password that is much of it)."""
+    return f"{name} set" + (f" (from {source})" if source else "")
 
 
 def _when(ts: datetime | float | None) -> str | None:
@@ -246,10 +330,12 @@ def _whoami_store(target: str) -> dict[str, Any]:
         if config.backend == "s3" and not cred.identity:
             out["identity"] = _s3_identity(config)
         login = config.setting("login")
-        secret = min(cred.secrets, key=len, default=None)
+        source = {"env": "env:AWS_SECRET_ACCESS_KEY"}.get(cred.source, cred.source)
+        secret = set_from(_SECRET_NAMES.get(cred.kind, "secret"), source) if cred.secrets \
+            else None
         key_id = config.get("access_key_id")
-        out["secret"] = (f"{mask_key_id(str(key_id))} / {masked(secret)}" if key_id
-                         else masked(secret))
+        out["secret"] = " / ".join(x for x in (mask_key_id(str(key_id)) if key_id else None,
+                                               secret) if x) or None
         if login is not None:
             out["login"] = login.value
     except CloudtrackError as e:
@@ -298,7 +384,10 @@ def _whoami_server(target: str) -> dict[str, Any]:
         username = os.environ.get("MLFLOW_TRACKING_USERNAME")
         token = os.environ.get("MLFLOW_TRACKING_TOKEN")
         out["identity"] = username or (decode_jwt(token).get("sub") if token else None)
-        out["secret"] = masked(token or os.environ.get("MLFLOW_TRACKING_PASSWORD"))
+        if token:
+            out["secret"] = set_from("token", "env:MLFLOW_TRACKING_TOKEN")
+        elif os.environ.get("MLFLOW_TRACKING_PASSWORD"):
+            out["secret"] = set_from("password", "env:MLFLOW_TRACKING_PASSWORD")
         return out
     try:
         login = server.login_for(target)
@@ -309,7 +398,7 @@ def _whoami_server(target: str) -> dict[str, Any]:
         header, source = server.authorization(login)
         if login.kind == "server-basic":
             out["identity"] = login.public.get("username")
-            out["secret"] = masked(login.secret.get("password"))
+            out["secret"] = set_from("password", login.source)
         else:
             assert source is not None
             token = header.removeprefix("Bearer ")
@@ -317,7 +406,8 @@ def _whoami_server(target: str) -> dict[str, Any]:
             out["identity"] = claims.get("sub") or claims.get("email") or claims.get("upn")
             out["expires"] = _when(source.expires)
             out["renews"] = login.kind == "server-token-command"
-            out["secret"] = masked(token)
+            out["secret"] = set_from("token" if login.kind == "server-token" else
+                                     "token of the token command", login.source)
         out["check"] = server.check(target, login)[1]
     except CloudtrackError as e:
         out["error"] = str(e)
@@ -329,7 +419,8 @@ def _whoami_server(target: str) -> dict[str, Any]:
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def whoami_cmd(target: str | None, as_json: bool) -> None:
     """For TARGET (default: every login, and MLFLOW_TRACKING_URI): the credential in use, where
-    it came from, its masked secret and expiry, and the identity it stands for."""
+    it came from, that its secret is set (never any of its characters), its expiry, and the
+    identity it stands for."""
     targets = [target] if target else [login.target for login in Vault().logins()]
     tracking = os.environ.get("MLFLOW_TRACKING_URI")
     if not target and tracking and tracking not in targets and "://" in tracking:

@@ -83,10 +83,10 @@ def _with_login(spec: BackendSpec, uri: str, env: Mapping[str, str],
     the SDKs' own chains.  Every value it gives is recorded with the login as its source."""
     if spec.name not in ("s3", "gcs", "azure"):
         return config, env
-    if (env.get("CLOUDTRACK_KEYRING") or "").lower() in ("0", "off", "false", "no"):
-        return config, env
     from cloudtrack.credentials import vault
 
+    if not vault.keyring_enabled(env):
+        return config, env
     if vault.environment_outranks(spec.name, env):
         return config, env
     login = vault.Vault(env).find(uri)

@@ -182,14 +182,17 @@ class S3Credentials:
                 f"the {creds.method} credential provider failed: {text}", self.config.display_uri,
                 reason="expired" if "expired" in text.lower() else "invalid") from e
         what = METHODS.get(creds.method, creds.method)
+        source = creds.method
         login = self.config.setting("login")
         if creds.method == "explicit" and login is not None:
             what = f"`cloudtrack login {login.value}` ({login.source.split(':')[0]})"
+            # botocore calls any keys handed to the client "explicit"; these are the login's.
+            source = login.source
         if creds.method in _PROFILED:
             what += f" (profile {self.config.environ.get('AWS_PROFILE') or 'default'!r})"
         session = " with a session token" if frozen.token else ""
         return Credential("access-key", f"access key {mask_key_id(frozen.access_key)}{session} "
-                          f"from {what}", creds.method, expires=self.expiry(creds),
+                          f"from {what}", source, expires=self.expiry(creds),
                           renews=creds.method in RENEWING,
                           secrets=secrets(frozen.secret_key, frozen.token))
 

@@ -68,6 +68,11 @@ ENV_CREDENTIALS: Mapping[str, tuple[str, ...]] = {
 #: variable: the colon keeps it from ever being one).
 GCS_KEY_INFO = "cloudtrack:gcs-service-account"
 
+#: The store URIs a login can be for, as messages show them.
+TARGET_FORMS = ("s3://bucket[/prefix]", "gs://bucket[/prefix]",
+                "wasbs://container@account.blob.core.windows.net[/prefix]",
+                "abfss://container@account.dfs.core.windows.net[/prefix]")
+
 _AZURE_HOST = re.compile(r"^([a-z0-9]+)\.(?:blob|dfs)\.(.+)$")
 
 
@@ -84,10 +89,14 @@ def backend_of(target: str) -> str:
     kind = {"s3": "s3", "gs": "gcs", "wasbs": "azure", "abfss": "azure", "http": "server",
             "https": "server"}.get(scheme)
     if kind is None:
+        from cloudtrack.config import redact_uri, suggest_uri
+
+        suggestion = suggest_uri(redact_uri(target)) if scheme not in ("", "file") else None
         raise ConfigError(
-            f"cannot log in to {target!r}: a target is a store URI (s3://bucket[/prefix], "
-            "gs://bucket[/prefix], wasbs://container@account.blob.core.windows.net[/prefix]) or "
-            "an MLflow server URL (https://host[:port][/path]); a local directory needs no login")
+            f"cannot log in to {redact_uri(target)!r}"
+            + (f" (did you mean {suggestion!r}?)" if suggestion else "")
+            + ": a target is a store URI (" + ", ".join(TARGET_FORMS) + ") or an MLflow server "
+            "URL (https://host[:port][/path]); a local directory needs no login")
     return kind
 
 
@@ -104,7 +113,8 @@ def canonical(target: str) -> str:
         m = _AZURE_HOST.match(host.lower())
         if not m:
             raise ConfigError(f"{target!r}: expected wasbs://<container>@<account>.blob.<suffix>"
-                              "[/prefix] (or <account>.blob.<suffix> alone for the whole account)")
+                              "[/prefix] or abfss://<container>@<account>.dfs.<suffix>[/prefix] "
+                              "(or the host alone for the whole account)")
         parts = [f"{m.group(1)}.{m.group(2)}", container, path]
         return "azure://" + "/".join(p for p in parts if p)
     if kind == "server":
@@ -214,6 +224,17 @@ def keyring_timeout(environ: Mapping[str, str] | None = None) -> float:
         return max(0.1, float(env.get("CLOUDTRACK_KEYRING_TIMEOUT") or DEFAULT_TIMEOUT))
     except ValueError:
         return DEFAULT_TIMEOUT
+
+
+def keyring_enabled(environ: Mapping[str, str] | None = None) -> bool:
+    """Whether logins are used: ``CLOUDTRACK_KEYRING`` unset or true; ``off`` (or false, no,
+    0) ignores them.  Any other value is a :class:`ConfigError`, as for every boolean setting
+    (a typo of ``off`` must not quietly mean on)."""
+    from cloudtrack.config.common import bool_env
+    from cloudtrack.config.variables import CLOUDTRACK_KEYRING
+
+    enabled = bool_env(os.environ if environ is None else environ, CLOUDTRACK_KEYRING)
+    return True if enabled is None else enabled
 
 
 def bounded(fn: Callable[[], T], timeout: float, what: str) -> T:
@@ -352,7 +373,15 @@ class Vault:
         return [_public_login(v) for _, v in sorted(self.index().items())]
 
     def match(self, uri: str) -> Login | None:
-        """The public half of the login for ``uri`` (the longest target covering it)."""
+        """The public half of the login for ``uri`` (the longest target covering it); None
+        when none does or ``CLOUDTRACK_KEYRING`` is off (ConfigError when it is no boolean)."""
+        if not keyring_enabled(self.environ):
+            return None
+        return self.covering(uri)
+
+    def covering(self, uri: str) -> Login | None:
+        """The public half of the login saved for ``uri`` or the longest target above it,
+        whether or not ``CLOUDTRACK_KEYRING`` lets it be used."""
         try:
             uri_key = canonical(uri)
         except ConfigError:
