@@ -218,10 +218,15 @@ def test_mlflow_server_without_storage_credentials(home: Path, mlflow: MlflowPai
 
 
 def test_mlflow_browser_url(home: Path, mlflow: MlflowPair) -> None:
-    """Row 7: a browser URL as tracking URI answers the web UI's HTML."""
-    run = doctor(home, {"MLFLOW_TRACKING_URI": mlflow.proxied.url + "/#/experiments/0"})
+    """Row 7: a browser URL as tracking URI answers the web UI's HTML.  F8: the server is
+    MLflow, so the doctor says the URL is the web UI's, not "a login page"."""
+    run = doctor(home, {"MLFLOW_TRACKING_URI": mlflow.proxied.url + "/#/experiments/1"})
     expect(run, "not-mlflow-server")
-    assert f"MLFLOW_TRACKING_URI={mlflow.proxied.url}" in run.check("http.answer")["fix"]
+    check = run.check("http.answer")
+    assert f"MLFLOW_TRACKING_URI={mlflow.proxied.url}" in check["fix"]
+    assert "login page" not in check["summary"], check["summary"]
+    assert "MLflow web UI" in check["summary"]
+    assert f"the tracking server itself is {mlflow.proxied.url}" in check["summary"]
 
 
 def test_mlflow_https_to_plain_http_port(home: Path, mlflow: MlflowPair) -> None:
@@ -239,9 +244,12 @@ def test_mlflow_closed_port(home: Path) -> None:
 
 def test_mlflow_black_hole(home: Path) -> None:
     with standins.black_hole() as port:
-        run = doctor(home, {}, f"http://127.0.0.1:{port}")
+        run = doctor(home, {}, f"http://127.0.0.1:{port}", "--timeout", "3")
     expect(run, "network-timeout")
     assert run.seconds < RUN_BOUND
+    # F21: the wait it reports is the --timeout it was given (tests/doctor/test_net.py has the
+    # case where the run's budget cuts the wait short).
+    assert "answered nothing within 3.0s" in run.check("http")["summary"]
 
 
 def test_https_black_hole(home: Path) -> None:

@@ -5,6 +5,7 @@ proxies, and the classification of the errors SDKs wrap network failures in."""
 from __future__ import annotations
 
 import email.utils
+import re
 import socket
 import ssl
 import threading
@@ -68,8 +69,9 @@ def tls_port(tmp_path: Path) -> Iterator[tuple[int, Path]]:
     listener.close()
 
 
-def _run(url: str, verify: bool | str = True, timeout: float = 2.0) -> Probe:
-    probe = Probe({}, timeout=timeout)
+def _run(url: str, verify: bool | str = True, timeout: float = 2.0,
+         budget: float = 25.0) -> Probe:
+    probe = Probe({}, timeout=timeout, budget=budget)
     try:
         net.probe_endpoint(probe, url, verify=verify, hints=HINTS)
     except Stop:
@@ -106,6 +108,26 @@ def test_black_hole_is_a_timeout_and_bounded() -> None:
     assert _failure(http) == ("http", "network-timeout")
     assert _failure(https) == ("tls", "network-timeout")
     assert time.monotonic() - start < 5
+
+
+@pytest.mark.parametrize(("timeout", "budget"), [(1.0, 1.6), (3.0, 1.0)])
+def test_black_hole_reports_the_time_it_waited(timeout: float, budget: float) -> None:
+    """F21: the message says how long the doctor waited, not what the run had left afterwards;
+    when the run's budget, not --timeout, ended the wait, it says that too.  The black hole is
+    a socket made here that accepts (the kernel completes the handshake) and never answers."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen(8)
+        start = time.monotonic()
+        probe = _run(f"http://127.0.0.1:{s.getsockname()[1]}", timeout=timeout, budget=budget)
+        elapsed = time.monotonic() - start
+    assert _failure(probe) == ("http", "network-timeout")
+    summary = next(c.summary for c in probe.checks if c.status == "fail")
+    said = float(re.search(r"answered nothing within ([\d.]+)s", summary).group(1))  # type: ignore[union-attr]
+    waited = min(timeout, budget)
+    assert waited - 0.15 <= said <= elapsed + 0.05, (summary, elapsed)
+    capped = "--timeout 3 allowed longer, but the doctor's whole run is capped at 1s"
+    assert (capped in summary) == (budget < timeout), summary
 
 
 def test_https_to_a_plain_port_is_a_mismatch(plain_http: int) -> None:

@@ -232,6 +232,8 @@ class Probe:
         self.environ = environ
         self.read_only = read_only
         self.timeout = timeout
+        #: Seconds the whole run may take (a child shares its parent's deadline).
+        self.budget: float = parent.budget if parent is not None else budget
         self.checks: list[Check] = []
         self._parent = parent
         #: Probing an artifact root rather than a tracking store (no format marker there).
@@ -257,6 +259,14 @@ class Probe:
     def step_timeout(self, want: float | None = None) -> float:
         """Seconds the next step may take: its own limit, capped by what the run has left."""
         return max(0.05, min(want if want is not None else self.timeout, self.remaining()))
+
+    def cut_short(self, allowed: float) -> str:
+        """A note for a step that timed out after ``allowed`` seconds when the run's budget,
+        not ``--timeout``, set that limit (so raising --timeout would not help); else ''."""
+        if allowed >= self.timeout - 0.05:
+            return ""
+        return (f"; --timeout {self.timeout:g} allowed longer, but the doctor's whole run is "
+                f"capped at {self.budget:g}s and only {allowed:.1f}s of it were left")
 
     def call(self, fn: Callable[[], T], *, what: str, seconds: float | None = None) -> T:
         """``fn()``, or :class:`ProbeTimeout` once ``seconds`` (default: the step timeout)

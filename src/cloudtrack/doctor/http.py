@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import base64
 import configparser
+import logging
 import os
 import re
 import time
@@ -31,6 +32,8 @@ from cloudtrack.doctor.core import Probe, Stop, check_expiry
 from cloudtrack.errors import ConfigError
 
 TLS = net.TlsHints.of(trust.MLFLOW_SERVER)
+log = logging.getLogger("cloudtrack.doctor.http")
+
 SEARCH = "/api/2.0/mlflow/experiments/search?max_results=1"
 SERVER_INFO = "/api/3.0/mlflow/server-info"
 _VERSION = re.compile(r"^\d+\.\d+(\.\d+)?\S*$")
@@ -284,11 +287,16 @@ def diagnose(p: Probe, uri: str, origin: str) -> None:
             "other": "check the host and port: start MLflow on a free port "
                      "(`mlflow server --port 5001`) and point MLFLOW_TRACKING_URI at it",
         }[kind]
+        summary = f"{redact_uri(uri)} is not an MLflow tracking server: {detail}"
         if browser:
-            fix = (f"the URI is a browser URL: set MLFLOW_TRACKING_URI={base}"
-                   f"{parts.path.rstrip('/')}")
-        p.fail("http.answer", "http", "not-mlflow-server",
-               f"{redact_uri(uri)} is not an MLflow tracking server: {detail}", fix)
+            tracking = f"{base}{parts.path.rstrip('/')}"
+            fix = f"the URI is a browser URL: set MLFLOW_TRACKING_URI={tracking}"
+            if _is_mlflow(p, tracking, creds):
+                summary = (f"{redact_uri(uri)} is the address of a page of the MLflow web UI "
+                           "(a browser URL), not a tracking URI: MLflow's REST client sends its "
+                           "requests under it and gets the UI's HTML page back; the tracking "
+                           f"server itself is {tracking}, where MLflow's REST API answers")
+        p.fail("http.answer", "http", "not-mlflow-server", summary, fix)
     version = client.request("GET", "/version", what="MLflow's /version")
     text = version.body.decode("utf-8", "replace").strip()
     shown = f"MLflow {text}" if version.status == 200 and _VERSION.match(text) else (
@@ -301,6 +309,20 @@ def diagnose(p: Probe, uri: str, origin: str) -> None:
     experiment = _experiment(p, client)
     if experiment is not None:
         _artifacts(p, client, experiment, parts)
+
+
+def _is_mlflow(p: Probe, uri: str, creds: ServerCredentials) -> bool:
+    """Whether MLflow's REST API answers at ``uri`` (a browser URL's base): one request, and
+    any failure of it just means "cannot tell"."""
+    try:
+        answer = p.call(lambda: Answer.of(net.http_request(
+            "GET", uri + SEARCH, environ=p.environ, verify=creds.verify,
+            timeout=p.step_timeout(), headers=creds.headers(), cert=creds.client_cert)),
+            what="MLflow's experiments/search at the browser URL's base")
+    except Exception:
+        log.debug("asking %s whether it is MLflow failed", redact_uri(uri), exc_info=True)
+        return False
+    return identify(answer, None)[0] == "mlflow"
 
 
 def _authentication(p: Probe, client: _Client, api: Answer, kind: str) -> None:

@@ -5,6 +5,7 @@ already holds FileStore data), whether it exists or can be created, and the acce
 from __future__ import annotations
 
 import os
+import shlex
 import shutil
 from collections.abc import Sequence
 
@@ -15,16 +16,17 @@ from cloudtrack.doctor.store import AccessFix, Finding, check_marker, probe_acce
 from cloudtrack.errors import ContainerNotFound, PermissionDenied
 from cloudtrack.mlflow_plugin import is_mlflow_file_store
 
+#: MLflow's switch that lets its FileStore open at all (recent MLflow refuses it by default).
+ALLOW_FILE_STORE = "MLFLOW_ALLOW_FILE_STORE"
 #: Free space below this is a warning: artifacts and models fill a disk quickly.
 LOW_SPACE = 1 << 30
 
 
 def diagnose(p: Probe, config: StoreConfig) -> None:
     root = config.container
-    if is_mlflow_file_store(root):
-        p.ok("config.store", "config",
-             f"{root} holds MLflow FileStore data, so MLflow's own FileStore serves it "
-             "(cloudtrack serves only new or cloudtrack directories)")
+    file_store = is_mlflow_file_store(root)
+    if file_store:
+        _file_store(p, config)
     if not os.path.isdir(root):
         if os.path.exists(root):
             p.fail("authz.container", "authz", "config-invalid",
@@ -44,8 +46,54 @@ def diagnose(p: Probe, config: StoreConfig) -> None:
     blobs = LocalBlobs(with_timeouts(config, p.timeout))
     p.ok("authz.container", "authz", f"{root} is a directory")
     probe_access(p, blobs, classify=_classify, access_fix=_access_fix(root), where=root)
-    check_marker(p, blobs)
+    if not file_store:  # its folders are MLflow's, not a cloudtrack store's
+        check_marker(p, blobs)
     _space(p, root)
+
+
+def _file_store(p: Probe, config: StoreConfig) -> None:
+    """A directory of MLflow's legacy FileStore (``<experiment id>/meta.yaml``): cloudtrack's
+    plugin hands it to MLflow's own FileStore (so it never mixes the two formats), which
+    refuses to open unless ``MLFLOW_ALLOW_FILE_STORE`` is true.  A failure, not "ok": every
+    logging call would end in MLflow's "maintenance mode" error."""
+    root = config.container
+    shown = config.display_uri
+    what = (f"{root} is an MLflow FileStore (MLflow's legacy folder format, <experiment "
+            f"id>/meta.yaml: it holds {_evidence(root)}), not a cloudtrack store: cloudtrack "
+            "does not log into a FileStore and leaves it to MLflow's own FileStore")
+    new = f"{root.rstrip(os.sep)}-cloudtrack"
+    move = (f"move its runs into a cloudtrack store and log there: `cloudtrack migrate "
+            f"{shlex.quote(shown)} {shlex.quote(new)}`, then MLFLOW_TRACKING_URI={shlex.quote(new)} (any "
+            "store URI works as the destination, s3://… included); or log into a new, empty "
+            "directory")
+    raw = p.environ.get(ALLOW_FILE_STORE)
+    if raw is None or raw.lower() in ("false", "0"):
+        p.fail("config.store", "config", "config-invalid",
+               f"{what}, which the installed MLflow refuses to open: logging there fails with "
+               "\"The filesystem tracking backend (e.g., './mlruns') is in maintenance mode\""
+               + (f" ({ALLOW_FILE_STORE}={raw})" if raw is not None else ""), move)
+    if raw.lower() not in ("true", "1"):
+        p.fail("config.store", "config", "config-invalid",
+               f"{what}; MLflow refuses {ALLOW_FILE_STORE}={raw!r} (it must be one of true, "
+               "false, 1, 0), so logging there fails", move)
+    p.warn("config.store", "config", "config-invalid",
+           f"{what}, which serves it because {ALLOW_FILE_STORE}={raw}: logging works, "
+           "but the FileStore is in maintenance mode and gets no new MLflow features; the "
+           "checks below are only of the directory's access", move)
+
+
+def _evidence(root: str) -> str:
+    """What made the directory a FileStore (mlflow_plugin.is_mlflow_file_store), for the user."""
+    try:
+        ids = sorted((e for e in os.listdir(root)
+                      if e.isdigit() and os.path.exists(os.path.join(root, e, "meta.yaml"))),
+                     key=int)
+    except OSError:
+        ids = []
+    if ids:
+        more = f" and {len(ids) - 1} more experiment folder(s)" if len(ids) > 1 else ""
+        return os.path.join(ids[0], "meta.yaml") + more
+    return "a .trash folder"
 
 
 def _existing_parent(path: str) -> str:

@@ -81,12 +81,15 @@ class TlsHints:
 class NetFailure(Exception):
     """A network step failed; ``layer`` and ``cause`` say where and why."""
 
-    def __init__(self, layer: str, cause: str, summary: str, fix: str | None = None) -> None:
+    def __init__(self, layer: str, cause: str, summary: str, fix: str | None = None, *,
+                 timed_out: bool = False) -> None:
         super().__init__(summary)
         self.layer = layer
         self.cause = cause
         self.summary = summary
         self.fix = fix
+        #: The step gave up waiting after the time it was allowed.
+        self.timed_out = timed_out
 
 
 # -- trust -----------------------------------------------------------------------------------
@@ -161,7 +164,7 @@ def lookup(host: str, port: int, timeout: float) -> list[Any]:
                          f"looking up {host} took longer than {timeout:.1f}s (no DNS server "
                          "answers: offline, VPN down, or a resolver that drops queries)",
                          "check the network and /etc/resolv.conf; a name that only resolves "
-                         "inside a cluster or VPN needs that network") from None
+                         "inside a cluster or VPN needs that network", timed_out=True) from None
     except (socket.gaierror, UnicodeError) as e:
         code = getattr(e, "errno", None)
         if code == socket.EAI_AGAIN:
@@ -198,7 +201,7 @@ def connect(addresses: list[Any], timeout: float, host: str, port: int) -> socke
                               f"{timeout:.1f}s: packets are dropped (firewall, security group, "
                               "VPN) or the host is down",
                               f"check that {host}:{port} is reachable from this machine "
-                              "(firewall rules, security groups, the VPN)")
+                              "(firewall rules, security groups, the VPN)", timed_out=True)
         except OSError as e:
             sock.close()
             if e.errno == errno.ECONNREFUSED:
@@ -286,7 +289,7 @@ def handshake(sock: socket.socket, address: Any, host: str, port: int, verify: b
                          f"handshake within {timeout:.1f}s (packets dropped, or a server that "
                          "never responds)",
                          f"check that {host}:{port} is the right service and is not overloaded "
-                         "or firewalled") from None
+                         "or firewalled", timed_out=True) from None
     except (ssl.SSLError, ConnectionResetError, BrokenPipeError, ssl.SSLEOFError) as e:
         answer = sniff(address, host, min(timeout, SNIFF_TIMEOUT))
         if answer and answer.startswith(b"HTTP/"):
@@ -318,6 +321,9 @@ def probe_endpoint(p: Probe, url: str, *, verify: bool | str, hints: TlsHints,
     proxy = proxy_for(url, p.environ)
     probed = target
     via = ""
+    # Each step's time is fixed before it starts (and named when it gives up): asked again
+    # afterwards, the run's budget would have shrunk by the very wait being reported.
+    allowed = p.step_timeout()
     if proxy:
         try:
             probed = Target.from_url(proxy if "://" in proxy else f"http://{proxy}")
@@ -328,16 +334,17 @@ def probe_endpoint(p: Probe, url: str, *, verify: bool | str, hints: TlsHints,
         via = f" (through the proxy {probed.netloc}, from the *_PROXY variables)"
     try:
         if is_ip(probed.host):
-            addresses = lookup(probed.host, probed.port, p.step_timeout())
+            addresses = lookup(probed.host, probed.port, allowed)
             p.ok("dns", "dns", f"{probed.host} is an IP address: no lookup{via}")
         else:
             start = time.monotonic()
-            addresses = lookup(probed.host, probed.port, p.step_timeout())
+            addresses = lookup(probed.host, probed.port, allowed)
             shown = ", ".join(sorted({str(a[3][0]) for a in addresses})[:4])
             p.ok("dns", "dns", f"{probed.host} resolves to {shown} "
                  f"({(time.monotonic() - start) * 1000:.0f} ms){via}")
         start = time.monotonic()
-        sock = connect(addresses, p.step_timeout(), probed.host, probed.port)
+        allowed = p.step_timeout()
+        sock = connect(addresses, allowed, probed.host, probed.port)
         peer = sock.getpeername()
         p.ok("tcp", "tcp", f"connected to {probed.host}:{probed.port} ({peer[0]}) in "
              f"{(time.monotonic() - start) * 1000:.0f} ms{via}")
@@ -348,18 +355,21 @@ def probe_endpoint(p: Probe, url: str, *, verify: bool | str, hints: TlsHints,
                  "checked by the requests themselves")
             return
         if target.scheme == "https":
-            info = handshake(sock, address, target.host, target.port, verify,
-                             p.step_timeout(), hints)
+            allowed = p.step_timeout()
+            info = handshake(sock, address, target.host, target.port, verify, allowed, hints)
             p.ok("tls", "tls", f"TLS with {target.netloc}: {info}")
             return
         sock.close()
-        answer = sniff(address, target.host, p.step_timeout())
+        allowed = p.step_timeout()
+        start = time.monotonic()
+        answer = sniff(address, target.host, allowed)
         if answer is None:
             raise NetFailure("http", "network-timeout",
                              f"{target.netloc} accepted the connection but answered nothing "
-                             f"within {p.step_timeout():.1f}s (a black-holed or hung server)",
+                             f"within {time.monotonic() - start:.1f}s (a black-holed or hung "
+                             "server)",
                              f"check that {target.netloc} is the right service and is not "
-                             "overloaded or firewalled")
+                             "overloaded or firewalled", timed_out=True)
         if answer[:1] in (b"\x15", b"\x16"):
             raise NetFailure("tls", "tls-mismatch",
                              f"http:// was used, but {target.netloc} speaks TLS",
@@ -371,7 +381,8 @@ def probe_endpoint(p: Probe, url: str, *, verify: bool | str, hints: TlsHints,
                              f"use https://{target.netloc}")
         p.ok("tls", "tls", f"plain HTTP to {target.netloc} (http://: no TLS)")
     except NetFailure as f:
-        p.fail(f.layer, f.layer, f.cause, f.summary + via, f.fix)
+        note = p.cut_short(allowed) if f.timed_out else ""
+        p.fail(f.layer, f.layer, f.cause, f.summary + via + note, f.fix)
 
 
 # -- errors raised by SDKs ---------------------------------------------------------------------

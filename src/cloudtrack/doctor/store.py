@@ -241,8 +241,7 @@ def check_marker(p: Probe, blobs: Blobs) -> None:
     try:
         raw = p.call(lambda: blobs.get(layout.MARKER), what="reading the store marker")
     except BlobNotFound:
-        p.ok("consistency.format", "consistency",
-             "no cloudtrack.json yet: a new store, initialised on first use")
+        _no_marker(p, blobs)
         return
     except (BlobError, ProbeTimeout):
         return  # the access probes report it
@@ -264,3 +263,45 @@ def check_marker(p: Probe, blobs: Blobs) -> None:
     else:
         p.ok("consistency.format", "consistency",
              f"cloudtrack store, format version {found.version}")
+
+
+#: The first segment of every key of the storage format (store/layout.py), and what the
+#: doctor and the store's own initialiser leave at the top while they work.
+_FORMAT_TOP = frozenset(k.split("/")[0] for k in (
+    layout.MARKER, layout.EXPERIMENTS, layout.EXPERIMENT_NAMES, layout.RUN_INDEX, layout.HEADS,
+    layout.HISTORY, layout.LOGGED_MODELS, layout.LOGGED_MODEL_INDEX, layout.SNAPSHOTS,
+    layout.INDEX, layout.REGISTERED_MODELS, layout.MODEL_VERSIONS, layout.ARTIFACTS, PROBE_DIR))
+#: Names shown in a finding before "and N more".
+_SHOWN = 5
+
+
+def _no_marker(p: Probe, blobs: Blobs) -> None:
+    """No ``cloudtrack.json``: a new store — unless the place already holds other things, which
+    usually means a mistyped path.  Logging there still works: the first logging process
+    writes the marker and its records next to what is there and touches none of it."""
+    where = blobs.uri.rstrip("/")
+    try:
+        files, folders = p.call(lambda: blobs.list_dir(""), what="listing the store")
+    except (BlobError, ProbeTimeout):
+        files, folders = [], []  # the access probes report it
+    names = [str(f.key) for f in files] + [f"{d.rstrip('/').rsplit('/', 1)[-1]}/" for d in folders]
+    foreign = sorted(n for n in names if n.rstrip("/") not in _FORMAT_TOP
+                     and not n.startswith(marker.PROBE_PREFIX))
+    if not foreign:
+        if names:
+            p.ok("consistency.format", "consistency",
+                 "no cloudtrack.json yet, but cloudtrack records (a first use that was "
+                 "interrupted): the next logging process writes it")
+        else:
+            p.ok("consistency.format", "consistency",
+                 "no cloudtrack.json yet: a new store, initialised on first use")
+        return
+    shown = ", ".join(foreign[:_SHOWN]) + (f" and {len(foreign) - _SHOWN} more"
+                                           if len(foreign) > _SHOWN else "")
+    p.warn("consistency.format", "consistency", "config-invalid",
+           f"{where} is not a cloudtrack store: it has no cloudtrack.json and already holds "
+           f"{len(foreign)} other file(s)/folder(s) at the top ({shown}). Logging there would "
+           "create a new store in it, its records next to those files (which stay untouched), "
+           "and `cloudtrack check` would list them as unknown objects",
+           "if the path is a typo, point the URI at your store; to start a store, use a new, "
+           "empty directory or prefix")
