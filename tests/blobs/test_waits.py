@@ -174,3 +174,34 @@ def test_a_missing_object_leaves_no_file(blobs: Blobs, tmp_path: Path) -> None:
     assert blobs.stat("runs/empty.bin").size == 0
     blobs.download_file("runs/empty.bin", dest)
     assert dest.read_bytes() == b""
+
+
+def test_an_endpoint_that_is_some_other_web_server_points_at_the_doctor(
+        tmp_path: Path) -> None:
+    """``MLFLOW_S3_ENDPOINT_URL`` naming a web server that is not S3 (here Python's own file
+    server, started by the test: it answers a PUT with 501): the error says what the server
+    answered and ends with the doctor's command, which tells the endpoint is not S3."""
+    import http.server
+    import threading
+    from functools import partial
+
+    from cloudtrack.blobs import open_blobs
+    from cloudtrack.errors import CloudtrackError
+
+    handler = partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        env = {"MLFLOW_S3_ENDPOINT_URL": f"http://127.0.0.1:{server.server_port}",
+               "AWS_ACCESS_KEY_ID": "AKIA" + "X" * 16, "AWS_SECRET_ACCESS_KEY": "y" * 40,
+               "AWS_DEFAULT_REGION": "us-east-1", **QUICK}
+        with open_blobs(resolve("s3://some-bucket/store", env)) as blobs, \
+                pytest.raises(CloudtrackError) as e:
+            blobs.put("runs/a.json", b"{}")
+    finally:
+        server.shutdown()
+        server.server_close()
+    message = str(e.value)
+    assert "HTTP 501" in message, message
+    assert message.endswith("Run `cloudtrack doctor s3://some-bucket/store` to see why."), message

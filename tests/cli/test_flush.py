@@ -9,6 +9,7 @@ The journals are made the way a process exiting with its store down makes them
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import pytest
@@ -120,6 +121,41 @@ def test_a_journal_for_another_endpoint_is_named_not_written(proxied: FaultyStor
         assert proxied.service.env["MLFLOW_S3_ENDPOINT_URL"] in result.stderr
     assert len(store.journal.entries()) == 2
     store.close()
+
+
+def test_a_journal_kept_at_an_endpoint_gone_for_good_is_written_when_asked(
+        proxied: FaultyStore, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """The journal was kept while the store was reached through a proxy that is gone for
+    good: a process logging through the store's own endpoint says once what waits and how to
+    write it, and ``--from-endpoint`` writes it there."""
+    cache = tmp_path / "cache"
+    store, runs = _journaled(proxied, cache)
+    store.close()
+    direct = _env(proxied, cache, direct=True)
+    gone = proxied.proxy.url
+    result = _flush(direct, proxied.uri)
+    assert result.exit_code == 1
+    assert f"--from-endpoint {gone}" in result.stderr, result.stderr
+    assert "(2 entries left in the journal)" not in result.stderr  # none at this endpoint
+
+    here = BlobTrackingStore(proxied.uri, config=resolve(proxied.uri, direct))
+    caplog.set_level(logging.WARNING, logger="cloudtrack")
+    here.journal.say_elsewhere()
+    here.journal.say_elsewhere()
+    said = [r.getMessage() for r in caplog.records if "--from-endpoint" in r.getMessage()]
+    assert len(said) == 1, said
+    assert said[0].startswith(f"cloudtrack: 2 journal entries of {proxied.uri} wait in ")
+    assert said[0].endswith(f"cloudtrack flush {proxied.uri} --from-endpoint {gone}")
+
+    result = _flush(direct, proxied.uri, "--from-endpoint", gone)
+    assert result.exit_code == 0, result.output
+    assert result.stdout.startswith(f"{proxied.uri}: wrote 10 values of 2 run(s)")
+    assert all(_points(here, r) == 3 for r in runs)
+    assert here.journal.elsewhere() == []
+    result = _flush(direct, proxied.uri, "--from-endpoint", gone)
+    assert result.exit_code == 1 and "holds no entry" in result.stderr
+    assert _flush(direct, "--from-endpoint", gone).exit_code == 2
+    here.close()
 
 
 def test_entries_the_store_refuses_fail_once_and_are_set_aside(proxied: FaultyStore,

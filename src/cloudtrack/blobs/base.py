@@ -201,11 +201,18 @@ class Blobs(abc.ABC):
 
     def diagnosable(self, error: CloudtrackError) -> bool:
         """Whether ``error`` is one the doctor explains: the credentials (refused, missing,
-        expired), a permission, the network (what outlived its retries) or TLS."""
+        expired), a permission, the network (what outlived its retries), TLS, or an endpoint
+        that does not speak the service's protocol (an answer without the service's own error
+        code, or 405/501: some other web server)."""
         if isinstance(error, Unauthenticated | PermissionDenied | TransientError):
             return True
         facts = self.error_facts(error)
-        return facts is not None and facts.kind in ("credentials", "network", "tls")
+        if facts is None:
+            return False
+        if type(error) is BlobError and facts.kind == "response" and (
+                facts.status in (405, 501) or not facts.code or facts.code.isdigit()):
+            return True
+        return facts.kind in ("credentials", "network", "tls")
 
     def _after_fork(self) -> None:
         """In a child process forked from one that used this store, before anything else

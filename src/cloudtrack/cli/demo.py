@@ -7,20 +7,23 @@ import click
 
 from cloudtrack.cli import main
 from cloudtrack.cli.common import fail
-from cloudtrack.config import resolve
+from cloudtrack.config import StoreConfig, resolve
 from cloudtrack.errors import CloudtrackError
 
 
 @main.command("demo-blobs")
 @click.argument("uri", required=False)
 def demo_blobs(uri: str | None) -> None:
-    """Write, list, conditionally update and read back a few objects in a store."""
+    """Write, list, conditionally update and read back a few objects in a store (a
+    temporary folder without URI), then remove them again."""
+    import shutil
     import tempfile
 
     from cloudtrack.blobs import open_blobs
     from cloudtrack.errors import AlreadyExists, PreconditionFailed
 
-    target = uri or tempfile.mkdtemp(prefix="cloudtrack-demo-")
+    scratch = None if uri else tempfile.mkdtemp(prefix="cloudtrack-demo-")
+    target = uri or scratch or ""
     try:
         with open_blobs(target) as blobs:
             if blobs.backend == "file":
@@ -41,8 +44,13 @@ def demo_blobs(uri: str | None) -> None:
             for info in blobs.list("demo/"):
                 click.echo(f"  {info.key}  {info.size} bytes  version {info.version}")
             click.echo(f"read back: {blobs.get('demo/claim.json').decode()}")
+            blobs.delete("demo/claim.json")
+            click.echo("removed demo/claim.json")
     except CloudtrackError as e:
         fail(str(e))
+    finally:
+        if scratch is not None:
+            shutil.rmtree(scratch, ignore_errors=True)
 
 
 DEMO_STORE = ".cloudtrack-demo/store"
@@ -54,15 +62,10 @@ DEMO_STORE = ".cloudtrack-demo/store"
 def demo(store_uri: str) -> None:
     """The cheat sheet's quickstart against a store: train a small scikit-learn model and log
     its params, metrics, an artifact and the model; then show where everything went."""
-    import os
-    import tempfile
-
     try:
         import mlflow
         import mlflow.sklearn
-        from sklearn.datasets import load_iris
-        from sklearn.ensemble import RandomForestClassifier
-        from sklearn.model_selection import train_test_split
+        import sklearn  # noqa: F401
     except ImportError as e:
         fail(f"the demo needs full mlflow and scikit-learn ({e.name} is missing): "
               "pip install mlflow scikit-learn")
@@ -75,6 +78,26 @@ def demo(store_uri: str) -> None:
     uri = ("file://" + config.container) if config.backend == "file" else config.display_uri
     mlflow.set_tracking_uri(uri)
     click.echo(f"MLFLOW_TRACKING_URI={uri}")
+    from mlflow.exceptions import MlflowException
+
+    try:
+        _quickstart(config, uri)
+    except (MlflowException, CloudtrackError) as e:
+        # The store's error names the operation, the URI and the doctor's command: one line,
+        # as every other command says it, not the traceback through MLflow and the SDK.
+        fail(getattr(e, "message", None) or str(e))
+
+
+def _quickstart(config: StoreConfig, uri: str) -> None:
+    import os
+    import tempfile
+
+    import mlflow
+    import mlflow.sklearn
+    from sklearn.datasets import load_iris
+    from sklearn.ensemble import RandomForestClassifier
+    from sklearn.model_selection import train_test_split
+
     X, y = load_iris(return_X_y=True)
     X_train, X_test, y_train, y_test = train_test_split(X, y, random_state=0)
     mlflow.set_experiment("iris-quickstart")

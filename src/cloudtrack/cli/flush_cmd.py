@@ -18,7 +18,11 @@ from cloudtrack.cli import main
 @main.command("flush")
 @click.argument("uri", required=False)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
-def flush_cmd(uri: str | None, as_json: bool) -> None:
+@click.option("--from-endpoint", metavar="URL", default=None,
+              help="Write the journal kept while URI was reached through this endpoint (one "
+                   "that is gone for good) through the endpoint of this environment: only "
+                   "when both serve the same store.")
+def flush_cmd(uri: str | None, as_json: bool, from_endpoint: str | None) -> None:
     """Write the data kept in the local journal into its store, exactly once.
 
     A process that exits while its store cannot be written (unreachable, credentials expired)
@@ -33,13 +37,18 @@ def flush_cmd(uri: str | None, as_json: bool) -> None:
 
     root = journal_root()
     journals = [j for j in journaled_stores(root) if j["entries"]]
+    if from_endpoint is not None and uri is None:
+        click.echo("error: --from-endpoint needs the store's URI: cloudtrack flush URI "
+                   "--from-endpoint URL", err=True)
+        sys.exit(2)
     if uri is None:
         targets: list[tuple[str, dict[str, Any] | None]] = [(str(j["store"]), j)
                                                            for j in journals]
     else:
         targets = [(uri, None)]
     with _quiet_logging():
-        results = [_flush_one(target, journal, journals) for target, journal in targets]
+        results = [_flush_one(target, journal, journals, from_endpoint)
+                   for target, journal in targets]
     code = max((r["exit_code"] for r in results), default=0)
     if as_json:
         click.echo(json.dumps({
@@ -61,9 +70,10 @@ def flush_cmd(uri: str | None, as_json: bool) -> None:
     sys.exit(code)
 
 
-def _flush_one(uri: str, journal: dict[str, Any] | None,
-               journals: list[dict[str, Any]]) -> dict[str, Any]:
-    """Replay the journal of ``uri`` (``journal``: the folder it was found in, when known)."""
+def _flush_one(uri: str, journal: dict[str, Any] | None, journals: list[dict[str, Any]],
+               from_endpoint: str | None = None) -> dict[str, Any]:
+    """Replay the journal of ``uri`` (``journal``: the folder it was found in, when known;
+    ``from_endpoint``: the one kept while ``uri`` was reached there)."""
     from mlflow.exceptions import MlflowException
 
     from cloudtrack.config import resolve
@@ -96,20 +106,28 @@ def _flush_one(uri: str, journal: dict[str, Any] | None,
         return failed(f"the journal {journal['folder']} was written for {journal['store']} at "
                       f"{journal['endpoint']}, but this environment reaches "
                       f"{identity['endpoint']}: set the endpoint it was written with and run "
-                      f"`cloudtrack flush {journal['store']}` again")
-    probe = Journal(config, lambda run_id, pending: None)
+                      f"`cloudtrack flush {journal['store']}` again; or, if that endpoint is "
+                      f"gone for good and {identity['endpoint']} serves the same store, "
+                      f"`cloudtrack flush {journal['store']} --from-endpoint "
+                      f"{journal['endpoint']}`")
+    probe = Journal(config, lambda run_id, pending: None, written_through=from_endpoint)
     result["journal"] = str(probe.folder)
     waiting = len(probe.entries())
     result["entries_left"] = waiting
     if not waiting:
-        others = [j for j in journals if j["store"] == identity["store"]
-                  and j["folder"] != str(probe.folder)]
+        if from_endpoint is not None:
+            return failed(f"no journal for {identity['store']} kept at endpoint "
+                          f"{probe.written_for['endpoint']} ({probe.folder} holds no entry)")
+        others = probe.elsewhere()
         if others:
             where = ", ".join(f"{j['folder']} (endpoint {j['endpoint']})" for j in others)
+            endpoint = others[0]["endpoint"]
             return failed(f"no journal for {identity['store']} at endpoint "
                           f"{identity['endpoint']}, but {len(others)} for it at another "
                           f"endpoint: {where}; set that endpoint and run `cloudtrack flush "
-                          f"{identity['store']}` again")
+                          f"{identity['store']}` again, or, if it is gone for good and "
+                          f"{identity['endpoint']} serves the same store, `cloudtrack flush "
+                          f"{identity['store']} --from-endpoint {endpoint}`")
         return result
     from cloudtrack.tracking import BlobTrackingStore
 
@@ -121,7 +139,7 @@ def _flush_one(uri: str, journal: dict[str, Any] | None,
         return failed(with_advice(f"could not open {identity['store']} to write its journal: "
                                   f"{message}", doctor))
     try:
-        report = store.replay_journal()
+        report = store.replay_journal(from_endpoint)
     finally:
         store.close()
     result.update(entries_written=report.written, values_written=report.values,
@@ -144,7 +162,8 @@ def _show(r: dict[str, Any]) -> None:
     elif r["exit_code"] == 0:
         click.echo(f"{r['store']}: nothing to flush (no journal entries in {r['journal']})")
     if r["error"]:
-        left = f" ({r['entries_left']} entries left in the journal)" if r["entries_left"] else ""
+        n = r["entries_left"]
+        left = f" ({n} {'entry' if n == 1 else 'entries'} left in the journal)" if n else ""
         click.echo(f"error: {r['store']}: {r['error']}{left}", err=True)
 
 

@@ -203,9 +203,13 @@ class StoreCore(AbstractStore):
         with self._run_locks(run_id):
             self._write_pending(run_id, pending)
 
-    def replay_journal(self) -> ReplayReport:
-        """Write what earlier processes kept in the local journal for this store now."""
-        return self.journal.replay()
+    def replay_journal(self, written_through: str | None = None) -> ReplayReport:
+        """Write what earlier processes kept in the local journal for this store now (those
+        that reached it through endpoint ``written_through``, when given)."""
+        if written_through is None:
+            return self.journal.replay()
+        return Journal(self.config, self._write_journaled,
+                       written_through=written_through).replay()
 
     # -- opening a store -------------------------------------------------------------------
 

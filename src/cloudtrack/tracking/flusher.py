@@ -102,6 +102,10 @@ class Keeper(Protocol):
     def replay(self, stop: Callable[[], bool] | None = None) -> object:
         """Write what an earlier process kept for this store (until ``stop()`` says so)."""
 
+    def say_elsewhere(self) -> None:
+        """Say once what an earlier process kept that this one will not write (kept while
+        the store was reached through another endpoint), and how to write it."""
+
 
 class RunLocks:
     """One lock per run: one write of a run's data at a time, so one writer's batches land in
@@ -322,6 +326,11 @@ class Flusher:
             except Exception as e:  # the journal stays; the next process tries again
                 log.warning("cloudtrack: could not write the journal of %s yet: %s", self.uri,
                             _brief(e))
+            try:
+                self._keeper.say_elsewhere()
+            except Exception:  # a word about it never stops logging
+                log.debug("cloudtrack: looking for other journals of %s", self.uri,
+                          exc_info=True)
         while not self._stopped:
             self._wake.wait(self.interval)
             self._wake.clear()
@@ -395,10 +404,12 @@ class Flusher:
                       len(leftover), self.uri, cause, _brief(e))
             return
         uri = getattr(self._keeper, "uri", None) or self.uri
+        endpoint = (getattr(self._keeper, "identity", None) or {}).get("endpoint")
+        through = f" through {endpoint}" if endpoint else ""
         log.warning("cloudtrack could not write %d buffered values of %d run(s) to %s at exit "
                     "(%s). They are kept in %s and will be written by the next process that "
-                    "logs to this store, or now with: cloudtrack flush %s", count,
-                    len(leftover), self.uri, cause, where, uri)
+                    "logs to this store%s, or now with: cloudtrack flush %s", count,
+                    len(leftover), self.uri, cause, where, through, uri)
 
 
 _FLUSHERS: weakref.WeakSet[Flusher] = weakref.WeakSet()

@@ -45,7 +45,7 @@ from typing import TYPE_CHECKING, Any
 
 from mlflow.exceptions import MlflowException
 
-from cloudtrack.config.redaction import redact
+from cloudtrack.config.redaction import redact, redact_uri
 from cloudtrack.store.local import cache_root, private_dirs, store_folder, store_identity
 from cloudtrack.tracking.flusher import REFUSED, STORE_WIDE, Pending
 
@@ -152,16 +152,26 @@ class ReplayReport:
                 "error": self.error}
 
 
+#: The journal folders a warning was given for in this process.
+_SAID: set[str] = set()
+
+
 class Journal:
     """The journal of one store.  ``write(run_id, pending)`` writes one entry's data into the
     store (held weakly when it is a bound method: the journal does not keep its store
     alive)."""
 
     def __init__(self, config: StoreConfig, write: Callable[[str, Pending], None],
-                 root: Path | None = None) -> None:
+                 root: Path | None = None, *, written_through: str | None = None) -> None:
+        """``written_through``: replay the entries this store's processes kept while they
+        reached it through that endpoint instead of the one ``config`` names (``cloudtrack
+        flush --from-endpoint``: a person's word that both serve the same store)."""
         self.identity = store_identity(config)
+        #: The identity the entries replayed here were written for.
+        self.written_for = (self.identity if written_through is None else
+                            {**self.identity, "endpoint": redact_uri(written_through)})
         self.root = root if root is not None else journal_root(config.environ or None)
-        self.folder = self.root / store_folder(self.identity)
+        self.folder = self.root / store_folder(self.written_for)
         self._write: Callable[[], Callable[[str, Pending], None] | None] = (
             weakref.WeakMethod(write) if inspect.ismethod(write) else lambda: write)
 
@@ -240,6 +250,28 @@ class Journal:
                         self.uri, report.error)
         return report
 
+    def elsewhere(self) -> list[dict[str, Any]]:
+        """The journals of this store kept while it was reached through another endpoint,
+        with entries waiting: replay leaves them alone (the same bucket name at another
+        endpoint may be another store)."""
+        return [j for j in journaled_stores(self.root)
+                if j["store"] == self.identity["store"] and j["entries"]
+                and j["endpoint"] != self.written_for["endpoint"]]
+
+    def say_elsewhere(self) -> None:
+        """One WARNING per such journal, once a process: what waits, and how to write it."""
+        for j in self.elsewhere():
+            if j["folder"] in _SAID:
+                continue
+            _SAID.add(j["folder"])
+            log.warning("cloudtrack: %d journal entries of %s wait in %s: they were kept while "
+                        "the store was reached at %s, and are written only through that "
+                        "endpoint; reach it there again, or if %s now serves the same store, "
+                        "run: cloudtrack flush %s --from-endpoint %s", j["entries"],
+                        self.uri, j["folder"], j["endpoint"], self.identity["endpoint"],
+                        self.uri, j["endpoint"])
+
+
     def _read(self, path: Path, report: ReplayReport) -> tuple[str, Pending] | None:
         """The run id and data of the entry at ``path``, if it is one for this store that this
         version reads; else None, with the entry left (a newer version, another store) or set
@@ -263,7 +295,7 @@ class Journal:
             log.warning("cloudtrack: %s", report.error)
             return None
         written_for = {"store": entry.get("store"), "endpoint": entry.get("endpoint")}
-        if written_for != self.identity:
+        if written_for != self.written_for:
             report.left += 1
             report.error = (f"{path} was written for {written_for['store']} (endpoint "
                             f"{written_for['endpoint']}), not for {self.uri} (endpoint "
