@@ -23,6 +23,15 @@ from tests.credentials.test_login_stores import logged, login_args
 from tests.fixtures.services import Store
 
 
+def _logged_in(store: Store, secret_service: SecretService, tmp_path: Path,
+               **extra: str) -> tuple[dict[str, str], str, list[str]]:
+    """A child environment with the keyring, and ``store``'s login made in it; its secret
+    and the login's arguments."""
+    args, secret, keep, _ = login_args(store)
+    env = child_env(tmp_path, {**keep, **secret_service.env, **extra})
+    assert cli(env, "login", store.uri, *args, stdin=secret).returncode == 0
+    return env, secret, list(args)
+
 def test_the_secret_lives_in_the_keyring_and_unchanged_code_logs_with_it(
         cloud: Store, secret_service: SecretService, tmp_path: Path) -> None:
     store = cloud
@@ -64,9 +73,7 @@ def test_a_locked_keyring_fails_fast_and_says_so(
         s3_store: Store, secret_service: SecretService, tmp_path: Path) -> None:
     """The keyring is the same for every backend."""
     store = s3_store
-    args, secret, keep, _ = login_args(store)
-    env = child_env(tmp_path, {**keep, **secret_service.env})
-    assert cli(env, "login", store.uri, *args, stdin=secret).returncode == 0
+    env, secret, args = _logged_in(store, secret_service, tmp_path)
     secret_service.lock()
     try:
         t0 = time.monotonic()
@@ -169,9 +176,8 @@ def test_a_keyring_that_does_not_answer_costs_its_timeout_not_a_hang(
     """The Secret Service stopped (SIGSTOP: it holds its D-Bus name and answers nothing, as a
     wedged daemon does): every keyring call gives up after CLOUDTRACK_KEYRING_TIMEOUT."""
     store = s3_store
-    args, secret, keep, _ = login_args(store)
-    env = child_env(tmp_path, {**keep, **secret_service.env, "CLOUDTRACK_KEYRING_TIMEOUT": "3"})
-    assert cli(env, "login", store.uri, *args, stdin=secret).returncode == 0
+    env, secret, args = _logged_in(store, secret_service, tmp_path,
+                                   CLOUDTRACK_KEYRING_TIMEOUT="3")
     daemon = secret_service.keyring_pid
     os.kill(daemon, signal.SIGSTOP)
     try:
@@ -195,9 +201,7 @@ def test_whoami_says_a_secret_is_set_and_where_from_never_any_of_it(
     """A keyring login is labelled as one, and neither whoami's text nor its JSON shows a
     character of the secret (the last four used to be shown: much of a short password)."""
     store = s3_store
-    args, secret, keep, _ = login_args(store)
-    env = child_env(tmp_path, {**keep, **secret_service.env})
-    assert cli(env, "login", store.uri, *args, stdin=secret).returncode == 0
+    env, secret, _ = _logged_in(store, secret_service, tmp_path)
     text = cli(env, "whoami", store.uri)
     as_json = cli(env, "whoami", store.uri, "--json")
     assert text.returncode == 0 and as_json.returncode == 0, text.stdout + text.stderr
@@ -225,9 +229,7 @@ def test_whoami_says_a_secret_is_set_and_where_from_never_any_of_it(
 def test_a_keyring_setting_that_is_no_boolean_is_refused_not_taken_for_on(
         s3_store: Store, secret_service: SecretService, tmp_path: Path) -> None:
     store = s3_store
-    args, secret, keep, _ = login_args(store)
-    env = child_env(tmp_path, {**keep, **secret_service.env})
-    assert cli(env, "login", store.uri, *args, stdin=secret).returncode == 0
+    env, secret, _ = _logged_in(store, secret_service, tmp_path)
     typo = python({**env, "MLFLOW_TRACKING_URI": store.uri, "CLOUDTRACK_KEYRING": "of"},
                   LOGGING)
     assert typo.returncode != 0
