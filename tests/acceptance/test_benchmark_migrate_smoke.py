@@ -30,7 +30,8 @@ def test_benchmark_migrate_runs_end_to_end_and_prints_the_table(tmp_path: Path) 
     assert header is not None, proc.stdout
     assert [c.strip() for c in lines[header].split("  ") if c.strip()] == [
         "case", "tool", "source -> dest", "runs", "seconds", "runs/s", "ratio", "ratio of",
-        "requests", "req/run", "service-s", "cpu-s", "peak RSS MB (+child)", "target", "verdict"]
+        "requests", "req/run", "service-s", "cpu-s", "server-cpu-s", "peak RSS MB (+child)",
+        "target", "verdict"]
 
     rows = json.loads(out.read_text())["rows"]
     by_key = {(r["case"], r["tool"], r["pair"], r["runs"]): r for r in rows}
@@ -54,6 +55,8 @@ def test_benchmark_migrate_runs_end_to_end_and_prints_the_table(tmp_path: Path) 
         if key[0] != "memory":
             assert row["result"]["requests"] >= 1, key
             assert row["result"]["network"]["service_us"] > 0, key
+        if key[2].startswith("server"):  # the MLflow servers' CPU while they answered
+            assert row["result"]["servers_cpu_s"] > 0, key
     # A re-run over the migrated store copies nothing, in a few requests.
     rerun = by_key[("re-run", "cloudtrack", "sqlite -> s3", 20)]["result"]
     assert rerun["report"]["unchanged"]["runs"] == 20 and not rerun["report"]["copied"].get("runs")
