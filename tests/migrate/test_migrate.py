@@ -849,3 +849,29 @@ def test_changed_logged_models_follow_the_source_and_unchanged_ones_cost_no_writ
         if r.data.tags.get(SOURCE_RUN_TAG, r.info.run_id) == first_run.info.run_id]
     assert sorted(point_key(m) for m in ours.get_metric_history(copy_run.info.run_id, key)) == \
         sorted(point_key(m) for m in client.get_metric_history(first_run.info.run_id, key))
+
+
+@pytest.mark.parametrize(("source", "dest", "apart"), [
+    ("wasbs://cont@acct1.blob.core.windows.net/p", "wasbs://cont@acct2.blob.core.windows.net/p",
+     True),
+    ("wasbs://cont@acct1.blob.core.windows.net/p", "abfss://cont@acct1.dfs.core.windows.net/p",
+     False),
+    ("wasbs://cont@acct1.blob.core.windows.net", "wasbs://cont@acct1.blob.core.windows.net/a",
+     False),
+    ("gs://bkt/team", "gs://bkt/team-b", True),
+    ("gs://bkt/team", "gs://bkt/team/b", False),
+    ("s3://bkt/p", "s3://other/p", True),
+    ("http://127.0.0.1:5000", "http://127.0.0.1:5001", True),
+    ("http://127.0.0.1:5000", "http://127.0.0.1:5000/", False),
+])
+def test_which_ends_are_one_store(source: str, dest: str, apart: bool) -> None:
+    """Only the URIs are compared (nothing is opened): one container name in two accounts,
+    or a prefix that merely starts like another, is two stores."""
+    from cloudtrack.errors import ConfigError
+    from cloudtrack.migrate.endpoints import check_apart
+
+    if apart:
+        check_apart(source, dest)
+    else:
+        with pytest.raises(ConfigError):
+            check_apart(source, dest)

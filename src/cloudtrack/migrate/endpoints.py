@@ -268,7 +268,10 @@ def _place(uri: str) -> tuple[str, str, str] | None:
             from cloudtrack.config import resolve
 
             config = resolve(uri)
-            return str(config.backend), config.container, config.prefix
+            # One container name in two accounts or at two endpoints is two stores.
+            where = "|".join(str(config.get(name) or "") for name in
+                             ("account", "endpoint_url", "api_endpoint"))
+            return str(config.backend), f"{where}|{config.container}", config.prefix
         parsed = urllib.parse.urlsplit(uri)
         if kind == "sql" and uri.startswith("sqlite:"):
             path = uri.split(":///", 1)[-1] if ":///" in uri else ""
