@@ -274,7 +274,7 @@ def _place(uri: str) -> tuple[str, str, str] | None:
             return str(config.backend), f"{where}|{config.container}", config.prefix
         parsed = urllib.parse.urlsplit(uri)
         if kind == "sql" and uri.startswith("sqlite:"):
-            path = uri.split(":///", 1)[-1] if ":///" in uri else ""
+            path = _sqlite_file(uri)
             if not path or path == ":memory:":
                 return None
             return "local", "", os.path.realpath(path)
@@ -295,7 +295,7 @@ def _store_exists(uri: str, kind: Kind) -> bool:
         with open_blobs(resolve(uri)) as blobs:
             return marker.read(blobs) is not None
     if uri.startswith("sqlite:"):
-        path = uri.split(":///", 1)[-1] if ":///" in uri else ""
+        path = _sqlite_file(uri)
         if not path or path == ":memory:" or not os.path.exists(path):
             return False
     else:
@@ -341,7 +341,7 @@ def _open_sql(uri: str, role: str, artifact_root: str | None) -> Endpoint:
     from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
 
     if uri.startswith("sqlite:"):
-        path = uri.split(":///", 1)[-1] if ":///" in uri else ""
+        path = _sqlite_file(uri)
         if role == "source" and path and path != ":memory:" and not os.path.exists(path):
             raise ConfigError(f"source {redact_uri(uri)}: the database file {path} does not "
                               "exist; check the path (sqlite:////absolute/path.db)")
@@ -375,13 +375,18 @@ def _probe_database(uri: str) -> None:
         engine.dispose()
 
 
+def _sqlite_file(uri: str) -> str:
+    """The database file a ``sqlite:///path`` URI names ('' for none, ``:memory:`` as is)."""
+    return uri.split(":///", 1)[1] if ":///" in uri else ""
+
+
 def _default_sql_artifact_root(uri: str) -> str:
     """Where a SQL destination keeps new artifacts unless told: ``mlartifacts`` beside a
     sqlite file, else in the working directory (as ``mlflow server`` does)."""
     from pathlib import Path
 
-    if uri.startswith("sqlite:") and ":///" in uri:
-        path = uri.split(":///", 1)[1]
+    if uri.startswith("sqlite:"):
+        path = _sqlite_file(uri)
         if path and path != ":memory:":
             return Path(os.path.abspath(path)).parent.joinpath("mlartifacts").as_uri()
     return Path(os.path.abspath("mlartifacts")).as_uri()
