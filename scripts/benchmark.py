@@ -962,6 +962,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                    help="F: registered models (1-2 versions each)")
     p.add_argument("--reads-writers", type=int, default=8,
                    help="F: concurrent processes writing the runs and the models")
+    p.add_argument("--reads-ui-settle", type=float, default=10.0,
+                   help="F: also send the UI's request this many seconds after each server "
+                        "answered /health, to a server of its own (0: only at once)")
     p.add_argument("--reads-baseline-large", action="store_true",
                    help="F: measure the MLflow server at the report-only sizes too")
     p.add_argument("--threads", type=int, default=8,
@@ -973,6 +976,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.reads_models < 0:
         p.error("--reads-models cannot be negative (0: no registry step)")
+    if args.reads_ui_settle < 0:
+        p.error("--reads-ui-settle cannot be negative (0: the request at once only)")
     for name in ("runs", "points", "epochs", "artifact_files", "repeat", "threads",
                  "reads_writers"):
         if getattr(args, name) < 1:
@@ -1072,7 +1077,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                     runs=args.runs, points=args.points, epochs=args.epochs,
                     artifact_files=args.artifact_files, artifact_big_mb=args.artifact_big_mb,
                     reads_runs=args.reads_runs, reads_models=args.reads_models,
-                    reads_writers=args.reads_writers, repeat=args.repeat)
+                    reads_writers=args.reads_writers, reads_ui_settle=args.reads_ui_settle,
+                    repeat=args.repeat)
     if args.src_commit:
         meta["git"] = f"{_resolve_commit(args.src_commit)} (--src-commit, not the working tree)"
     lab = Lab(args.latency_ms, src_commit=args.src_commit)

@@ -179,6 +179,7 @@ def work_ui(spec: Mapping[str, Any]) -> dict[str, Any]:
     The connection is opened (``/health``) outside the clock: a browser has one open from
     loading the page."""
     host, port = spec["host"], int(spec["port"])
+    time.sleep(float(spec.get("settle") or 0))  # before the connection: servers close idle ones
     conn = http.client.HTTPConnection(host, port, timeout=3600)
     conn.request("GET", "/health")
     conn.getresponse().read()
@@ -296,20 +297,25 @@ class Reads:
                                                      f"{len(expected)} runs returned") if n)
         if large:
             return
-        # 3: the UI's request to a server just started on each store.
-        rows = []
-        reference = None
+        # 3: the UI's request to a server just started on each store: at once, and (a user
+        # opening the page a little later) --reads-ui-settle seconds after it answered /health.
         expected_page = expected_ui(runs)
-        for t in sides:
-            _log(f"F: UI runs/search on an mlflow server on {label[t.name]}")
-            result = self.ui(t, ids[t.name])
-            self.check(f"F UI, {runs} runs, on {label[t.name]}", result["names"], expected_page,
-                       reference)
-            if t.name == "mlflow" and result["names"] is not None:
-                reference = result["names"]
-            rows.append(self.row(f"UI runs/search, {runs} runs", label[t.name], [result],
-                                 baseline=t.name == "mlflow"))
-        self.relate(rows)
+        settles = [0.0] + ([self.args.reads_ui_settle] if self.args.reads_ui_settle else [])
+        for settle in settles:
+            rows = []
+            reference = None
+            variant = f"UI runs/search, {runs} runs" + (f", {settle:g} s after start"
+                                                       if settle else "")
+            for t in sides:
+                _log(f"F: {variant} on an mlflow server on {label[t.name]}")
+                result = self.ui(t, ids[t.name], settle)
+                self.check(f"F {variant}, on {label[t.name]}", result["names"], expected_page,
+                           reference)
+                if t.name == "mlflow" and result["names"] is not None:
+                    reference = result["names"]
+                rows.append(self.row(variant, label[t.name], [result],
+                                     baseline=t.name == "mlflow"))
+            self.relate(rows)
         # 4: the registry, once, in the first size's stores.
         if not self.registry_done and self.args.reads_models:
             self.registry(sides, label)
@@ -345,9 +351,11 @@ class Reads:
             self.lab.close_children()  # no-op unless one failed
             pool.shutdown(wait=True, cancel_futures=True)
 
-    def ui(self, target: Target, experiment_id: str) -> dict[str, Any]:
+    def ui(self, target: Target, experiment_id: str, settle: float = 0.0) -> dict[str, Any]:
         """Start ``mlflow server`` on the target's store (the MLflow side: on its sqlite
-        database), put a latency proxy in front, and send the experiment page's request."""
+        database), put a latency proxy in front, and send the experiment page's request,
+        ``settle`` seconds after the server answered ``/health`` (on our stores, it reads
+        ahead meanwhile: cloudtrack.warmup)."""
         from backends._common import LOOPBACK
         from backends.mlflow.service import MlflowServer, MlflowServerError
         from backends.proxy import LatencyProxy
@@ -373,7 +381,8 @@ class Reads:
             proxy.start()
             controls = [proxy.control_url, *store_controls]
             result = self.attempt(
-                "reads-ui", {"host": LOOPBACK, "port": proxy.port, "experiment_id": experiment_id},
+                "reads-ui", {"host": LOOPBACK, "port": proxy.port, "experiment_id": experiment_id,
+                             "settle": settle},
                 self.lab.child_env(target, extra={"BENCH_PROXY_CONTROL": " ".join(controls)}))
             result["peak_rss_mb"] = _tree_peak_rss_mb(server.pid)
             result["server_startup_seconds"] = server.startup_seconds

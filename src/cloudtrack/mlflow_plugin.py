@@ -95,6 +95,7 @@ def artifact_repository(artifact_uri: str, tracking_uri: str | None = None,
 # (`mlflow.server.handlers` reads the same variables); the first request takes what was built,
 # or waits for it.  A build that failed is done again in the request, so the request fails
 # (or, the bucket back, succeeds) as it would have; one built for other arguments is closed.
+# Once built, the stores read ahead what the UI's first pages will ask for (cloudtrack.warmup).
 
 _SERVER_BACKEND = "_MLFLOW_SERVER_FILE_STORE"  # what `mlflow server` hands its workers
 _SERVER_REGISTRY = "_MLFLOW_SERVER_REGISTRY_STORE"
@@ -124,9 +125,15 @@ def _build_early(kind: str, args: _Args) -> None:
 
     def run() -> None:
         try:
-            future.set_result(build(*args))
+            store = build(*args)
         except BaseException as e:  # the request builds it again, and says what failed
             future.set_exception(e)
+            return
+        future.set_result(store)
+        if store.__class__.__module__.startswith("cloudtrack."):  # not MLflow's FileStore
+            from cloudtrack import warmup
+
+            (warmup.tracking if kind == "tracking" else warmup.registry)(store)
 
     threading.Thread(target=run, name=f"cloudtrack-early-{kind}", daemon=True).start()
 

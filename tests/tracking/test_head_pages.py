@@ -389,6 +389,47 @@ def test_first_search_reads_the_pages_while_the_heads_are_still_listed(store, mo
     assert not [key for what, key in events if what == "get"], "nothing read a second time"
 
 
+def test_searches_that_start_during_the_first_read_wait_for_it(store, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """Searches of an experiment that start while this process is still reading it for the
+    first time (the UI sends several requests as a page opens; a server's read-ahead may be
+    reading it) wait for that read, then only list: every page is read once.  The first
+    search's heads' listing is held until the second search has been going for 0.5 s; before,
+    the second read every page beside the first."""
+    monkeypatch.setenv("CLOUDTRACK_READ_CACHE", "off")
+    setup = tracking_store(store, strict=True)
+    exp = setup.create_experiment("together")
+    sweep(store, exp, 40, writers=4)
+    expected = summary(search(tracking_store(store, strict=True), exp, QUERIES[1]))
+    reader = tracking_store(store, strict=True)
+    heads, folder = layout.heads(exp), layout.head_pages(exp)
+    listing, second_started = threading.Event(), threading.Event()
+    gets: list[str] = []
+    real_list, real_get = reader.blobs._list_page, reader.blobs._get
+
+    def held_list(prefix: str, token: str | None) -> Any:
+        if prefix.startswith(heads) and not listing.is_set():
+            listing.set()
+            second_started.wait(60)
+            time.sleep(0.5)
+        return real_list(prefix, token)
+
+    def get(key: str) -> Any:
+        gets.append(key)
+        return real_get(key)
+
+    reader.blobs._list_page, reader.blobs._get = held_list, get  # type: ignore[method-assign]
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        first = pool.submit(search, reader, exp, QUERIES[1])
+        assert listing.wait(60)
+        second = pool.submit(search, reader, exp, QUERIES[1])
+        second_started.set()
+        assert summary(first.result(120)) == expected
+        assert summary(second.result(120)) == expected
+    page_gets = collections.Counter(k for k in gets if k.startswith(folder))
+    assert page_gets and max(page_gets.values()) == 1, page_gets
+    assert not [k for k in gets if k.startswith(heads)], "every head was in a page"
+
+
 def test_the_first_search_reads_each_page_once(store, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     """Heads newer than their page entries (here 30 of 60, rewritten behind the writers'
     backs) are read one by one; the pages read early are not read a second time for them

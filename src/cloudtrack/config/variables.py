@@ -62,6 +62,9 @@ CLOUDTRACK_KEYRING = _v("CLOUDTRACK_KEYRING", "all",
 CLOUDTRACK_READ_CACHE = _v("CLOUDTRACK_READ_CACHE", "all",
                             "`off`: no local file of the run heads searches read (kept for the next process, each used only at the version the store lists)",
                             "on")
+CLOUDTRACK_SERVER_WARMUP = _v("CLOUDTRACK_SERVER_WARMUP", "all",
+                               "runs an `mlflow server` worker on a store reads ahead as it starts, from the experiments written to most recently, so the UI's first pages need no cold read; `0` or `off`: none",
+                               "20000")
 CLOUDTRACK_CONFIG_DIR = _v("CLOUDTRACK_CONFIG_DIR", "all",
                            "the folder of `logins.json` (and of `credentials.json` with --insecure-storage)",
                            "$XDG_CONFIG_HOME/cloudtrack or ~/.config/cloudtrack")

@@ -23,6 +23,8 @@ LOGGED_MODELS = "logged-models/"
 LOGGED_MODEL_INDEX = "logged-model-index/"
 SNAPSHOTS = "snapshots/"
 INDEX = "index/"
+#: Every experiment's head pages, one folder each.
+HEAD_PAGES = f"{INDEX}heads/"
 REGISTERED_MODELS = "registry/models/"
 MODEL_VERSIONS = "registry/versions/"
 ARTIFACTS = "artifacts"
@@ -65,7 +67,7 @@ def head_snapshot(exp_id: str) -> str:
 
 def head_pages(exp_id: str) -> str:
     """The experiment's head pages (:mod:`cloudtrack.store.pages`), written by writers."""
-    return f"{INDEX}heads/{exp_id}/"
+    return f"{HEAD_PAGES}{exp_id}/"
 
 
 def experiment_pages() -> str:

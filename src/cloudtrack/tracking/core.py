@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import logging
+import threading
 import time
 import uuid
 from collections.abc import Callable, Collection, Iterable
@@ -141,6 +142,9 @@ class StoreCore(AbstractStore):
         forks.watch(self)
         #: Experiments whose run heads a search of this process has read.
         self._searched: set[str] = set()
+        #: experiment id -> lock held by the search reading its heads first (search.py).
+        self._first_reads: dict[str, threading.Lock] = {}
+        self._first_reads_lock = threading.Lock()
         #: experiment id -> where to split its heads' next listing (search.py).
         self._bounds: dict[str, list[str]] = {}
         #: The run heads searches read, on this machine's disk for the next process.
@@ -369,6 +373,7 @@ class StoreCore(AbstractStore):
                                                            thread_name_prefix="cloudtrack-read")
         self._cache.after_fork()
         self._read_cache.after_fork()
+        self._first_reads, self._first_reads_lock = {}, threading.Lock()
 
     # Methods one mixin calls on another; each is defined by the mixin named.
 

@@ -249,7 +249,26 @@ def _clause_test(clause: dict[str, Any]) -> Callable[[_Candidate], bool]:
 class SearchMixin(StoreCore):
 
     def _candidates_of(self, experiment_id: str) -> list[_Candidate]:
-        """Every readable run head of the experiment, as :class:`_Candidate`."""
+        """Every readable run head of the experiment, as :class:`_Candidate`.
+
+        The first read of an experiment in this process reads all its heads; searches of it
+        that start meanwhile (the UI sends several requests at once as a page opens; a
+        server's warm-up, :mod:`cloudtrack.warmup`, may be reading it) wait for that read
+        and then only list, instead of reading every head again beside it."""
+        if experiment_id in self._searched:
+            return self._read_candidates(experiment_id)
+        with self._first_reads_lock:
+            lock = self._first_reads.setdefault(experiment_id, threading.Lock())
+        with lock:
+            return self._read_candidates(experiment_id)
+
+    def read_ahead(self, experiment_id: str) -> int:
+        """Read the experiment's run heads into this process as its first search would
+        (:mod:`cloudtrack.warmup`); how many runs it has."""
+        with _gc_paused():
+            return len(self._candidates_of(experiment_id))
+
+    def _read_candidates(self, experiment_id: str) -> list[_Candidate]:
         folder = layout.head_pages(experiment_id)
         heads = layout.heads(experiment_id)
         # Where this process (or, from the file, an earlier one) listed the heads before:
