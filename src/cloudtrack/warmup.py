@@ -89,6 +89,9 @@ def tracking(store: Any, environ: Mapping[str, str] | None = None) -> None:
                  f"experiment(s): {e}")
         return
     if read_exps:
+        from cloudtrack.tracking.search import freeze_what_was_read
+
+        freeze_what_was_read()
         _say(f"read {read_runs:,} runs of {read_exps} experiment(s) ahead for the UI in "
              f"{time.monotonic() - t0:.2f} s ({CLOUDTRACK_SERVER_WARMUP.name}={runs}; 0 "
              f"turns this off)")

@@ -106,3 +106,26 @@ def test_secrets_stay_redacted(home: Path, moto: MotoS3Iam, s3_uri: str, azurite
                 assert secret not in done.out
     shown = config(home, {**moto.env, "MLFLOW_S3_ENDPOINT_URL": endpoint}, s3_uri).out
     assert "http://minio:***@" in shown
+
+
+def test_the_settings_read_apart_from_the_stores_are_shown_too(home: Path, tmp_path: Path) -> None:
+    """The logins, the read cache and a server's read-ahead are read by other modules than the
+    store's configuration; ``config`` shows them with their source, and refuses a wrong one
+    as the process using it would (exit 2)."""
+    store = f"file://{tmp_path}/store"
+    shown = {line.split()[0]: line.split(None, 1)[1]
+             for line in config(home, {}, store).out.splitlines() if line.startswith("  ")}
+    assert shown["keyring"].split() == ["on", "from", "default"], shown
+    assert shown["read_cache"].startswith("off (a local store needs none)"), shown
+    assert shown["server_warmup"].split() == ["20000", "runs", "from", "default"], shown
+    env = {"CLOUDTRACK_KEYRING": "off", "CLOUDTRACK_SERVER_WARMUP": "0",
+           "CLOUDTRACK_READ_CACHE": "off"}
+    data = json.loads(config(home, env, "s3://bucket/x", "--json").out)
+    values = {s["name"]: (s["value"], s["source"]) for s in data["settings"]}
+    assert values["keyring"] == ("off", "env:CLOUDTRACK_KEYRING"), values
+    assert values["read_cache"] == ("off", "env:CLOUDTRACK_READ_CACHE"), values
+    assert values["server_warmup"] == ("off", "env:CLOUDTRACK_SERVER_WARMUP"), values
+    for name, wrong in (("CLOUDTRACK_SERVER_WARMUP", "lots"), ("CLOUDTRACK_KEYRING", "of"),
+                        ("CLOUDTRACK_READ_CACHE", "maybe")):
+        done = config(home, {name: wrong}, store)
+        assert done.code == 2 and name in done.err and done.out == "", (name, done)

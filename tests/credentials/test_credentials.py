@@ -38,3 +38,32 @@ def test_the_keyring_setting_is_a_boolean() -> None:
     assert keyring_enabled({"CLOUDTRACK_KEYRING": "OFF"}) is False
     with pytest.raises(ConfigError, match="CLOUDTRACK_KEYRING='of' is not a boolean"):
         keyring_enabled({"CLOUDTRACK_KEYRING": "of"})
+
+
+def test_while_a_keyring_call_still_waits_the_next_ones_fail_at_once() -> None:
+    """A keyring that does not answer costs one timeout, not one per call (``whoami`` over ten
+    logins waited ten).  The keyring here is a call that waits on an event, standing in for a
+    stopped Secret Service (the real one, stopped, is in test_login_keyring.py)."""
+    import threading
+    import time
+
+    from cloudtrack.credentials.vault import KeyringUnavailable, bounded
+
+    answer = threading.Event()
+    with pytest.raises(KeyringUnavailable, match=r"did not answer within 0\.2 s while reading"):
+        bounded(answer.wait, 0.2, "reading a login")
+    t0 = time.monotonic()
+    for _ in range(5):
+        with pytest.raises(KeyringUnavailable, match="an earlier call, still waiting"):
+            bounded(lambda: 1, 0.2, "reading another login")
+    assert time.monotonic() - t0 < 0.2
+    answer.set()  # it answers at last: the next call is tried again
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            assert bounded(lambda: 42, 0.2, "reading a login") == 42
+            break
+        except KeyringUnavailable:
+            time.sleep(0.05)
+    else:
+        raise AssertionError("the keyring was never asked again")

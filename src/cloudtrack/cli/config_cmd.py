@@ -10,8 +10,38 @@ import click
 from cloudtrack.cli import main
 from cloudtrack.cli.common import fail
 from cloudtrack.config import StoreConfig, resolve
+from cloudtrack.config.model import EnvVar, Setting
 from cloudtrack.doctor.core import shown
 from cloudtrack.errors import CloudtrackError
+
+
+def _process_settings(config: StoreConfig) -> list[Setting]:
+    """The settings read apart from the store's (for logins, the read cache, a server's
+    read-ahead), as this process would use them with this store; a wrong value raises."""
+    from cloudtrack import warmup
+    from cloudtrack.config.variables import (
+        CLOUDTRACK_KEYRING,
+        CLOUDTRACK_KEYRING_TIMEOUT,
+        CLOUDTRACK_READ_CACHE,
+        CLOUDTRACK_SERVER_WARMUP,
+    )
+    from cloudtrack.credentials.vault import keyring_enabled, keyring_timeout
+    from cloudtrack.store import readcache
+
+    def source(var: EnvVar) -> str:
+        return f"env:{var.name}" if os.environ.get(var.name, "").strip() else "default"
+
+    runs = warmup.budget()
+    cache = readcache.enabled(config)
+    return [
+        Setting("keyring", "on" if keyring_enabled() else "off", source(CLOUDTRACK_KEYRING)),
+        Setting("keyring_timeout", keyring_timeout(), source(CLOUDTRACK_KEYRING_TIMEOUT)),
+        Setting("read_cache", "on" if cache else
+                ("off (a local store needs none)" if config.backend == "file" else "off"),
+                source(CLOUDTRACK_READ_CACHE)),
+        Setting("server_warmup", f"{runs} runs" if runs else "off",
+                source(CLOUDTRACK_SERVER_WARMUP)),
+    ]
 
 
 def _config_dict(config: StoreConfig, origin: str) -> dict[str, object]:
@@ -24,7 +54,7 @@ def _config_dict(config: StoreConfig, origin: str) -> dict[str, object]:
         "settings": [
             {"name": s.name, "value": shown(s) if s.value is not None else None,
              "source": s.source}
-            for s in config.settings
+            for s in [*config.settings, *_process_settings(config)]
         ],
     }
 
@@ -52,7 +82,10 @@ def config_cmd(uri: str | None, as_json: bool) -> None:
     except CloudtrackError as e:
         fail(str(e) + ("" if origin == "the command line" else f" (the URI came from {origin})"),
              2)
-    data = _config_dict(config, origin)
+    try:
+        data = _config_dict(config, origin)
+    except CloudtrackError as e:  # a variable read apart from the store's
+        fail(str(e), 2)
     if as_json:
         click.echo(json.dumps(data, indent=2))
         return
@@ -61,5 +94,5 @@ def config_cmd(uri: str | None, as_json: bool) -> None:
     click.echo(f"backend    {config.backend}")
     click.echo(f"container  {config.container}")
     click.echo(f"prefix     {config.prefix or '(none)'}")
-    for s in config.settings:
+    for s in [*config.settings, *_process_settings(config)]:  # checked above
         click.echo(f"  {s.name:<26} {shown(s):<40} from {s.source}")

@@ -237,10 +237,24 @@ def keyring_enabled(environ: Mapping[str, str] | None = None) -> bool:
     return True if enabled is None else enabled
 
 
+#: A keyring call that outlived its timeout and is still waiting: while it waits, the keyring
+#: is taken for not answering, and later calls fail at once instead of each waiting its own
+#: timeout (``cloudtrack whoami`` over ten logins took ten timeouts).
+_waiting: threading.Thread | None = None
+
+
 def bounded(fn: Callable[[], T], timeout: float, what: str) -> T:
     """``fn()`` in a thread of its own, given ``timeout`` seconds: a keyring that waits on a
     prompt (or a D-Bus service that never answers) must not hang the caller.  The keyring's
-    own errors (locked, no backend, D-Bus failures) come back as :class:`KeyringUnavailable`."""
+    own errors (locked, no backend, D-Bus failures) come back as :class:`KeyringUnavailable`.
+    While an earlier call that timed out still waits, this one is not tried."""
+    global _waiting
+    earlier = _waiting
+    if earlier is not None and earlier.is_alive():
+        raise KeyringUnavailable(
+            f"the keyring did not answer within {timeout:g} s (an earlier call, still "
+            f"waiting), so it was not asked again while {what} (a locked keyring waits for a "
+            "password prompt; unlock it, or raise CLOUDTRACK_KEYRING_TIMEOUT)", reason="keyring")
     box: dict[str, Any] = {}
 
     def call() -> None:
@@ -253,6 +267,7 @@ def bounded(fn: Callable[[], T], timeout: float, what: str) -> T:
     thread.start()
     thread.join(timeout)
     if thread.is_alive():
+        _waiting = thread
         raise KeyringUnavailable(
             f"the keyring did not answer within {timeout:g} s while {what} (a locked keyring "
             "waits for a password prompt; unlock it, or raise CLOUDTRACK_KEYRING_TIMEOUT)",

@@ -106,6 +106,28 @@ def _resume_gc() -> None:
     gc.collect(0)
 
 
+def freeze_what_was_read() -> None:
+    """For a server worker that has just read ahead (:mod:`cloudtrack.warmup`): collect, then
+    move everything the process holds into the collector's permanent generation.
+
+    Otherwise every full collection walks all the heads read ahead: a worker's first request
+    (MLflow imports modules in it, which triggers such collections) took 0.35-0.48 s with
+    2,000 heads read ahead against 0.18-0.29 s with none, and 0.14-0.21 s frozen.  What is
+    frozen is still freed when no longer referenced (records are dicts, lists and strings:
+    no cycles); only cycles among frozen objects would stay, and the collection before the
+    freeze leaves none of the worker's start behind.  A pause a search left pending ends
+    now."""
+    global _gc_resume, _gc_due
+    with _gc_lock:
+        if _gc_resume is not None and not _gc_pauses:
+            _gc_resume.cancel()
+            _gc_resume, _gc_due = None, False
+            if _gc_was_enabled:
+                gc.enable()
+    gc.collect()
+    gc.freeze()
+
+
 def _gc_after_fork() -> None:
     global _gc_lock, _gc_pauses, _gc_resume, _gc_due
     _gc_lock = threading.Lock()
