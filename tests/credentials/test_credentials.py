@@ -41,8 +41,8 @@ def test_the_keyring_setting_is_a_boolean() -> None:
 
 
 def test_while_a_keyring_call_still_waits_the_next_ones_fail_at_once() -> None:
-    """A keyring that does not answer costs one timeout, not one per call (``whoami`` over ten
-    logins waited ten).  The keyring here is a call that waits on an event, standing in for a
+    """A keyring that does not answer costs one timeout, not one per call (``whoami`` waited
+    one per login).  The keyring here is a call that waits on an event, standing in for a
     stopped Secret Service (the real one, stopped, is in test_login_keyring.py)."""
     import threading
     import time

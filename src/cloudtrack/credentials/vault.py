@@ -239,7 +239,7 @@ def keyring_enabled(environ: Mapping[str, str] | None = None) -> bool:
 
 #: A keyring call that outlived its timeout and is still waiting: while it waits, the keyring
 #: is taken for not answering, and later calls fail at once instead of each waiting its own
-#: timeout (``cloudtrack whoami`` over ten logins took ten timeouts).
+#: timeout (``cloudtrack whoami`` waited one timeout per login).
 _waiting: threading.Thread | None = None
 
 
