@@ -15,7 +15,7 @@ import logging
 import os
 import threading
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mlflow.entities import LifecycleStage, Run
 from mlflow.utils.search_utils import SearchUtils
@@ -25,6 +25,9 @@ from cloudtrack.store import entities, layout, pages, snapshots
 from cloudtrack.store.pagewriter import is_finished
 from cloudtrack.store.records import Record
 from cloudtrack.tracking.core import StoreCore, check_max_results, distinct_experiment_ids
+
+if TYPE_CHECKING:
+    from cloudtrack.blobs import BlobInfo
 
 log = logging.getLogger("cloudtrack.tracking")
 
@@ -281,8 +284,17 @@ class SearchMixin(StoreCore):
             return self._read_candidates(experiment_id)
         with self._first_reads_lock:
             lock = self._first_reads.setdefault(experiment_id, threading.Lock())
+        if lock.acquire(blocking=False):
+            try:
+                return self._read_candidates(experiment_id)
+            finally:
+                lock.release()
+        # Another search is reading it: this one's listing goes out now, beside that read
+        # (a search lists after it began, so that it misses no run acknowledged before it),
+        # and only its pages and decoding are waited for.
+        listed = self._list_beside(layout.heads(experiment_id))
         with lock:
-            return self._read_candidates(experiment_id)
+            return self._read_candidates(experiment_id, listed)
 
     def read_ahead(self, experiment_id: str) -> int:
         """Read the experiment's run heads into this process as its first search would
@@ -290,7 +302,25 @@ class SearchMixin(StoreCore):
         with _gc_paused():
             return len(self._candidates_of(experiment_id))
 
-    def _read_candidates(self, experiment_id: str) -> list[_Candidate]:
+    def _list_beside(self, heads: str) -> concurrent.futures.Future[list[BlobInfo]]:
+        """The listing of ``heads``, on a thread of its own (it waits on the read pool's
+        tasks, which a task of that pool must not)."""
+        out: concurrent.futures.Future[list[BlobInfo]] = concurrent.futures.Future()
+
+        def run() -> None:
+            try:
+                out.set_result(list(self.blobs.list_spread(heads, self._pool.map)))
+            except BaseException as e:  # raised in the search that waits for it
+                out.set_exception(e)
+
+        threading.Thread(target=run, name="cloudtrack-list", daemon=True).start()
+        return out
+
+    def _read_candidates(self, experiment_id: str,
+                         listed: concurrent.futures.Future[list[BlobInfo]] | None = None,
+                         ) -> list[_Candidate]:
+        """The experiment's heads, as :meth:`_candidates_of` answers; ``listed``: its
+        heads' listing, already under way."""
         folder = layout.head_pages(experiment_id)
         heads = layout.heads(experiment_id)
         # Where this process (or, from the file, an earlier one) listed the heads before:
@@ -314,7 +344,9 @@ class SearchMixin(StoreCore):
         # listing (often two round trips) goes on: one round trip less.
         early = None if listed_pages is None or experiment_id in self._searched else \
             self._pages_early(folder, listed_pages)
-        if bounds:  # listed before: in ranges of about a page each, all at once
+        if listed is not None:
+            infos = listed.result()
+        elif bounds:  # listed before: in ranges of about a page each, all at once
             infos = self.blobs.list_ranges(heads, bounds, self._pool.map, RANGE_KEYS)
         else:
             infos = self.blobs.list_spread(heads, self._pool.map)
