@@ -126,6 +126,6 @@ def test_the_settings_read_apart_from_the_stores_are_shown_too(home: Path, tmp_p
     assert values["read_cache"] == ("off", "env:CLOUDTRACK_READ_CACHE"), values
     assert values["server_warmup"] == ("off", "env:CLOUDTRACK_SERVER_WARMUP"), values
     for name, wrong in (("CLOUDTRACK_SERVER_WARMUP", "lots"), ("CLOUDTRACK_KEYRING", "of"),
-                        ("CLOUDTRACK_READ_CACHE", "maybe")):
+                        ("CLOUDTRACK_READ_CACHE", "maybe"), ("CLOUDTRACK_KEYRING_TIMEOUT", "abc")):
         done = config(home, {name: wrong}, store)
         assert done.code == 2 and name in done.err and done.out == "", (name, done)

@@ -7,7 +7,13 @@ import pytest
 
 from cloudtrack.credentials import decode_jwt
 from cloudtrack.credentials.azure import parse_sas
-from cloudtrack.credentials.vault import backend_of, canonical, keyring_enabled
+from cloudtrack.credentials.vault import (
+    DEFAULT_TIMEOUT,
+    backend_of,
+    canonical,
+    keyring_enabled,
+    keyring_timeout,
+)
 from cloudtrack.errors import ConfigError
 
 
@@ -38,6 +44,17 @@ def test_the_keyring_setting_is_a_boolean() -> None:
     assert keyring_enabled({"CLOUDTRACK_KEYRING": "OFF"}) is False
     with pytest.raises(ConfigError, match="CLOUDTRACK_KEYRING='of' is not a boolean"):
         keyring_enabled({"CLOUDTRACK_KEYRING": "of"})
+
+
+def test_the_keyring_timeout_is_a_positive_number_of_seconds() -> None:
+    """A wrong value is refused, naming the variable: before, it quietly meant 5 s (and
+    ``inf`` a wait without end)."""
+    assert keyring_timeout({}) == DEFAULT_TIMEOUT
+    assert keyring_timeout({"CLOUDTRACK_KEYRING_TIMEOUT": " 2.5 "}) == 2.5
+    assert keyring_timeout({"CLOUDTRACK_KEYRING_TIMEOUT": "0.01"}) == 0.1
+    for wrong in ("abc", "0", "-1", "nan", "inf"):
+        with pytest.raises(ConfigError, match=f"CLOUDTRACK_KEYRING_TIMEOUT={wrong!r} is not a "):
+            keyring_timeout({"CLOUDTRACK_KEYRING_TIMEOUT": wrong})
 
 
 def test_while_a_keyring_call_still_waits_the_next_ones_fail_at_once() -> None:

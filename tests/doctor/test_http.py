@@ -242,6 +242,19 @@ def test_mlflow_closed_port(home: Path) -> None:
     expect(run, "connection-refused")
 
 
+def test_a_wrong_setting_is_named_not_called_a_bug(home: Path) -> None:
+    """A setting the doctor reads on its way (here the logins': the keyring's switch and its
+    timeout) with a wrong value is a config failure that names the variable, not an
+    "unexpected" error to report."""
+    uri = f"http://127.0.0.1:{standins.closed_port()}"
+    for name, wrong in (("CLOUDTRACK_KEYRING_TIMEOUT", "abc"), ("CLOUDTRACK_KEYRING", "of")):
+        run = doctor(home, {name: wrong}, uri)
+        expect(run, "config-invalid")
+        check = run.check("config.setting")
+        assert f"{name}={wrong!r}" in check["summary"], check
+        assert "report this" not in check["fix"], check
+
+
 def test_mlflow_black_hole(home: Path) -> None:
     with standins.black_hole() as port:
         run = doctor(home, {}, f"http://127.0.0.1:{port}", "--timeout", "3")

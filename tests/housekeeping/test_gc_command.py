@@ -58,6 +58,9 @@ def test_mlflow_gc_command_removes_what_sqlite_removes(
         layout.experiment(drop), layout.heads(drop), layout.head_pages(drop),
         layout.logged_models(drop), f"{layout.ARTIFACTS}/{drop}/"))]
     assert not cloud.blobs.exists(layout.experiment_name("drop"))
+    if store.backend == "local":  # nor the deleted runs' folders, emptied by gc
+        artifacts = Path(cloud.blobs.root, layout.ARTIFACTS)
+        assert not [p for p in artifacts.rglob("*") for label in gone if ids[label] in p.name]
 
     # The name is free again, as on sqlite (which gives the next id the same way).
     assert reuse_name(cloud) == reuse_name(sqlite)

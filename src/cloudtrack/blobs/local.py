@@ -358,6 +358,14 @@ class LocalBlobs(Blobs):
                 break
             folder = os.path.dirname(folder)
 
+    def prune_empty_folders(self, prefixes: list[str]) -> None:
+        """Remove each folder ``prefixes`` name, in order, that is empty; the others (and
+        anything missing) stay.  For folders a program other than this class emptied: MLflow's
+        local artifact repository removes a run's artifacts and their folder, not the run's."""
+        for prefix in prefixes:
+            with contextlib.suppress(OSError):
+                os.rmdir(self._path(prefix.rstrip("/")))
+
     def _stat(self, key: str) -> BlobInfo:
         path = self._path(key)
         try:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
 import os
 import re
 import threading
@@ -219,11 +220,21 @@ def config_dir(environ: Mapping[str, str] | None = None) -> Path:
 
 
 def keyring_timeout(environ: Mapping[str, str] | None = None) -> float:
+    """Seconds a keyring call may take: ``CLOUDTRACK_KEYRING_TIMEOUT`` (at least 0.1), else
+    5.  A value that is not a finite positive number of seconds is a :class:`ConfigError`
+    (a typo must not quietly mean the default, nor a wait without end)."""
     env = os.environ if environ is None else environ
-    try:
-        return max(0.1, float(env.get("CLOUDTRACK_KEYRING_TIMEOUT") or DEFAULT_TIMEOUT))
-    except ValueError:
+    raw = (env.get("CLOUDTRACK_KEYRING_TIMEOUT") or "").strip()
+    if not raw:
         return DEFAULT_TIMEOUT
+    try:
+        seconds = float(raw)
+    except ValueError:
+        seconds = math.nan
+    if not (math.isfinite(seconds) and seconds > 0):
+        raise ConfigError(f"CLOUDTRACK_KEYRING_TIMEOUT={raw!r} is not a number of seconds; "
+                          f"give one such as {DEFAULT_TIMEOUT:g}, or unset it")
+    return max(0.1, seconds)
 
 
 def keyring_enabled(environ: Mapping[str, str] | None = None) -> bool:

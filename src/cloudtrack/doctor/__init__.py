@@ -131,6 +131,9 @@ def run(uri: str | None = None, environ: Mapping[str, str] | None = None, *,
         _diagnose(p, uri, origin, backend)
     except Stop:
         pass
+    except ConfigError as e:  # a setting read on the way (a login's, a timeout's) is wrong
+        p.add("config.setting", "config", "fail", "config-invalid", str(e),
+              "fix or unset the variable named above")
     except Exception as e:
         log.debug("the doctor failed unexpectedly", exc_info=True)
         p.unexpected(p.checks[-1].layer if p.checks else "config", e)
