@@ -3,6 +3,8 @@ the vault accepts: login targets, the CLOUDTRACK_KEYRING setting."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from cloudtrack.credentials import decode_jwt
@@ -15,6 +17,7 @@ from cloudtrack.credentials.vault import (
     keyring_timeout,
 )
 from cloudtrack.errors import ConfigError
+from tests.credentials.common import child_env, cli
 
 
 def test_sas_fields_and_jwt_claims() -> None:
@@ -84,3 +87,26 @@ def test_while_a_keyring_call_still_waits_the_next_ones_fail_at_once() -> None:
             time.sleep(0.05)
     else:
         raise AssertionError("the keyring was never asked again")
+
+
+def test_a_login_refuses_the_options_of_another_kind_of_target(tmp_path: Path) -> None:
+    """``login s3://… --username x`` used to ignore ``--username`` and ask for the access key
+    id; an option for another kind of target is a usage error naming it and what it is for.
+    A default left alone (``--azure-credential``) is not counted."""
+    env = child_env(tmp_path)
+    for args, said in (
+            (["s3://bucket", "--username", "x"],
+             "--username is for an MLflow server (http(s)://), not for s3://: leave it out"),
+            (["http://127.0.0.1:1", "--access-key-id", "k", "--key-file", "f.json"],
+             "--access-key-id is for s3://; --key-file is for gs://, not for an MLflow server"),
+            (["gs://bucket", "--azure-credential", "sas"],
+             "--azure-credential is for wasbs:// or abfss://, not for gs://"),
+            (["wasbs://c@acct.blob.core.windows.net", "--token"],
+             "--token is for an MLflow server (http(s)://), not for wasbs:// or abfss://")):
+        done = cli(env, "login", *args, "--no-check")
+        assert done.returncode == 2, done
+        assert said in done.stderr, done.stderr
+        assert not (tmp_path / ".config" / "cloudtrack").exists()
+    # An option for the target's own kind goes on to what else it needs.
+    done = cli(env, "login", "gs://bucket")
+    assert done.returncode == 2 and "needs --key-file" in done.stderr, done

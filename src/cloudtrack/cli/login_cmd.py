@@ -187,6 +187,29 @@ def _check_failed(login: Login, e: CloudtrackError) -> str:
             "stores the login without the check)")
 
 
+#: The options that say something of one kind of target only, and the kinds they are for.
+_OPTION_KINDS = {
+    "access_key_id": ("s3",), "endpoint_url": ("s3", "azure"), "azure_credential": ("azure",),
+    "key_file": ("gcs",), "username": ("server",), "token": ("server",),
+    "token_command": ("server",),
+}
+_KIND_NAMES = {"s3": "s3://", "azure": "wasbs:// or abfss://", "gcs": "gs://",
+               "server": "an MLflow server (http(s)://)"}
+
+
+def _refuse_options_of_other_targets(kind: str, opts: Mapping[str, Any]) -> None:
+    """A usage error naming every option given that is for another kind of target (it would
+    be ignored, and the login asked for what it does not need)."""
+    ctx = click.get_current_context()
+    wrong = [name for name, kinds in _OPTION_KINDS.items() if kind not in kinds and opts[name]
+             and ctx.get_parameter_source(name) is not click.core.ParameterSource.DEFAULT]
+    if wrong:
+        said = "; ".join(f"--{name.replace('_', '-')} is for " + " and ".join(
+            _KIND_NAMES[k] for k in _OPTION_KINDS[name]) for name in wrong)
+        fail(f"{said}, not for {_KIND_NAMES[kind]}: leave {'them' if len(wrong) > 1 else 'it'} out (`cloudtrack login --help` "
+             "says what each kind of target takes)", 2)
+
+
 @main.command("login")
 @click.argument("target")
 @click.option("--access-key-id", help="s3://: the access key id (prompted if not given).")
@@ -219,6 +242,7 @@ def login_cmd(target: str, **opts: Any) -> None:
         vault.canonical(target)
     except CloudtrackError as e:
         fail(str(e), 2)
+    _refuse_options_of_other_targets(kind, opts)
     login = _build(target, kind, opts)
     checked = "not checked (--no-check)"
     if not opts["no_check"]:
