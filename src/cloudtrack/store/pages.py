@@ -26,11 +26,9 @@ import hashlib
 import json
 import logging
 import random
-import threading
 import time
 import zlib
 from collections.abc import Callable, Collection, Iterable, Mapping
-from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any
 
 from cloudtrack.errors import AlreadyExists, BlobNotFound, PreconditionFailed
@@ -181,37 +179,6 @@ def read_entries(blobs: Blobs, folder: str, bits: str,
     return {head_key: (version, record)
             for (head_key, version, _), record in zip(chosen, decoded, strict=True)
             if record is not None}
-
-
-#: What :func:`read_early` gives: key -> (version, record) of every entry, and the pages read.
-EarlyPages = tuple[dict[str, tuple[str, Record]], frozenset[str]]
-
-
-def read_early(blobs: Blobs, folder: str, listed: Future[PageMap],
-               map_fn: Callable[..., Iterable[Any]]) -> Future[EarlyPages]:
-    """Every entry of every page in ``folder``, read as soon as ``listed`` gives the pages
-    (while the records are still being listed: one round trip less), and the pages read.  On
-    a thread of its own: it waits on ``map_fn``'s pool, which a task of that pool must not.
-    Nothing when the pages cannot be listed (pages only save requests)."""
-    out: Future[EarlyPages] = Future()
-
-    def read() -> None:
-        found: dict[str, tuple[str, Record]] = {}
-        bits: list[str] = []
-        try:
-            bits = listed.result().reachable()
-            for part in map_fn(lambda b: read_entries(blobs, folder, b, _every_key), bits):
-                found.update(part)
-        except Exception as e:  # pages only save requests
-            log.debug("could not read the pages in %s early: %r", blobs.object_uri(folder), e)
-        out.set_result((found, frozenset(bits)))
-
-    threading.Thread(target=read, name="cloudtrack-pages", daemon=True).start()
-    return out
-
-
-def _every_key(_: str) -> bool:
-    return True
 
 
 def _decode(heads: list[bytes]) -> list[Record | None]:

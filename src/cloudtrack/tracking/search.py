@@ -40,6 +40,10 @@ EXPERIMENTS_AT_ONCE = 8
 #: LIST page of 1,000 (S3, GCS), so a range that grew since still takes one request.
 RANGE_KEYS = 750
 
+#: What the first search reads from the pages while the heads are listed: the entries, and
+#: the pages read.
+_EarlyPages = tuple[dict[str, tuple[str, Record]], frozenset[str]]
+
 _gc_lock = threading.Lock()
 _gc_pauses = 0
 _gc_was_enabled = False
@@ -211,6 +215,10 @@ class _Candidate:
         return self._inputs
 
 
+def _every_key(_: str) -> bool:
+    return True
+
+
 def _filtered(candidates: list[_Candidate], filter_string: str | None) -> list[_Candidate]:
     """``SearchUtils.filter(candidates, filter_string)``, with what MLflow works out again for
     every run and clause (the key's alias and kind, the value's type, the comparison) worked
@@ -335,7 +343,7 @@ class SearchMixin(StoreCore):
         # come from the pages, so they are read as soon as they are listed, while the heads'
         # listing (often two round trips) goes on: one round trip less.
         early = None if listed_pages is None or experiment_id in self._searched else \
-            pages.read_early(self.blobs, folder, listed_pages, self._pool.map)
+            self._pages_early(folder, listed_pages)
         if listed is not None:
             infos = listed.result()
         elif bounds:  # listed before: in ranges of about a page each, all at once
@@ -386,6 +394,29 @@ class SearchMixin(StoreCore):
         if len(keys) <= self.blobs.page_size:
             return []
         return keys[RANGE_KEYS::RANGE_KEYS]
+
+    def _pages_early(self, folder: str, listed_pages: concurrent.futures.Future[pages.PageMap],
+                     ) -> concurrent.futures.Future[_EarlyPages]:
+        """Every entry of every page in ``folder``, read once they are listed, in a thread of
+        its own (it waits on the read pool's tasks, which a task of that pool must not), and
+        the pages read; nothing when they cannot be read (pages only save requests)."""
+        out: concurrent.futures.Future[_EarlyPages] = concurrent.futures.Future()
+
+        def read() -> None:
+            found: dict[str, tuple[str, Record]] = {}
+            bits: list[str] = []
+            try:
+                bits = listed_pages.result().reachable()
+                for part in self._pool.map(
+                        lambda b: pages.read_entries(self.blobs, folder, b, _every_key), bits):
+                    found.update(part)
+            except Exception as e:  # pages only save requests
+                log.debug("could not read the pages in %s early: %r",
+                          self.blobs.object_uri(folder), e)
+            out.set_result((found, frozenset(bits)))
+
+        threading.Thread(target=read, name="cloudtrack-pages", daemon=True).start()
+        return out
 
     def _each_experiment(self, experiment_ids: list[str]) -> list[list[_Candidate]]:
         """:meth:`_candidates_of` each experiment, several at once (threads of their own: the
