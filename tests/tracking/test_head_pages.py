@@ -433,9 +433,9 @@ def test_searches_that_start_during_the_first_read_wait_for_it(store, monkeypatc
 def test_a_search_during_the_first_read_lists_beside_it(store, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     """A search that starts while the first read of its experiment goes on sends its listing
     of the heads at once, beside that read, and waits only for the pages and their decoding
-    (before, it listed only after the first read had ended: on moto at 10,000 runs, 2-3 s
-    more).  It still lists after it began: a run finished after the first read's listing and
-    before the search started is in its answer."""
+    (before, it listed only after the first read had ended).  It still lists after it began: a
+    run finished after the first read's listing and before the search started is in its
+    answer."""
     monkeypatch.setenv("CLOUDTRACK_READ_CACHE", "off")
     setup = tracking_store(store, strict=True)
     exp = setup.create_experiment("beside")

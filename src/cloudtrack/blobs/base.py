@@ -403,6 +403,11 @@ class Blobs(abc.ABC):
         validate_key(prefix, what="prefix", allow_empty=True)
         return self._retry(lambda _: self._list_dir(prefix), f"LIST {self.object_uri(prefix)}")
 
+    def prune_empty_folders(self, prefixes: builtins.list[str]) -> None:
+        """Remove the folders ``prefixes`` name that are empty, where folders exist apart from
+        their objects (a local directory); an object store has none, so nothing here."""
+        del prefixes
+
     def delete(self, key: str) -> None:
         """Delete the object; a missing object is not an error."""
         validate_key(key)

@@ -361,7 +361,8 @@ class LocalBlobs(Blobs):
     def prune_empty_folders(self, prefixes: list[str]) -> None:
         """Remove each folder ``prefixes`` name, in order, that is empty; the others (and
         anything missing) stay.  For folders a program other than this class emptied: MLflow's
-        local artifact repository removes a run's artifacts and their folder, not the run's."""
+        local artifact repository removes a run's artifacts and their folder, not the run's
+        (deletes through this class prune what they empty themselves)."""
         for prefix in prefixes:
             with contextlib.suppress(OSError):
                 os.rmdir(self._path(prefix.rstrip("/")))

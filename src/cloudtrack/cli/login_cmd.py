@@ -206,8 +206,9 @@ def _refuse_options_of_other_targets(kind: str, opts: Mapping[str, Any]) -> None
     if wrong:
         said = "; ".join(f"--{name.replace('_', '-')} is for " + " and ".join(
             _KIND_NAMES[k] for k in _OPTION_KINDS[name]) for name in wrong)
-        fail(f"{said}, not for {_KIND_NAMES[kind]}: leave {'them' if len(wrong) > 1 else 'it'} out (`cloudtrack login --help` "
-             "says what each kind of target takes)", 2)
+        them = "them" if len(wrong) > 1 else "it"
+        fail(f"{said}, not for {_KIND_NAMES[kind]}: leave {them} out (`cloudtrack login "
+             "--help` says what each kind of target takes)", 2)
 
 
 @main.command("login")

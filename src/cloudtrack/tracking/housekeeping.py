@@ -121,10 +121,10 @@ class HousekeepingMixin(ExperimentsMixin, LoggedModelsMixin):
         self._page_writer.write()  # an entry of the run this process queued goes in first
         purge.purge_run(self.blobs, exp, run_id)
         self._forget_run(run_id)
-        prune = getattr(self.blobs, "prune_empty_folders", None)
-        if prune is not None:  # a local store: the run's artifact folders gc left empty
-            run_folder = f"{layout.ARTIFACTS}/{exp}/{run_id}"
-            prune([f"{run_folder}/artifacts", run_folder])
+        # The run's artifact folders, which gc emptied through MLflow's artifact repository
+        # (on a local store MLflow's own: it leaves the run's folder behind).
+        run_folder = f"{layout.ARTIFACTS}/{exp}/{run_id}"
+        self.blobs.prune_empty_folders([f"{run_folder}/artifacts", run_folder])
 
     @translate_errors
     def _hard_delete_logged_model(self, model_id: str) -> None:

@@ -15,7 +15,7 @@ import logging
 import os
 import threading
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from mlflow.entities import LifecycleStage, Run
 from mlflow.utils.search_utils import SearchUtils
@@ -30,6 +30,8 @@ if TYPE_CHECKING:
     from cloudtrack.blobs import BlobInfo
 
 log = logging.getLogger("cloudtrack.tracking")
+
+T = TypeVar("T")
 
 #: A search missing this many heads of an experiment without head pages first reads the
 #: snapshot older versions wrote.
@@ -215,6 +217,21 @@ class _Candidate:
         return self._inputs
 
 
+def _on_own_thread(work: Callable[[], T], name: str) -> concurrent.futures.Future[T]:
+    """``work()`` on a thread of its own, as a future that holds its result or its exception:
+    for work that waits on the read pool's tasks, which a task of that pool must not."""
+    out: concurrent.futures.Future[T] = concurrent.futures.Future()
+
+    def run() -> None:
+        try:
+            out.set_result(work())
+        except BaseException as e:  # raised where the future is waited for
+            out.set_exception(e)
+
+    threading.Thread(target=run, name=name, daemon=True).start()
+    return out
+
+
 def _every_key(_: str) -> bool:
     return True
 
@@ -292,7 +309,9 @@ class SearchMixin(StoreCore):
         # Another search is reading it: this one's listing goes out now, beside that read
         # (a search lists after it began, so that it misses no run acknowledged before it),
         # and only its pages and decoding are waited for.
-        listed = self._list_beside(layout.heads(experiment_id))
+        heads = layout.heads(experiment_id)
+        listed = _on_own_thread(lambda: self._list_heads(heads, self._bounds.get(experiment_id)),
+                                "cloudtrack-list")
         with lock:
             return self._read_candidates(experiment_id, listed)
 
@@ -302,19 +321,12 @@ class SearchMixin(StoreCore):
         with _gc_paused():
             return len(self._candidates_of(experiment_id))
 
-    def _list_beside(self, heads: str) -> concurrent.futures.Future[list[BlobInfo]]:
-        """The listing of ``heads``, on a thread of its own (it waits on the read pool's
-        tasks, which a task of that pool must not)."""
-        out: concurrent.futures.Future[list[BlobInfo]] = concurrent.futures.Future()
-
-        def run() -> None:
-            try:
-                out.set_result(list(self.blobs.list_spread(heads, self._pool.map)))
-            except BaseException as e:  # raised in the search that waits for it
-                out.set_exception(e)
-
-        threading.Thread(target=run, name="cloudtrack-list", daemon=True).start()
-        return out
+    def _list_heads(self, heads: str, bounds: list[str] | None) -> list[BlobInfo]:
+        """The heads' listing: in ranges of about a page each, all at once, where ``bounds``
+        (from an earlier listing) say where to split; else spread as the first page shows."""
+        if bounds:
+            return self.blobs.list_ranges(heads, bounds, self._pool.map, RANGE_KEYS)
+        return self.blobs.list_spread(heads, self._pool.map)
 
     def _read_candidates(self, experiment_id: str,
                          listed: concurrent.futures.Future[list[BlobInfo]] | None = None,
@@ -344,12 +356,7 @@ class SearchMixin(StoreCore):
         # listing (often two round trips) goes on: one round trip less.
         early = None if listed_pages is None or experiment_id in self._searched else \
             self._pages_early(folder, listed_pages)
-        if listed is not None:
-            infos = listed.result()
-        elif bounds:  # listed before: in ranges of about a page each, all at once
-            infos = self.blobs.list_ranges(heads, bounds, self._pool.map, RANGE_KEYS)
-        else:
-            infos = self.blobs.list_spread(heads, self._pool.map)
+        infos = listed.result() if listed is not None else self._list_heads(heads, bounds)
         listing = [(i.key, i.version) for i in infos]
         if self.blobs.lists_after:
             self._bounds[experiment_id] = self._bounds_of([key for key, _ in listing])
@@ -397,12 +404,10 @@ class SearchMixin(StoreCore):
 
     def _pages_early(self, folder: str, listed_pages: concurrent.futures.Future[pages.PageMap],
                      ) -> concurrent.futures.Future[_EarlyPages]:
-        """Every entry of every page in ``folder``, read once they are listed, in a thread of
-        its own (it waits on the read pool's tasks, which a task of that pool must not), and
-        the pages read; nothing when they cannot be read (pages only save requests)."""
-        out: concurrent.futures.Future[_EarlyPages] = concurrent.futures.Future()
+        """Every entry of every page in ``folder``, read once they are listed, and the pages
+        read; nothing when they cannot be read (pages only save requests)."""
 
-        def read() -> None:
+        def read() -> _EarlyPages:
             found: dict[str, tuple[str, Record]] = {}
             bits: list[str] = []
             try:
@@ -413,10 +418,9 @@ class SearchMixin(StoreCore):
             except Exception as e:  # pages only save requests
                 log.debug("could not read the pages in %s early: %r",
                           self.blobs.object_uri(folder), e)
-            out.set_result((found, frozenset(bits)))
+            return found, frozenset(bits)
 
-        threading.Thread(target=read, name="cloudtrack-pages", daemon=True).start()
-        return out
+        return _on_own_thread(read, "cloudtrack-pages")
 
     def _each_experiment(self, experiment_ids: list[str]) -> list[list[_Candidate]]:
         """:meth:`_candidates_of` each experiment, several at once (threads of their own: the
