@@ -203,6 +203,8 @@ class BlobRegistryStore(AbstractStore):
         self._pool = concurrent.futures.ThreadPoolExecutor(16, thread_name_prefix="cloudtrack-reg")
         #: Registry records read by searches, by the version a listing reported.
         self._cache = VersionedCache()
+        #: The page folders this process has read (a first read reads them all, early).
+        self._read_folders: set[str] = set()
         forks.watch(self)
         #: Every registry record this process writes goes into the registry's pages, so a
         #: search reads a few hundred per GET (docs/format.md, "Head pages").
@@ -247,13 +249,23 @@ class BlobRegistryStore(AbstractStore):
                                                       layout.MODEL_VERSIONS) else None)
         listed_pages = (self._pool.submit(pages.list_pages_for_reading, self.blobs, folder)
                         if folder else None)
+        # The first read of them in this process: the pages are read as soon as they are
+        # listed, while the records' listing goes on (one round trip less).
+        early = (pages.read_early(self.blobs, folder, listed_pages, self._pool.map)
+                 if folder is not None and listed_pages is not None
+                 and folder not in self._read_folders else None)
         infos = (self.blobs.list_spread(prefix, self._pool.map) if spread
                  else self.blobs.list(prefix))
         listing = [(i.key, i.version) for i in infos]
         unpaged: list[str] = []
         if folder is not None and listed_pages is not None:
+            read: frozenset[str] = frozenset()
+            if early is not None:  # records missing still are in no page, or newer
+                found, read = early.result()
+                self._cache.merge(found)
             unpaged = pages.seed(self._cache, self.blobs, folder, listed_pages.result(),
-                                 listing, self._pool.map)
+                                 listing, self._pool.map, read)
+            self._read_folders.add(folder)
         for got in self._cache.read_many(self.blobs, listing, self._pool.map).values():
             if isinstance(got, CorruptObject) and skip_corrupt:
                 log.warning("skipping registry record: %s", got)

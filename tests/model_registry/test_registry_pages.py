@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -102,3 +103,42 @@ def test_changed_deleted_and_damaged_registry_pages(
     assert versions_view(again) == versions_view(sqlite)
     # About the pages (16 of each kind); readers above may still be writing theirs.
     assert collections.Counter(counter.take())["_get"] <= 40
+
+
+def test_a_first_registry_search_reads_the_pages_while_the_records_are_listed(
+        store, mlflow_reference: Callable[[], MlflowReference]) -> None:  # type: ignore[no-untyped-def]
+    """A process's first search reads the registry's pages as soon as they are listed, while
+    the records are still being listed (one round trip less); a later search reads no page.
+    Here the records' LIST answers are held back until a page GET of their kind has begun (at
+    most 20 s: the code before, which read the pages after the listing, fails)."""
+    sqlite = mlflow_reference().registry_store()
+    populate(sqlite, 0, MODELS)
+    written_by_processes(store)
+    reader: BlobRegistryStore = registry_store(store)
+    kinds = {layout.REGISTERED_MODELS: layout.registry_pages("models"),
+             layout.MODEL_VERSIONS: layout.registry_pages("versions")}
+    page_read = {folder: threading.Event() for folder in kinds.values()}
+    early: list[bool] = []
+    gets: list[str] = []
+    real_list, real_get = reader.blobs._list_page, reader.blobs._get
+
+    def held_list(prefix: str, token: str | None) -> Any:
+        answer = real_list(prefix, token)
+        for records_prefix, folder in kinds.items():
+            if prefix.startswith(records_prefix):
+                early.append(page_read[folder].wait(20))
+        return answer
+
+    def get(key: str) -> Any:
+        gets.append(key)
+        for folder, event in page_read.items():
+            if key.startswith(folder):
+                event.set()
+        return real_get(key)
+
+    reader.blobs._list_page, reader.blobs._get = held_list, get  # type: ignore[method-assign]
+    assert models_view(reader) == models_view(sqlite)
+    assert early and all(early), early
+    gets.clear()
+    assert models_view(reader) == models_view(sqlite)
+    assert not [k for k in gets if k.startswith(layout.INDEX)], gets

@@ -29,11 +29,13 @@ import random
 import time
 import zlib
 from collections.abc import Callable, Collection, Iterable, Mapping
+from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any
 
 from cloudtrack.errors import AlreadyExists, BlobNotFound, PreconditionFailed
 from cloudtrack.store.cache import Listing, VersionedCache
 from cloudtrack.store.records import Record
+from cloudtrack.threads import on_own_thread
 
 if TYPE_CHECKING:
     from cloudtrack.blobs import Blobs
@@ -179,6 +181,35 @@ def read_entries(blobs: Blobs, folder: str, bits: str,
     return {head_key: (version, record)
             for (head_key, version, _), record in zip(chosen, decoded, strict=True)
             if record is not None}
+
+
+#: What :func:`read_early` gives: key -> (version, record) of every entry, and the pages read.
+EarlyPages = tuple[dict[str, tuple[str, Record]], frozenset[str]]
+
+
+def read_early(blobs: Blobs, folder: str, listed: Future[PageMap],
+               map_fn: Callable[..., Iterable[Any]]) -> Future[EarlyPages]:
+    """Every entry of every page in ``folder``, read as soon as ``listed`` gives the pages
+    (while the records are still being listed: one round trip less), and the pages read; on
+    a thread of its own, as it waits on ``map_fn``'s pool.  Nothing when the pages cannot be
+    read (pages only save requests)."""
+
+    def read() -> EarlyPages:
+        found: dict[str, tuple[str, Record]] = {}
+        bits: list[str] = []
+        try:
+            bits = listed.result().reachable()
+            for part in map_fn(lambda b: read_entries(blobs, folder, b, _every_key), bits):
+                found.update(part)
+        except Exception as e:  # pages only save requests
+            log.debug("could not read the pages in %s early: %r", blobs.object_uri(folder), e)
+        return found, frozenset(bits)
+
+    return on_own_thread(read, "cloudtrack-pages")
+
+
+def _every_key(_: str) -> bool:
+    return True
 
 
 def _decode(heads: list[bytes]) -> list[Record | None]:

@@ -24,6 +24,7 @@ from cloudtrack.errors import BlobNotFound
 from cloudtrack.store import entities, layout, pages, snapshots
 from cloudtrack.store.pagewriter import is_finished
 from cloudtrack.store.records import Record
+from cloudtrack.threads import on_own_thread
 from cloudtrack.tracking.core import StoreCore, check_max_results, distinct_experiment_ids
 
 if TYPE_CHECKING:
@@ -41,10 +42,6 @@ EXPERIMENTS_AT_ONCE = 8
 #: Keys per range when a search lists heads it listed before in ranges: a quarter under a
 #: LIST page of 1,000 (S3, GCS), so a range that grew since still takes one request.
 RANGE_KEYS = 750
-
-#: What the first search reads from the pages while the heads are listed: the entries, and
-#: the pages read.
-_EarlyPages = tuple[dict[str, tuple[str, Record]], frozenset[str]]
 
 _gc_lock = threading.Lock()
 _gc_pauses = 0
@@ -217,25 +214,6 @@ class _Candidate:
         return self._inputs
 
 
-def _on_own_thread(work: Callable[[], T], name: str) -> concurrent.futures.Future[T]:
-    """``work()`` on a thread of its own, as a future that holds its result or its exception:
-    for work that waits on the read pool's tasks, which a task of that pool must not."""
-    out: concurrent.futures.Future[T] = concurrent.futures.Future()
-
-    def run() -> None:
-        try:
-            out.set_result(work())
-        except BaseException as e:  # raised where the future is waited for
-            out.set_exception(e)
-
-    threading.Thread(target=run, name=name, daemon=True).start()
-    return out
-
-
-def _every_key(_: str) -> bool:
-    return True
-
-
 def _filtered(candidates: list[_Candidate], filter_string: str | None) -> list[_Candidate]:
     """``SearchUtils.filter(candidates, filter_string)``, with what MLflow works out again for
     every run and clause (the key's alias and kind, the value's type, the comparison) worked
@@ -310,7 +288,7 @@ class SearchMixin(StoreCore):
         # (a search lists after it began, so that it misses no run acknowledged before it),
         # and only its pages and decoding are waited for.
         heads = layout.heads(experiment_id)
-        listed = _on_own_thread(lambda: self._list_heads(heads, self._bounds.get(experiment_id)),
+        listed = on_own_thread(lambda: self._list_heads(heads, self._bounds.get(experiment_id)),
                                 "cloudtrack-list")
         with lock:
             return self._read_candidates(experiment_id, listed)
@@ -355,7 +333,7 @@ class SearchMixin(StoreCore):
         # come from the pages, so they are read as soon as they are listed, while the heads'
         # listing (often two round trips) goes on: one round trip less.
         early = None if listed_pages is None or experiment_id in self._searched else \
-            self._pages_early(folder, listed_pages)
+            pages.read_early(self.blobs, folder, listed_pages, self._pool.map)
         infos = listed.result() if listed is not None else self._list_heads(heads, bounds)
         listing = [(i.key, i.version) for i in infos]
         if self.blobs.lists_after:
@@ -401,26 +379,6 @@ class SearchMixin(StoreCore):
         if len(keys) <= self.blobs.page_size:
             return []
         return keys[RANGE_KEYS::RANGE_KEYS]
-
-    def _pages_early(self, folder: str, listed_pages: concurrent.futures.Future[pages.PageMap],
-                     ) -> concurrent.futures.Future[_EarlyPages]:
-        """Every entry of every page in ``folder``, read once they are listed, and the pages
-        read; nothing when they cannot be read (pages only save requests)."""
-
-        def read() -> _EarlyPages:
-            found: dict[str, tuple[str, Record]] = {}
-            bits: list[str] = []
-            try:
-                bits = listed_pages.result().reachable()
-                for part in self._pool.map(
-                        lambda b: pages.read_entries(self.blobs, folder, b, _every_key), bits):
-                    found.update(part)
-            except Exception as e:  # pages only save requests
-                log.debug("could not read the pages in %s early: %r",
-                          self.blobs.object_uri(folder), e)
-            return found, frozenset(bits)
-
-        return _on_own_thread(read, "cloudtrack-pages")
 
     def _each_experiment(self, experiment_ids: list[str]) -> list[list[_Candidate]]:
         """:meth:`_candidates_of` each experiment, several at once (threads of their own: the
