@@ -471,6 +471,47 @@ def test_a_search_during_the_first_read_lists_beside_it(store, monkeypatch) -> N
     assert summary(got) == expected
 
 
+def test_a_search_reads_the_heads_while_its_filter_is_parsed(store, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """The heads' listing goes out before the filter is parsed and is answered while it is
+    parsed (a process's first parse builds sqlparse's lexer: as long as a listing).  Here the
+    heads' LIST is held until the parse has begun (at most 20 s: the code before, which parsed
+    only after reading, fails); a filter MLflow refuses still raises MLflow's error, whatever
+    the runs."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.utils.search_utils import SearchUtils
+
+    monkeypatch.setenv("CLOUDTRACK_READ_CACHE", "off")
+    setup = tracking_store(store, strict=True)
+    exp = setup.create_experiment("parsed")
+    sweep(store, exp, 12, writers=2)
+    expected = summary(search(tracking_store(store, strict=True), exp, QUERIES[1]))
+    reader = tracking_store(store, strict=True)
+    heads = layout.heads(exp)
+    parsing = threading.Event()
+    beside: list[bool] = []  # whether the heads' listing was answered during the parse
+    real_list, real_parse = reader.blobs._list_page, SearchUtils.parse_search_filter
+
+    def list_page(prefix: str, token: str | None) -> Any:
+        if prefix.startswith(heads):
+            beside.append(parsing.wait(20))
+        return real_list(prefix, token)
+
+    def parse(filter_string: str | None) -> Any:
+        parsing.set()
+        return real_parse(filter_string)
+
+    reader.blobs._list_page = list_page  # type: ignore[method-assign]
+    monkeypatch.setattr(SearchUtils, "parse_search_filter", staticmethod(parse))
+    assert summary(search(reader, exp, QUERIES[1])) == expected
+    assert beside and all(beside), "the heads were listed only before the filter was parsed"
+    with pytest.raises(MlflowException) as refused:
+        search(reader, exp, ("nonsense.x = 1", None))
+    with pytest.raises(MlflowException) as mlflows:
+        real_parse("nonsense.x = 1")
+    assert refused.value.error_code == mlflows.value.error_code
+    assert str(refused.value) == str(mlflows.value)
+
+
 def test_the_first_search_reads_each_page_once(store, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     """Heads newer than their page entries (here 30 of 60, rewritten behind the writers'
     backs) are read one by one; the pages read early are not read a second time for them
