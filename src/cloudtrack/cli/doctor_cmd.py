@@ -9,6 +9,7 @@ import sys
 import click
 
 from cloudtrack.cli import main
+from cloudtrack.cli.common import Bounded
 
 _MARK = {"ok": "ok  ", "warn": "WARN", "fail": "FAIL"}
 
@@ -18,8 +19,8 @@ _MARK = {"ok": "ok  ", "warn": "WARN", "fail": "FAIL"}
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @click.option("--read-only", is_flag=True,
               help="Only list and read: write and delete no probe object.")
-@click.option("--timeout", type=click.FloatRange(min=0.1, max=60), default=5.0,
-              show_default=True, help="Seconds each network step may take.")
+@click.option("--timeout", type=Bounded(0.1, 60, seconds=True), default=5.0,
+              show_default=True, help="Seconds each network step may take, 0.1 to 60.")
 @click.option("-v", "--verbose", is_flag=True, help="Log what the SDKs do to stderr.")
 def doctor_cmd(uri: str | None, as_json: bool, read_only: bool, timeout: float,
                verbose: bool) -> None:

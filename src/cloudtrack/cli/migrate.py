@@ -10,7 +10,7 @@ from typing import TextIO
 import click
 
 from cloudtrack.cli import main
-from cloudtrack.cli.common import fail
+from cloudtrack.cli.common import Bounded, fail
 from cloudtrack.errors import CloudtrackError, ConfigError
 
 
@@ -78,10 +78,10 @@ def _clock(seconds: float) -> str:
               help="Compare every run, point, artifact and model version afterwards.")
 @click.option("--dry-run", is_flag=True, help="Only say what would move; write nothing.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON report object.")
-@click.option("--workers", type=click.IntRange(1, 64), default=8, show_default=True,
-              help="Runs copied in parallel.")
-@click.option("--server-requests", type=click.IntRange(1, 256), default=8, show_default=True,
-              help="Requests in flight per MLflow server (source or destination), whatever "
+@click.option("--workers", type=Bounded(1, 64), default=8, show_default=True,
+              help="Runs copied in parallel, 1 to 64.")
+@click.option("--server-requests", type=Bounded(1, 256), default=8, show_default=True,
+              help="Requests in flight per MLflow server (source or destination), 1 to 256, whatever "
                    "--workers: keep it below the server's database pool (MLflow's default: "
                    "5 + 10 overflow connections).")
 @click.option("--artifact-root", default=None, metavar="URI",
