@@ -69,6 +69,17 @@ def sweep(store: Any, exp: str, n: int, writers: int = 8,
         return [rid for part in pool.map(work, range(writers)) for rid in part]
 
 
+def swept_reader(store: Any, monkeypatch: Any, name: str, n: int, writers: int,
+                 ) -> tuple[str, list[Any], BlobTrackingStore]:
+    """An experiment of ``n`` finished runs by ``writers`` processes, the answer to
+    ``QUERIES[1]`` over it, and a new reader without a read cache that has read nothing."""
+    monkeypatch.setenv("CLOUDTRACK_READ_CACHE", "off")
+    exp = tracking_store(store, strict=True).create_experiment(name)
+    sweep(store, exp, n, writers=writers)
+    expected = summary(search(tracking_store(store, strict=True), exp, QUERIES[1]))
+    return exp, expected, tracking_store(store, strict=True)
+
+
 def page_entries(s: BlobTrackingStore, exp: str) -> dict[str, dict[str, Any]]:
     """bits -> (split, entries) of every page, read straight from the store."""
     out = {}
@@ -395,12 +406,7 @@ def test_searches_that_start_during_the_first_read_wait_for_it(store, monkeypatc
     reading it) wait for that read, then only list: every page is read once.  The first
     search's heads' listing is held until the second search has been going for 0.5 s; before,
     the second read every page beside the first."""
-    monkeypatch.setenv("CLOUDTRACK_READ_CACHE", "off")
-    setup = tracking_store(store, strict=True)
-    exp = setup.create_experiment("together")
-    sweep(store, exp, 40, writers=4)
-    expected = summary(search(tracking_store(store, strict=True), exp, QUERIES[1]))
-    reader = tracking_store(store, strict=True)
+    exp, expected, reader = swept_reader(store, monkeypatch, "together", 40, writers=4)
     heads, folder = layout.heads(exp), layout.head_pages(exp)
     listing, second_started = threading.Event(), threading.Event()
     gets: list[str] = []
@@ -480,12 +486,7 @@ def test_a_search_reads_the_heads_while_its_filter_is_parsed(store, monkeypatch)
     from mlflow.exceptions import MlflowException
     from mlflow.utils.search_utils import SearchUtils
 
-    monkeypatch.setenv("CLOUDTRACK_READ_CACHE", "off")
-    setup = tracking_store(store, strict=True)
-    exp = setup.create_experiment("parsed")
-    sweep(store, exp, 12, writers=2)
-    expected = summary(search(tracking_store(store, strict=True), exp, QUERIES[1]))
-    reader = tracking_store(store, strict=True)
+    exp, expected, reader = swept_reader(store, monkeypatch, "parsed", 12, writers=2)
     heads = layout.heads(exp)
     parsing = threading.Event()
     beside: list[bool] = []  # whether the heads' listing was answered during the parse
