@@ -81,9 +81,9 @@ def _clock(seconds: float) -> str:
 @click.option("--workers", type=Bounded(1, 64), default=8, show_default=True,
               help="Runs copied in parallel, 1 to 64.")
 @click.option("--server-requests", type=Bounded(1, 256), default=8, show_default=True,
-              help="Requests in flight per MLflow server (source or destination), 1 to 256, whatever "
-                   "--workers: keep it below the server's database pool (MLflow's default: "
-                   "5 + 10 overflow connections).")
+              help="Requests in flight per MLflow server (source or destination), 1 to "
+                   "256, whatever --workers: keep it below the server's database pool "
+                   "(MLflow's default: 5 + 10 overflow connections).")
 @click.option("--artifact-root", default=None, metavar="URI",
               help="Where a SQL or cloudtrack destination keeps the artifacts of experiments it "
                    "creates (default: the store's own: <store>/artifacts for cloudtrack, "

@@ -15,7 +15,7 @@ import logging
 import os
 import threading
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
 from mlflow.entities import LifecycleStage, Run
 from mlflow.utils.search_utils import SearchUtils
@@ -31,8 +31,6 @@ if TYPE_CHECKING:
     from cloudtrack.blobs import BlobInfo
 
 log = logging.getLogger("cloudtrack.tracking")
-
-T = TypeVar("T")
 
 #: A search missing this many heads of an experiment without head pages first reads the
 #: snapshot older versions wrote.
