@@ -36,9 +36,7 @@ def _process_settings(config: StoreConfig) -> list[Setting]:
     return [
         Setting("keyring", "on" if keyring_enabled() else "off", source(CLOUDTRACK_KEYRING)),
         Setting("keyring_timeout", keyring_timeout(), source(CLOUDTRACK_KEYRING_TIMEOUT)),
-        Setting("read_cache", "on" if cache else
-                ("off (a local store needs none)" if config.backend == "file" else "off"),
-                source(CLOUDTRACK_READ_CACHE)),
+        Setting("read_cache", "on" if cache else "off", source(CLOUDTRACK_READ_CACHE)),
         Setting("server_warmup", f"{runs} runs" if runs else "off",
                 source(CLOUDTRACK_SERVER_WARMUP)),
     ]

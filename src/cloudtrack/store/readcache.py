@@ -9,11 +9,17 @@ listing is the truth: what exists, at which version) and takes from the file onl
 listing vouches for, exactly as the in-memory cache does, so a stale or damaged file costs
 requests, never correctness; a record read at another version is simply read again.
 
+An experiment's heads are kept as one *pack* (every head a process's first search of it
+listed, decoded in one call: about half the time of as many rows) and, until a search finds
+the pack more than :data:`PACK_STALE` behind what it lists, the heads read since as rows
+beside it.  A local store keeps packs only (its heads are one ``open`` away, but decoding
+its pages' JSON costs twice a pack's decoding), and only of experiments of at least
+:data:`PACK_MIN` runs.
+
 The file holds what the store holds (params, tags, metrics of runs) and is private to the
 user (0600 in a 0700 folder, like the journal's). Every failure of the file (locked by
 another process, full disk, corrupt) only turns it off for this process: it saves requests
-and is never needed. ``CLOUDTRACK_READ_CACHE=off`` turns it off; local stores never use it
-(their heads are local already).
+and is never needed. ``CLOUDTRACK_READ_CACHE=off`` turns it off.
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ import threading
 import zlib
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
+from typing import NamedTuple
 
 from cloudtrack.config import StoreConfig
 from cloudtrack.config.common import truthy
@@ -43,22 +50,41 @@ MAX_BYTES = 512 * 1024 * 1024
 #: Seconds a process waits for another one's write to the file before skipping its own.
 BUSY_TIMEOUT = 2.0
 _SCHEMA = ("CREATE TABLE IF NOT EXISTS records "
-           "(key TEXT PRIMARY KEY, version TEXT NOT NULL, body BLOB NOT NULL) WITHOUT ROWID")
+           "(key TEXT PRIMARY KEY, version TEXT NOT NULL, body BLOB NOT NULL) WITHOUT ROWID",
+           "CREATE TABLE IF NOT EXISTS packs "
+           "(prefix TEXT PRIMARY KEY, keys BLOB NOT NULL, body BLOB NOT NULL) WITHOUT ROWID")
+#: Fewest records under a prefix that a search keeps as a pack (:meth:`ReadCache.save_pack`).
+PACK_MIN = 100
+#: A pack is written again when more than this share of what a search listed under its
+#: prefix did not come from it (rows saved since, or records read from the store).
+PACK_STALE = 0.1
+_END = "\U0010ffff"
+
+
+class Loaded(NamedTuple):
+    """What :meth:`ReadCache.load` read of the file under a prefix."""
+    #: key -> (version, record): the pack's, then the rows' over them.
+    entries: dict[str, tuple[str, Record]]
+    #: How many came from the pack, and from rows.
+    packed: int
+    rows: int
 
 
 def enabled(config: StoreConfig, environ: Mapping[str, str] | None = None) -> bool:
     env = os.environ if environ is None else environ
     raw = env.get(CLOUDTRACK_READ_CACHE.name)
     on = truthy(raw, CLOUDTRACK_READ_CACHE.name) if raw else True
-    return on and config.backend != "file"
+    return on
 
 
 class ReadCache:
     """One store's file of records by version (see the module's docstring)."""
 
-    def __init__(self, path: Path | None) -> None:
+    def __init__(self, path: Path | None, rows: bool = True) -> None:
         #: None: off (disabled, or turned off by a failure).
         self.path = path
+        #: False: packs only (a local store: :meth:`save` keeps nothing).
+        self.rows = rows
         self._lock = threading.Lock()
 
     def after_fork(self) -> None:
@@ -76,7 +102,8 @@ class ReadCache:
         env = {**os.environ, **(config.environ or {})}
         if not enabled(config, env):
             return cls(None)
-        return cls(cache_root(env) / "reads" / f"{store_folder(store_identity(config))}.sqlite")
+        return cls(cache_root(env) / "reads" / f"{store_folder(store_identity(config))}.sqlite",
+                   rows=config.backend != "file")
 
     @contextlib.contextmanager
     def _db(self) -> Iterator[sqlite3.Connection | None]:
@@ -106,7 +133,8 @@ class ReadCache:
                     os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
                 db = sqlite3.connect(path, timeout=BUSY_TIMEOUT)
                 try:
-                    db.execute(_SCHEMA)
+                    for statement in _SCHEMA:
+                        db.execute(statement)
                     return db
                 except sqlite3.Error as e:
                     db.close()
@@ -128,9 +156,11 @@ class ReadCache:
         if self.path is None or not self.path.exists():
             return False
         with self._db() as db:
-            return db is not None and db.execute(
-                "SELECT 1 FROM records WHERE key >= ? AND key < ? LIMIT 1",
-                (prefix, prefix + "\U0010ffff")).fetchone() is not None
+            return db is not None and (
+                db.execute("SELECT 1 FROM packs WHERE prefix = ?", (prefix,)).fetchone()
+                is not None or db.execute(
+                    "SELECT 1 FROM records WHERE key >= ? AND key < ? LIMIT 1",
+                    (prefix, prefix + _END)).fetchone() is not None)
         return False  # the file failed: _db turned the cache off and swallowed the error
 
     def keys(self, prefix: str) -> list[str]:
@@ -141,34 +171,48 @@ class ReadCache:
         with self._db() as db:
             if db is None:
                 return []
-            return [k for (k,) in db.execute(
-                "SELECT key FROM records WHERE key >= ? AND key < ? ORDER BY key",
-                (prefix, prefix + "\U0010ffff"))]
+            found = {k for (k,) in db.execute(
+                "SELECT key FROM records WHERE key >= ? AND key < ?", (prefix, prefix + _END))}
+            row = db.execute("SELECT keys FROM packs WHERE prefix = ?", (prefix,)).fetchone()
+            if row is not None:
+                with contextlib.suppress(zlib.error, UnicodeDecodeError, TypeError):
+                    found.update(zlib.decompress(row[0]).decode().split("\n"))
+            found.discard("")
+            return sorted(found)
         return []  # the file failed: _db turned the cache off and swallowed the error
 
-    def load(self, prefix: str) -> dict[str, tuple[str, Record]]:
-        """Every record the file holds under ``prefix``, decoded (key -> (version, record)),
-        whatever the store holds now: what :meth:`fill` then takes from instead of the file.
+    def load(self, prefix: str) -> Loaded:
+        """Every record the file holds under ``prefix``, decoded, whatever the store holds
+        now: what :meth:`fill` then takes from instead of the file.  The prefix's pack first,
+        then its rows over it (a row is saved after the pack it is not in).
 
         A process's first search of an experiment calls this while the heads are listed (in
         a thread: SQLite gives up the interpreter lock while it reads), so decoding the
-        file's records no longer waits for the listing: 2,000 heads took 25-40 ms."""
+        file's records no longer waits for the listing."""
+        nothing = Loaded({}, 0, 0)
         if self.path is None or not self.path.exists():
-            return {}
+            return nothing
         found: dict[str, tuple[str, Record]] = {}
         with self._db() as db:
             if db is None:
-                return {}
+                return nothing
+            row = db.execute("SELECT body FROM packs WHERE prefix = ?", (prefix,)).fetchone()
+            packed = _pack(row[0]) if row is not None else None
+            if packed is not None:
+                found.update(packed)
+            rows = 0
             for key, version, body in db.execute(
                     "SELECT key, version, body FROM records WHERE key >= ? AND key < ?",
-                    (prefix, prefix + "\U0010ffff")):
+                    (prefix, prefix + _END)):
                 rec = _record(body)
                 if rec is not None:  # else read again from the store, and written over
                     found[key] = (version, rec)
-        return found
+                    rows += 1
+            return Loaded(found, len(packed or ()), rows)
+        return nothing  # the file failed: _db turned the cache off and swallowed the error
 
     def fill(self, cache: VersionedCache, listing: Iterable[tuple[str, str]],
-             loaded: Mapping[str, tuple[str, Record]] | None = None) -> int:
+             loaded: Loaded | None = None) -> int:
         """Put into ``cache`` the listed records the file holds at their listed version;
         return how many.  ``loaded``: what :meth:`load` read of the file beforehand, taken
         instead of reading the file again."""
@@ -180,7 +224,7 @@ class ReadCache:
         found: dict[str, tuple[str, Record]] = {}
         if loaded is not None:
             for key, version in todo.items():
-                hit = loaded.get(key)
+                hit = loaded.entries.get(key)
                 if hit is not None and hit[0] == version:
                     found[key] = hit
             cache.merge(found)
@@ -204,8 +248,9 @@ class ReadCache:
         return len(found)
 
     def save(self, entries: Mapping[str, tuple[str, Record]]) -> None:
-        """Keep ``entries`` (key -> (version, record)) for the next process."""
-        if not entries or self.path is None:
+        """Keep ``entries`` (key -> (version, record)) for the next process (rows: not for a
+        local store, whose heads are one ``open`` away)."""
+        if not entries or self.path is None or not self.rows:
             return
         rows = []
         for key, (version, rec) in entries.items():
@@ -218,6 +263,30 @@ class ReadCache:
                 return
             with db:  # one transaction: committed, or rolled back on any error
                 db.executemany("INSERT OR REPLACE INTO records VALUES (?, ?, ?)", rows)
+
+
+    def save_pack(self, prefix: str, entries: Mapping[str, tuple[str, Record]]) -> None:
+        """Keep ``entries``, every record a search read under ``prefix``, as the prefix's
+        pack, in place of its rows: one body, decoded in one call (2,000 run heads in about
+        half the time their rows take)."""
+        if self.path is None:
+            return
+        plain = dict(entries)
+        try:
+            dumped = marshal.dumps(plain, _MARSHAL_VERSION)
+        except ValueError:  # a record that is not plain data: left out, read again next time
+            plain = {key: hit for key, hit in plain.items() if _plain(hit[1])}
+            dumped = marshal.dumps(plain, _MARSHAL_VERSION)
+        data = zlib.compress(dumped, 1)
+        body = _MARSHAL + zlib.crc32(data).to_bytes(4, "big") + data
+        keys = zlib.compress("\n".join(sorted(plain)).encode(), 1)
+        with self._lock, self._db() as db:
+            if db is None:
+                return
+            with db:  # one transaction: committed, or rolled back on any error
+                db.execute("DELETE FROM records WHERE key >= ? AND key < ?",
+                           (prefix, prefix + _END))
+                db.execute("INSERT OR REPLACE INTO packs VALUES (?, ?, ?)", (prefix, keys, body))
 
 
 #: A row's body: this tag, the CRC-32 of the rest (4 bytes, big-endian), then the record in
@@ -254,6 +323,32 @@ def _record(body: object) -> Record | None:
     except (ValueError, TypeError, EOFError, zlib.error):
         return None
     return rec if isinstance(rec, dict) else None
+
+
+def _plain(rec: Record) -> bool:
+    try:
+        marshal.dumps(rec, _MARSHAL_VERSION)
+    except ValueError:
+        return False
+    return True
+
+
+def _pack(body: object) -> dict[str, tuple[str, Record]] | None:
+    """A pack's records (key -> (version, record)); None when the pack is damaged."""
+    try:
+        if not isinstance(body, bytes) or body[:2] != _MARSHAL:
+            return None
+        data = body[6:]
+        if zlib.crc32(data).to_bytes(4, "big") != body[2:6]:
+            return None
+        found = marshal.loads(zlib.decompress(data))
+    except (ValueError, TypeError, EOFError, zlib.error):
+        return None
+    if not isinstance(found, dict):
+        return None
+    return {key: (hit[0], hit[1]) for key, hit in found.items()
+            if isinstance(key, str) and isinstance(hit, tuple) and len(hit) == 2
+            and isinstance(hit[0], str) and isinstance(hit[1], dict)}
 
 
 def _expanded(body: bytes | str) -> bytes | str:

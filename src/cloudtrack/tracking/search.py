@@ -21,7 +21,7 @@ from mlflow.entities import LifecycleStage, Run
 from mlflow.utils.search_utils import SearchUtils
 
 from cloudtrack.errors import BlobNotFound
-from cloudtrack.store import entities, layout, pages, snapshots
+from cloudtrack.store import entities, layout, pages, readcache, snapshots
 from cloudtrack.store.pagewriter import is_finished
 from cloudtrack.store.records import Record
 from cloudtrack.threads import on_own_thread
@@ -337,12 +337,12 @@ class SearchMixin(StoreCore):
             self._pool.submit(pages.list_pages_for_reading, self.blobs, folder)
         # The experiment's first search in this process, with the heads on disk: they are
         # read from the file and decoded while the heads are listed, not after.
-        loaded = self._pool.submit(self._read_cache.load, heads) \
-            if on_disk and experiment_id not in self._searched else None
+        first = experiment_id not in self._searched
+        loaded = self._pool.submit(self._read_cache.load, heads) if on_disk and first else None
         # The experiment's first search in this process, with nothing on disk: its heads will
         # come from the pages, so they are read as soon as they are listed, while the heads'
         # listing (often two round trips) goes on: one round trip less.
-        early = None if listed_pages is None or experiment_id in self._searched else \
+        early = None if listed_pages is None or not first else \
             pages.read_early(self.blobs, folder, listed_pages, self._pool.map)
         infos = listed.result() if listed is not None else self._list_heads(heads, bounds)
         listing = [(i.key, i.version) for i in infos]
@@ -368,7 +368,14 @@ class SearchMixin(StoreCore):
             snapshots.load_into(self._cache, self.blobs, experiment_id)
         found, unpaged, _ = self._read_paged(listing, folder, page_map, read_early)
         self._page_later(folder, unpaged, is_finished)
-        if unread:  # for the next process: what this one had to read from the store
+        if first and len(listing) >= readcache.PACK_MIN and (
+                loaded is None or not loaded.result().packed
+                or len(unread) + loaded.result().rows > readcache.PACK_STALE * len(listing)):
+            # For the next process: every head it listed, as one pack (decoded in one call),
+            # in place of the rows saved since the last one.
+            keys = [key for key, _ in listing]
+            self._pool.submit(self._read_cache.save_pack, heads, self._cache.entries(keys))
+        elif unread:  # for the next process: what this one had to read from the store
             self._pool.submit(self._read_cache.save, self._cache.entries(unread))
         candidates = []
         for key, version in listing:

@@ -1,0 +1,224 @@
+"""The read cache's packs (src/cloudtrack/store/readcache.py): a process's first search of an
+experiment keeps every head it listed as one pack, which the next process decodes in one call
+and takes from only at the versions the store lists; heads changed since are read from the
+store and kept as rows beside the pack, until a search finds more than a tenth of the
+experiment outside it and writes it again; a damaged pack, or a pack entry at another
+version, costs requests, never an answer.  Every backend, the local store included (packs
+only, no rows), real services; answers compared with MLflow's sqlite store.  Each
+``tracking_store`` here stands for a new process (its own memory, the same cache folder)."""
+
+from __future__ import annotations
+
+import collections
+import marshal
+import sqlite3
+import zlib
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from mlflow.entities import Metric, RunTag
+
+from cloudtrack.store import layout, readcache
+from cloudtrack.tracking import BlobTrackingStore
+from tests.fixtures.reference import MlflowReference
+from tests.fixtures.stores import tracking_store
+from tests.tracking.test_head_pages import QUERIES, log_run, search, summary, sweep
+from tests.tracking.test_request_budget import Requests
+
+N = 40
+
+
+@pytest.fixture(autouse=True)
+def small_packs(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Packs of experiments of 20 runs and more, so that a sweep of 40 makes one."""
+    monkeypatch.setattr(readcache, "PACK_MIN", 20)
+
+
+def searched(s: BlobTrackingStore, exp: str) -> tuple[list[Any], collections.Counter[str]]:
+    counter = Requests(s)
+    runs = search(s, exp, ("", ["attributes.run_name ASC"]))
+    s._pool.shutdown(wait=True)  # the file is written in the background: wait for it
+    return runs, collections.Counter(counter.take())
+
+
+def cache_file(s: BlobTrackingStore) -> Path:
+    path = s._read_cache.path
+    assert path is not None, "the read cache is on"
+    return path
+
+
+def file_of(s: BlobTrackingStore, exp: str) -> tuple[int, int]:
+    """(packs, rows) the file holds for the experiment's heads."""
+    prefix = layout.heads(exp)
+    with sqlite3.connect(cache_file(s)) as db:
+        packs = db.execute("SELECT COUNT(*) FROM packs WHERE prefix = ?", (prefix,)).fetchone()
+        rows = db.execute("SELECT COUNT(*) FROM records WHERE key >= ? AND key < ?",
+                          (prefix, prefix + "\U0010ffff")).fetchone()
+    return packs[0], rows[0]
+
+
+def test_a_sweep_is_kept_as_one_pack_and_the_next_process_only_lists(  # type: ignore[no-untyped-def]
+        store, mlflow_reference: Callable[[], MlflowReference]) -> None:
+    setup = tracking_store(store, strict=True)
+    exp = setup.create_experiment("packed")
+    sweep(store, exp, N, writers=4)
+    sqlite = mlflow_reference().tracking_store()
+    ref_exp = sqlite.create_experiment("packed")
+    for i in range(N):
+        log_run(sqlite, ref_exp, i)
+
+    first = tracking_store(store, strict=True)
+    expected, calls = searched(first, exp)
+    assert calls["_get"] >= 1, "the first process reads pages (or heads) from the store"
+    assert file_of(first, exp) == (1, 0), "one pack, no rows"
+    second = tracking_store(store, strict=True)
+    runs, calls = searched(second, exp)
+    assert calls["_get"] == 0, calls
+    assert set(calls) <= {"_list_page", "_list_page_after"}, "only the heads are listed"
+    assert summary(runs) == summary(expected)
+    for query in QUERIES:
+        assert summary(search(tracking_store(store, strict=True), exp, query)) == \
+            summary(search(sqlite, ref_exp, query)), query
+
+
+def test_what_changed_since_the_pack_is_read_and_the_pack_written_again(  # type: ignore[no-untyped-def]
+        store, mlflow_reference: Callable[[], MlflowReference]) -> None:
+    setup = tracking_store(store, strict=True)
+    exp = setup.create_experiment("changing")
+    ids = sweep(store, exp, N, writers=4)
+    searched(tracking_store(store, strict=True), exp)  # the pack
+    writer = tracking_store(store, strict=True)
+    writer.log_batch(ids[0], [Metric("m0", 42.0, 7, 1)], [], [RunTag("t0", "changed")])
+    writer.delete_run(ids[1])
+    extra = log_run(writer, exp, N)
+
+    # Three heads of 41 outside the pack: read from the store, kept as rows beside it.
+    reader = tracking_store(store, strict=True)
+    runs, calls = searched(reader, exp)
+    by_id = {r.info.run_id: r for r in runs}
+    assert by_id[ids[0]].data.metrics["m0"] == 42.0
+    assert by_id[ids[0]].data.tags["t0"] == "changed"
+    assert by_id[ids[1]].info.lifecycle_stage == "deleted"
+    assert extra in by_id and len(runs) == N + 1
+    assert calls["_get"] <= 3, f"{calls}: the three changed heads at most"
+    rows = 0 if store.backend == "local" else 3
+    assert file_of(reader, exp) == (1, rows), "a local store keeps no rows"
+    runs, calls = searched(tracking_store(store, strict=True), exp)
+    assert len(runs) == N + 1
+    if store.backend == "local":  # no rows: the three are read again, the pack not yet
+        assert 1 <= calls["_get"] <= 3 and file_of(reader, exp) == (1, 0), calls
+    else:
+        assert calls["_get"] == 0, calls
+
+    # A fifth of the experiment changed: the pack is written again, the rows folded in.
+    for rid in ids[2:10]:
+        writer.set_tag(rid, RunTag("t1", "again"))
+    changed = tracking_store(store, strict=True)
+    runs, calls = searched(changed, exp)
+    assert sum(r.data.tags.get("t1") == "again" for r in runs) == 8
+    assert file_of(changed, exp) == (1, 0)
+    runs, calls = searched(tracking_store(store, strict=True), exp)
+    assert calls["_get"] == 0, calls
+    sqlite = mlflow_reference().tracking_store()
+    ref_exp = sqlite.create_experiment("changing")
+    ref_ids = [log_run(sqlite, ref_exp, i) for i in range(N + 1)]
+    by_name = {r.info.run_name: r.info.run_id for r in runs}
+    ref_by_name = dict(zip([f"run-{i:04d}" for i in range(N + 1)], ref_ids, strict=True))
+    for rid in (ids[0], ids[1], *ids[2:10]):
+        name = next(n for n, i in by_name.items() if i == rid)
+        ref = ref_by_name[name]
+        if rid == ids[0]:
+            sqlite.log_batch(ref, [Metric("m0", 42.0, 7, 1)], [], [RunTag("t0", "changed")])
+        elif rid == ids[1]:
+            sqlite.delete_run(ref)
+        else:
+            sqlite.set_tag(ref, RunTag("t1", "again"))
+    for query in QUERIES:
+        assert summary(search(tracking_store(store, strict=True), exp, query)) == \
+            summary(search(sqlite, ref_exp, query)), query
+
+
+def test_a_damaged_pack_or_an_entry_at_another_version_costs_requests_only(  # type: ignore[no-untyped-def]
+        store) -> None:
+    setup = tracking_store(store, strict=True)
+    exp = setup.create_experiment("damaged")
+    ids = sweep(store, exp, N, writers=4)
+    first = tracking_store(store, strict=True)
+    expected, _ = searched(first, exp)
+    prefix = layout.heads(exp)
+    path = cache_file(first)
+
+    # One entry at a version the store does not list: that head alone is read again.
+    with sqlite3.connect(path) as db:
+        (body,) = db.execute("SELECT body FROM packs WHERE prefix = ?", (prefix,)).fetchone()
+        assert body[:2] == b"M4" and zlib.crc32(body[6:]).to_bytes(4, "big") == body[2:6]
+        heads = marshal.loads(zlib.decompress(body[6:]))
+        assert set(heads) == {layout.head(exp, rid) for rid in ids}
+        key = layout.head(exp, ids[0])
+        heads[key] = ("not-a-listed-version", heads[key][1])
+        data = zlib.compress(marshal.dumps(heads, 4), 1)
+        db.execute("UPDATE packs SET body = ? WHERE prefix = ?",
+                   (b"M4" + zlib.crc32(data).to_bytes(4, "big") + data, prefix))
+    runs, calls = searched(tracking_store(store, strict=True), exp)
+    assert summary(runs) == summary(expected)
+    assert calls["_get"] == 1, calls
+
+    # A flipped byte behind the CRC: nothing comes from the pack, and it is written again.
+    with sqlite3.connect(path) as db:
+        (body,) = db.execute("SELECT body FROM packs WHERE prefix = ?", (prefix,)).fetchone()
+        flipped = bytearray(body)
+        flipped[-1] ^= 0x01
+        db.execute("UPDATE packs SET body = ? WHERE prefix = ?", (bytes(flipped), prefix))
+    damaged = tracking_store(store, strict=True)
+    runs, calls = searched(damaged, exp)
+    assert summary(runs) == summary(expected)
+    assert calls["_get"] >= 1, "nothing came from the damaged pack"
+    runs, calls = searched(tracking_store(store, strict=True), exp)
+    assert summary(runs) == summary(expected)
+    assert calls["_get"] == 0, f"{calls}: the pack was written again"
+
+
+def test_a_file_from_before_packs_still_serves_and_gets_one(store) -> None:  # type: ignore[no-untyped-def]
+    """A file written by the version before packs (a ``records`` table only, rows of heads)
+    is served as it is, then given a ``packs`` table and the experiment's pack."""
+    if store.backend == "local":
+        pytest.skip("a local store had no read cache before packs")
+    setup = tracking_store(store, strict=True)
+    exp = setup.create_experiment("older")
+    sweep(store, exp, N, writers=4)
+    first = tracking_store(store, strict=True)
+    expected, _ = searched(first, exp)
+    path = cache_file(first)
+    prefix = layout.heads(exp)
+    with sqlite3.connect(path) as db:  # the pack as rows, then the table dropped
+        (body,) = db.execute("SELECT body FROM packs WHERE prefix = ?", (prefix,)).fetchone()
+        heads = marshal.loads(zlib.decompress(body[6:]))
+        rows = []
+        for key, (version, rec) in heads.items():
+            data = zlib.compress(marshal.dumps(rec, 4), 1)
+            rows.append((key, version, b"M4" + zlib.crc32(data).to_bytes(4, "big") + data))
+        db.executemany("INSERT INTO records VALUES (?, ?, ?)", rows)
+        db.execute("DROP TABLE packs")
+    older = tracking_store(store, strict=True)
+    runs, calls = searched(older, exp)
+    assert summary(runs) == summary(expected)
+    assert calls["_get"] == 0, f"{calls}: every head came from the rows"
+    assert file_of(older, exp) == (1, 0), "the rows were packed"
+    runs, calls = searched(tracking_store(store, strict=True), exp)
+    assert summary(runs) == summary(expected) and calls["_get"] == 0, calls
+
+
+def test_small_local_experiments_write_no_file(store) -> None:  # type: ignore[no-untyped-def]
+    """A local store keeps no rows, and packs only experiments of PACK_MIN runs or more: a
+    store of small experiments leaves nothing in the cache folder."""
+    if store.backend != "local":
+        pytest.skip("the local store's rule")
+    setup = tracking_store(store, strict=True)
+    exp = setup.create_experiment("small")
+    sweep(store, exp, readcache.PACK_MIN - 1, writers=2)
+    s = tracking_store(store, strict=True)
+    runs, _ = searched(s, exp)
+    assert len(runs) == readcache.PACK_MIN - 1
+    assert not cache_file(s).exists()
