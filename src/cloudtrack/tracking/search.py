@@ -326,18 +326,20 @@ class SearchMixin(StoreCore):
         # Where this process (or, from the file, an earlier one) listed the heads before:
         # bounds that split the listing into ranges of about a page each.
         bounds = self._bounds.get(experiment_id)
+        first = experiment_id not in self._searched
         if bounds is None and self.blobs.lists_after:
             on_disk_keys = self._read_cache.keys(heads)
             on_disk, bounds = bool(on_disk_keys), self._bounds_of(on_disk_keys)
-        else:
+        elif first or self._read_cache.rows:
             on_disk = self._read_cache.holds(heads)
+        else:  # a file of packs only (a local store) has nothing for a later search
+            on_disk = False
         # The pages are listed beside the heads, unless this machine's read cache holds the
         # experiment: then most heads come from it and the pages are listed only if not.
         listed_pages = None if on_disk else \
             self._pool.submit(pages.list_pages_for_reading, self.blobs, folder)
         # The experiment's first search in this process, with the heads on disk: they are
         # read from the file and decoded while the heads are listed, not after.
-        first = experiment_id not in self._searched
         loaded = self._pool.submit(self._read_cache.load, heads) if on_disk and first else None
         # The experiment's first search in this process, with nothing on disk: its heads will
         # come from the pages, so they are read as soon as they are listed, while the heads'
