@@ -68,22 +68,32 @@ def test_a_new_process_lists_the_heads_and_reads_nothing_else(  # type: ignore[n
     assert mode == 0o600, oct(mode)
 
 
+def change_three(store: Any, exp: str, ids: list[str]) -> str:
+    """What another process changes after a search: a metric and a tag of the first run, the
+    second run deleted, a run added (its id returned)."""
+    writer = tracking_store(store, strict=True)
+    writer.log_batch(ids[0], [Metric("m0", 42.0, 7, 1)], [], [RunTag("t0", "changed")])
+    writer.delete_run(ids[1])
+    return log_run(writer, exp, len(ids))
+
+
+def saw_three(runs: list[Any], ids: list[str], extra: str) -> None:
+    """A search answered what :func:`change_three` changed."""
+    by_id = {r.info.run_id: r for r in runs}
+    assert by_id[ids[0]].data.metrics["m0"] == 42.0
+    assert by_id[ids[0]].data.tags["t0"] == "changed"
+    assert by_id[ids[1]].info.lifecycle_stage == "deleted"
+    assert extra in by_id and len(runs) == len(ids) + 1
+
+
 def test_what_changed_since_is_read_from_the_store(store) -> None:  # type: ignore[no-untyped-def]
     setup = tracking_store(store, strict=True)
     exp = setup.create_experiment("changing")
     ids = sweep(store, exp, N, writers=4)
     searched(tracking_store(store, strict=True), exp)  # fills the file
-    writer = tracking_store(store, strict=True)
-    writer.log_batch(ids[0], [Metric("m0", 42.0, 7, 1)], [], [RunTag("t0", "changed")])
-    writer.delete_run(ids[1])
-    extra = log_run(writer, exp, N)
-    reader = tracking_store(store, strict=True)
-    runs, calls = searched(reader, exp)
-    by_id = {r.info.run_id: r for r in runs}
-    assert by_id[ids[0]].data.metrics["m0"] == 42.0
-    assert by_id[ids[0]].data.tags["t0"] == "changed"
-    assert by_id[ids[1]].info.lifecycle_stage == "deleted"
-    assert extra in by_id and len(runs) == N + 1
+    extra = change_three(store, exp, ids)
+    runs, calls = searched(tracking_store(store, strict=True), exp)
+    saw_three(runs, ids, extra)
     assert calls["_get"] <= 3, f"{calls}: the three changed heads at most"
 
 

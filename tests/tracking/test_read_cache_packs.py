@@ -9,13 +9,10 @@ only, no rows), real services; answers compared with MLflow's sqlite store.  Eac
 
 from __future__ import annotations
 
-import collections
 import marshal
 import sqlite3
 import zlib
 from collections.abc import Callable
-from pathlib import Path
-from typing import Any
 
 import pytest
 from mlflow.entities import Metric, RunTag
@@ -25,7 +22,7 @@ from cloudtrack.tracking import BlobTrackingStore
 from tests.fixtures.reference import MlflowReference
 from tests.fixtures.stores import tracking_store
 from tests.tracking.test_head_pages import QUERIES, log_run, search, summary, sweep
-from tests.tracking.test_request_budget import Requests
+from tests.tracking.test_read_cache import cache_file, change_three, saw_three, searched
 
 N = 40
 
@@ -34,19 +31,6 @@ N = 40
 def small_packs(monkeypatch: pytest.MonkeyPatch) -> None:
     """Packs of experiments of 20 runs and more, so that a sweep of 40 makes one."""
     monkeypatch.setattr(readcache, "PACK_MIN", 20)
-
-
-def searched(s: BlobTrackingStore, exp: str) -> tuple[list[Any], collections.Counter[str]]:
-    counter = Requests(s)
-    runs = search(s, exp, ("", ["attributes.run_name ASC"]))
-    s._pool.shutdown(wait=True)  # the file is written in the background: wait for it
-    return runs, collections.Counter(counter.take())
-
-
-def cache_file(s: BlobTrackingStore) -> Path:
-    path = s._read_cache.path
-    assert path is not None, "the read cache is on"
-    return path
 
 
 def file_of(s: BlobTrackingStore, exp: str) -> tuple[int, int]:
@@ -89,20 +73,14 @@ def test_what_changed_since_the_pack_is_read_and_the_pack_written_again(  # type
     exp = setup.create_experiment("changing")
     ids = sweep(store, exp, N, writers=4)
     searched(tracking_store(store, strict=True), exp)  # the pack
-    writer = tracking_store(store, strict=True)
-    writer.log_batch(ids[0], [Metric("m0", 42.0, 7, 1)], [], [RunTag("t0", "changed")])
-    writer.delete_run(ids[1])
-    extra = log_run(writer, exp, N)
+    extra = change_three(store, exp, ids)
 
     # Three heads of 41 outside the pack: read from the store, kept as rows beside it.
     reader = tracking_store(store, strict=True)
     runs, calls = searched(reader, exp)
-    by_id = {r.info.run_id: r for r in runs}
-    assert by_id[ids[0]].data.metrics["m0"] == 42.0
-    assert by_id[ids[0]].data.tags["t0"] == "changed"
-    assert by_id[ids[1]].info.lifecycle_stage == "deleted"
-    assert extra in by_id and len(runs) == N + 1
+    saw_three(runs, ids, extra)
     assert calls["_get"] <= 3, f"{calls}: the three changed heads at most"
+    writer = tracking_store(store, strict=True)
     rows = 0 if store.backend == "local" else 3
     assert file_of(reader, exp) == (1, rows), "a local store keeps no rows"
     runs, calls = searched(tracking_store(store, strict=True), exp)
