@@ -44,15 +44,22 @@ def searched(s: BlobTrackingStore, exp: str) -> tuple[list[Any], collections.Cou
     return runs, collections.Counter(counter.take())
 
 
+def swept_beside_mlflow(store: Any, reference: MlflowReference, name: str,
+                        n: int) -> tuple[str, Any, str]:
+    """A sweep of ``n`` runs by 4 writers, and the same runs in MLflow's sqlite store: the
+    experiment's id, the sqlite store, and its experiment's id."""
+    exp = tracking_store(store, strict=True).create_experiment(name)
+    sweep(store, exp, n, writers=4)
+    sqlite = reference.tracking_store()
+    ref_exp = sqlite.create_experiment(name)
+    for i in range(n):
+        log_run(sqlite, ref_exp, i)
+    return exp, sqlite, ref_exp
+
+
 def test_a_new_process_lists_the_heads_and_reads_nothing_else(  # type: ignore[no-untyped-def]
         store, mlflow_reference: Callable[[], MlflowReference]) -> None:
-    setup = tracking_store(store, strict=True)
-    exp = setup.create_experiment("sweep")
-    sweep(store, exp, N, writers=4)
-    sqlite = mlflow_reference().tracking_store()
-    ref_exp = sqlite.create_experiment("sweep")
-    for i in range(N):
-        log_run(sqlite, ref_exp, i)
+    exp, sqlite, ref_exp = swept_beside_mlflow(store, mlflow_reference(), "sweep", N)
 
     first, first_calls = searched(tracking_store(store, strict=True), exp)
     assert first_calls["_get"] >= 1, "the first process reads pages (or heads) from the store"
@@ -68,10 +75,9 @@ def test_a_new_process_lists_the_heads_and_reads_nothing_else(  # type: ignore[n
     assert mode == 0o600, oct(mode)
 
 
-def change_three(store: Any, exp: str, ids: list[str]) -> str:
-    """What another process changes after a search: a metric and a tag of the first run, the
-    second run deleted, a run added (its id returned)."""
-    writer = tracking_store(store, strict=True)
+def change_three(writer: Any, exp: str, ids: list[str]) -> str:
+    """What another process (``writer``, a store of its own) changes after a search: a metric
+    and a tag of the first run, the second run deleted, a run added (its id returned)."""
     writer.log_batch(ids[0], [Metric("m0", 42.0, 7, 1)], [], [RunTag("t0", "changed")])
     writer.delete_run(ids[1])
     return log_run(writer, exp, len(ids))
@@ -91,7 +97,7 @@ def test_what_changed_since_is_read_from_the_store(store) -> None:  # type: igno
     exp = setup.create_experiment("changing")
     ids = sweep(store, exp, N, writers=4)
     searched(tracking_store(store, strict=True), exp)  # fills the file
-    extra = change_three(store, exp, ids)
+    extra = change_three(tracking_store(store, strict=True), exp, ids)
     runs, calls = searched(tracking_store(store, strict=True), exp)
     saw_three(runs, ids, extra)
     assert calls["_get"] <= 3, f"{calls}: the three changed heads at most"

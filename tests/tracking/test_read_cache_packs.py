@@ -15,14 +15,20 @@ import zlib
 from collections.abc import Callable
 
 import pytest
-from mlflow.entities import Metric, RunTag
+from mlflow.entities import RunTag
 
 from cloudtrack.store import layout, readcache
 from cloudtrack.tracking import BlobTrackingStore
 from tests.fixtures.reference import MlflowReference
 from tests.fixtures.stores import tracking_store
-from tests.tracking.test_head_pages import QUERIES, log_run, search, summary, sweep
-from tests.tracking.test_read_cache import cache_file, change_three, saw_three, searched
+from tests.tracking.test_head_pages import QUERIES, search, summary, sweep
+from tests.tracking.test_read_cache import (
+    cache_file,
+    change_three,
+    saw_three,
+    searched,
+    swept_beside_mlflow,
+)
 
 N = 40
 
@@ -45,13 +51,7 @@ def file_of(s: BlobTrackingStore, exp: str) -> tuple[int, int]:
 
 def test_a_sweep_is_kept_as_one_pack_and_the_next_process_only_lists(  # type: ignore[no-untyped-def]
         store, mlflow_reference: Callable[[], MlflowReference]) -> None:
-    setup = tracking_store(store, strict=True)
-    exp = setup.create_experiment("packed")
-    sweep(store, exp, N, writers=4)
-    sqlite = mlflow_reference().tracking_store()
-    ref_exp = sqlite.create_experiment("packed")
-    for i in range(N):
-        log_run(sqlite, ref_exp, i)
+    exp, sqlite, ref_exp = swept_beside_mlflow(store, mlflow_reference(), "packed", N)
 
     first = tracking_store(store, strict=True)
     expected, calls = searched(first, exp)
@@ -69,18 +69,19 @@ def test_a_sweep_is_kept_as_one_pack_and_the_next_process_only_lists(  # type: i
 
 def test_what_changed_since_the_pack_is_read_and_the_pack_written_again(  # type: ignore[no-untyped-def]
         store, mlflow_reference: Callable[[], MlflowReference]) -> None:
-    setup = tracking_store(store, strict=True)
-    exp = setup.create_experiment("changing")
-    ids = sweep(store, exp, N, writers=4)
-    searched(tracking_store(store, strict=True), exp)  # the pack
-    extra = change_three(store, exp, ids)
+    exp, sqlite, ref_exp = swept_beside_mlflow(store, mlflow_reference(), "changing", N)
+    by_name = ("", ["attributes.run_name ASC"])
+    runs, _ = searched(tracking_store(store, strict=True), exp)  # the pack
+    ids = [r.info.run_id for r in runs]
+    ref_ids = [r.info.run_id for r in search(sqlite, ref_exp, by_name)]
+    extra = change_three(tracking_store(store, strict=True), exp, ids)
+    change_three(sqlite, ref_exp, ref_ids)
 
     # Three heads of 41 outside the pack: read from the store, kept as rows beside it.
     reader = tracking_store(store, strict=True)
     runs, calls = searched(reader, exp)
     saw_three(runs, ids, extra)
     assert calls["_get"] <= 3, f"{calls}: the three changed heads at most"
-    writer = tracking_store(store, strict=True)
     rows = 0 if store.backend == "local" else 3
     assert file_of(reader, exp) == (1, rows), "a local store keeps no rows"
     runs, calls = searched(tracking_store(store, strict=True), exp)
@@ -91,28 +92,16 @@ def test_what_changed_since_the_pack_is_read_and_the_pack_written_again(  # type
         assert calls["_get"] == 0, calls
 
     # A fifth of the experiment changed: the pack is written again, the rows folded in.
-    for rid in ids[2:10]:
-        writer.set_tag(rid, RunTag("t1", "again"))
+    writer = tracking_store(store, strict=True)
+    for theirs, ours in zip(ids[2:10], ref_ids[2:10], strict=True):
+        writer.set_tag(theirs, RunTag("t1", "again"))
+        sqlite.set_tag(ours, RunTag("t1", "again"))
     changed = tracking_store(store, strict=True)
     runs, calls = searched(changed, exp)
     assert sum(r.data.tags.get("t1") == "again" for r in runs) == 8
     assert file_of(changed, exp) == (1, 0)
     runs, calls = searched(tracking_store(store, strict=True), exp)
     assert calls["_get"] == 0, calls
-    sqlite = mlflow_reference().tracking_store()
-    ref_exp = sqlite.create_experiment("changing")
-    ref_ids = [log_run(sqlite, ref_exp, i) for i in range(N + 1)]
-    by_name = {r.info.run_name: r.info.run_id for r in runs}
-    ref_by_name = dict(zip([f"run-{i:04d}" for i in range(N + 1)], ref_ids, strict=True))
-    for rid in (ids[0], ids[1], *ids[2:10]):
-        name = next(n for n, i in by_name.items() if i == rid)
-        ref = ref_by_name[name]
-        if rid == ids[0]:
-            sqlite.log_batch(ref, [Metric("m0", 42.0, 7, 1)], [], [RunTag("t0", "changed")])
-        elif rid == ids[1]:
-            sqlite.delete_run(ref)
-        else:
-            sqlite.set_tag(ref, RunTag("t1", "again"))
     for query in QUERIES:
         assert summary(search(tracking_store(store, strict=True), exp, query)) == \
             summary(search(sqlite, ref_exp, query)), query
