@@ -75,6 +75,16 @@ def test_a_new_process_lists_the_heads_and_reads_nothing_else(  # type: ignore[n
     assert mode == 0o600, oct(mode)
 
 
+def swept_and_searched(store: Any, name: str, n: int) -> tuple[str, list[str], list[Any], Path]:
+    """A sweep of ``n`` runs by 4 writers, then searched by a process of its own (which fills
+    the file): the experiment, its run ids, the search's answer, and the file."""
+    exp = tracking_store(store, strict=True).create_experiment(name)
+    ids = sweep(store, exp, n, writers=4)
+    first = tracking_store(store, strict=True)
+    expected, _ = searched(first, exp)
+    return exp, ids, expected, cache_file(first)
+
+
 def change_three(writer: Any, exp: str, ids: list[str]) -> str:
     """What another process (``writer``, a store of its own) changes after a search: a metric
     and a tag of the first run, the second run deleted, a run added (its id returned)."""
@@ -104,24 +114,24 @@ def test_what_changed_since_is_read_from_the_store(store) -> None:  # type: igno
 
 
 def test_a_damaged_or_missing_file_costs_requests_never_answers(store) -> None:  # type: ignore[no-untyped-def]
-    setup = tracking_store(store, strict=True)
-    exp = setup.create_experiment("damaged")
-    sweep(store, exp, N, writers=4)
-    first = tracking_store(store, strict=True)
-    expected, _ = searched(first, exp)
-    path = cache_file(first)
+    exp, _, expected, path = swept_and_searched(store, "damaged", N)
     path.write_bytes(b"not a sqlite file" * 100)
-    damaged = tracking_store(store, strict=True)
-    runs, calls = searched(damaged, exp)
-    assert summary(runs) == summary(expected)
-    assert calls["_get"] >= 1, "nothing came from the damaged file"
-    runs, calls = searched(tracking_store(store, strict=True), exp)
-    assert summary(runs) == summary(expected)
-    assert calls["_get"] == 0, "the damaged file was made again, and filled"
+    read_again_then_kept(store, exp, expected, "file")
     path.unlink()
     runs, _ = searched(tracking_store(store, strict=True), exp)
     assert summary(runs) == summary(expected)
     assert path.exists(), "a missing file is made again"
+
+
+def read_again_then_kept(store: Any, exp: str, expected: list[Any], damaged: str) -> None:
+    """After the file was damaged: the next process answers as before, from the store; the
+    one after it from the file again (made again, or written over, and filled)."""
+    runs, calls = searched(tracking_store(store, strict=True), exp)
+    assert summary(runs) == summary(expected)
+    assert calls["_get"] >= 1, f"nothing came from the damaged {damaged}"
+    runs, calls = searched(tracking_store(store, strict=True), exp)
+    assert summary(runs) == summary(expected)
+    assert calls["_get"] == 0, f"{calls}: the damaged {damaged} was written again"
 
 
 def test_a_head_cached_at_an_older_version_is_not_used(store) -> None:  # type: ignore[no-untyped-def]
@@ -164,12 +174,8 @@ def test_rows_are_marshal_and_older_json_rows_still_serve(store) -> None:  # typ
 
     from cloudtrack.store import records
 
-    setup = tracking_store(store, strict=True)
-    exp = setup.create_experiment("compressed")
-    ids = sweep(store, exp, 7, writers=2)
-    first = tracking_store(store, strict=True)
-    expected, _ = searched(first, exp)
-    with sqlite3.connect(cache_file(first)) as db:
+    exp, ids, expected, path = swept_and_searched(store, "compressed", 7)
+    with sqlite3.connect(path) as db:
         bodies = dict(db.execute("SELECT key, body FROM records").fetchall())
         heads = [layout.head(exp, i) for i in ids]
         assert set(bodies) >= set(heads)

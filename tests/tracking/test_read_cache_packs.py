@@ -25,8 +25,10 @@ from tests.tracking.test_head_pages import QUERIES, search, summary, sweep
 from tests.tracking.test_read_cache import (
     cache_file,
     change_three,
+    read_again_then_kept,
     saw_three,
     searched,
+    swept_and_searched,
     swept_beside_mlflow,
 )
 
@@ -109,13 +111,8 @@ def test_what_changed_since_the_pack_is_read_and_the_pack_written_again(  # type
 
 def test_a_damaged_pack_or_an_entry_at_another_version_costs_requests_only(  # type: ignore[no-untyped-def]
         store) -> None:
-    setup = tracking_store(store, strict=True)
-    exp = setup.create_experiment("damaged")
-    ids = sweep(store, exp, N, writers=4)
-    first = tracking_store(store, strict=True)
-    expected, _ = searched(first, exp)
+    exp, ids, expected, path = swept_and_searched(store, "damaged", N)
     prefix = layout.heads(exp)
-    path = cache_file(first)
 
     # One entry at a version the store does not list: that head alone is read again.
     with sqlite3.connect(path) as db:
@@ -138,13 +135,7 @@ def test_a_damaged_pack_or_an_entry_at_another_version_costs_requests_only(  # t
         flipped = bytearray(body)
         flipped[-1] ^= 0x01
         db.execute("UPDATE packs SET body = ? WHERE prefix = ?", (bytes(flipped), prefix))
-    damaged = tracking_store(store, strict=True)
-    runs, calls = searched(damaged, exp)
-    assert summary(runs) == summary(expected)
-    assert calls["_get"] >= 1, "nothing came from the damaged pack"
-    runs, calls = searched(tracking_store(store, strict=True), exp)
-    assert summary(runs) == summary(expected)
-    assert calls["_get"] == 0, f"{calls}: the pack was written again"
+    read_again_then_kept(store, exp, expected, "pack")
 
 
 def test_a_file_from_before_packs_still_serves_and_gets_one(store) -> None:  # type: ignore[no-untyped-def]
@@ -152,12 +143,7 @@ def test_a_file_from_before_packs_still_serves_and_gets_one(store) -> None:  # t
     is served as it is, then given a ``packs`` table and the experiment's pack."""
     if store.backend == "local":
         pytest.skip("a local store had no read cache before packs")
-    setup = tracking_store(store, strict=True)
-    exp = setup.create_experiment("older")
-    sweep(store, exp, N, writers=4)
-    first = tracking_store(store, strict=True)
-    expected, _ = searched(first, exp)
-    path = cache_file(first)
+    exp, _, expected, path = swept_and_searched(store, "older", N)
     prefix = layout.heads(exp)
     with sqlite3.connect(path) as db:  # the pack as rows, then the table dropped
         (body,) = db.execute("SELECT body FROM packs WHERE prefix = ?", (prefix,)).fetchone()
