@@ -34,7 +34,7 @@ import threading
 import zlib
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from cloudtrack.config import StoreConfig
 from cloudtrack.config.common import truthy
@@ -264,7 +264,6 @@ class ReadCache:
             with db:  # one transaction: committed, or rolled back on any error
                 db.executemany("INSERT OR REPLACE INTO records VALUES (?, ?, ?)", rows)
 
-
     def save_pack(self, prefix: str, entries: Mapping[str, tuple[str, Record]]) -> None:
         """Keep ``entries``, every record a search read under ``prefix``, as the prefix's
         pack, in place of its rows: one body, decoded in one call (2,000 run heads in about
@@ -273,12 +272,10 @@ class ReadCache:
             return
         plain = dict(entries)
         try:
-            dumped = marshal.dumps(plain, _MARSHAL_VERSION)
+            body = _body(plain)
         except ValueError:  # a record that is not plain data: left out, read again next time
             plain = {key: hit for key, hit in plain.items() if _plain(hit[1])}
-            dumped = marshal.dumps(plain, _MARSHAL_VERSION)
-        data = zlib.compress(dumped, 1)
-        body = _MARSHAL + zlib.crc32(data).to_bytes(4, "big") + data
+            body = _body(plain)
         keys = zlib.compress("\n".join(sorted(plain)).encode(), 1)
         with self._lock, self._db() as db:
             if db is None:
@@ -300,9 +297,19 @@ _MARSHAL = b"M4"
 _MARSHAL_VERSION = 4
 
 
-def _body(rec: Record) -> bytes:
-    data = zlib.compress(marshal.dumps(rec, _MARSHAL_VERSION), 1)
+def _body(value: Any) -> bytes:
+    """A row's (or a pack's) body for ``value``; ValueError when it is not plain data."""
+    data = zlib.compress(marshal.dumps(value, _MARSHAL_VERSION), 1)
     return _MARSHAL + zlib.crc32(data).to_bytes(4, "big") + data
+
+
+def _unmarshalled(body: bytes) -> object | None:
+    """What a body in the marshal format holds; None when its CRC fails (raises what zlib
+    or marshal raise on bytes they cannot read)."""
+    data = body[6:]
+    if zlib.crc32(data).to_bytes(4, "big") != body[2:6]:
+        return None
+    return marshal.loads(zlib.decompress(data))
 
 
 def _record(body: object) -> Record | None:
@@ -312,10 +319,7 @@ def _record(body: object) -> Record | None:
     is); they still serve."""
     try:
         if isinstance(body, bytes) and body[:2] == _MARSHAL:
-            data = body[6:]
-            if zlib.crc32(data).to_bytes(4, "big") != body[2:6]:
-                return None
-            rec = marshal.loads(zlib.decompress(data))
+            rec = _unmarshalled(body)
         elif isinstance(body, (bytes, str)):
             rec = json.loads(_expanded(body))
         else:
@@ -335,13 +339,10 @@ def _plain(rec: Record) -> bool:
 
 def _pack(body: object) -> dict[str, tuple[str, Record]] | None:
     """A pack's records (key -> (version, record)); None when the pack is damaged."""
+    if not isinstance(body, bytes) or body[:2] != _MARSHAL:
+        return None
     try:
-        if not isinstance(body, bytes) or body[:2] != _MARSHAL:
-            return None
-        data = body[6:]
-        if zlib.crc32(data).to_bytes(4, "big") != body[2:6]:
-            return None
-        found = marshal.loads(zlib.decompress(data))
+        found = _unmarshalled(body)
     except (ValueError, TypeError, EOFError, zlib.error):
         return None
     if not isinstance(found, dict):
