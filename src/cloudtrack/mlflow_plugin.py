@@ -49,13 +49,14 @@ def _tracking_store(store_uri: str, artifact_uri: str | None) -> Any:
 
             return FileStore(path, artifact_uri)
     from cloudtrack.config import resolve
+    from cloudtrack.environment import snapshot
     from cloudtrack.tracking import BlobTrackingStore
 
     config = None
     if os.environ.get("_MLFLOW_SERVER_FILE_STORE") and "CLOUDTRACK_STRICT" not in os.environ:
         # Inside `mlflow server` a REST call must be durable when it answers 200: the client
         # has no way to flush the server's buffer, and the server may be restarted any time.
-        config = resolve(store_uri, {**os.environ, "CLOUDTRACK_STRICT": "true"})
+        config = resolve(store_uri, {**snapshot(), "CLOUDTRACK_STRICT": "true"})
     return BlobTrackingStore(store_uri, artifact_uri, config=config)  # type: ignore[abstract]
 
 

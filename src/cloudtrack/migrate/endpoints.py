@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
 from cloudtrack.config import backend_for_scheme, local_path, redact_uri, split_scheme, suggest_uri
+from cloudtrack.environment import snapshot
 from cloudtrack.errors import CloudtrackError, ConfigError, without_doctor_hint
 
 if TYPE_CHECKING:
@@ -327,7 +328,7 @@ def _open_cloudtrack(uri: str, role: str, artifact_root: str | None) -> Endpoint
                                     "(no cloudtrack.json under it); check the bucket and prefix")
     # Strict: a migration's writes go through records, but anything it logs through the
     # store's own API must be durable when the call returns.
-    strict = resolve(uri, {**os.environ, "CLOUDTRACK_STRICT": "true"})
+    strict = resolve(uri, {**snapshot(), "CLOUDTRACK_STRICT": "true"})
     tracking = BlobTrackingStore(uri, artifact_root, config=strict)  # type: ignore[abstract]
     registry = BlobRegistryStore(uri, uri, config=strict)  # type: ignore[abstract]
     shown = ("file://" + config.container) if config.backend == "file" else config.display_uri

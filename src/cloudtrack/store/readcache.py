@@ -39,6 +39,7 @@ from typing import Any, NamedTuple
 from cloudtrack.config import StoreConfig
 from cloudtrack.config.common import truthy
 from cloudtrack.config.variables import CLOUDTRACK_READ_CACHE
+from cloudtrack.environment import snapshot
 from cloudtrack.store.cache import VersionedCache
 from cloudtrack.store.local import cache_root, private_dirs, store_folder, store_identity
 from cloudtrack.store.records import Record
@@ -99,7 +100,7 @@ class ReadCache:
     def for_store(cls, config: StoreConfig) -> ReadCache:
         # Where the cache lives, and whether at all, is the process's (its variables), unless
         # the configuration was resolved from an environment of its own that says otherwise.
-        env = {**os.environ, **(config.environ or {})}
+        env = {**snapshot(), **(config.environ or {})}
         if not enabled(config, env):
             return cls(None)
         return cls(cache_root(env) / "reads" / f"{store_folder(store_identity(config))}.sqlite",

@@ -15,6 +15,7 @@ from azure.storage.blob import BlobServiceClient
 from cloudtrack.blobs.base import CHUNK_SIZE, MULTIPART_THRESHOLD
 from cloudtrack.config import StoreConfig, redact_uri
 from cloudtrack.credentials.azure import AzureCredentials
+from cloudtrack.environment import settle
 from cloudtrack.errors import ConfigError
 
 log = logging.getLogger("cloudtrack.blobs.azure")
@@ -39,7 +40,13 @@ POOL_SIZE = 32
 class CheckedTransport(RequestsTransport):  # type: ignore[misc]
     """azure-core's requests transport, except that an answer whose head it cannot read —
     ``Content-Length:`` cut off before its digits makes it raise a bare ValueError while
-    reading the body — is the ServiceResponseError of any broken answer."""
+    reading the body — is the ServiceResponseError of any broken answer.  Its session reads
+    the environment's proxy settings once per host (:mod:`cloudtrack.environment`)."""
+
+    def open(self) -> None:
+        super().open()
+        if self.session is not None:
+            settle(self.session)
 
     def send(self, request: Any, **kwargs: Any) -> Any:
         try:

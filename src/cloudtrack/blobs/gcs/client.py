@@ -25,6 +25,7 @@ from google.cloud import storage
 from cloudtrack.blobs.sdk_errors import IncompleteAnswer
 from cloudtrack.config import StoreConfig
 from cloudtrack.credentials.gcs import GcsCredentials
+from cloudtrack.environment import settle
 
 log = logging.getLogger("cloudtrack.blobs.gcs")
 
@@ -68,7 +69,13 @@ def make_client(config: StoreConfig, credentials: GcsCredentials,
                 timeout: tuple[float, float]) -> storage.Client:
     creds, creds_project = credentials.load()
     project = config.get("project") or creds_project
-    session = AuthorizedSession(creds, refresh_timeout=sum(timeout))
+    # Both sessions, the token refresh's own too (which the AuthorizedSession closes), read
+    # the environment's proxy settings once per host, not on every request
+    # (cloudtrack.environment says why).
+    session = settle(AuthorizedSession(creds, refresh_timeout=sum(timeout)))
+    refresh_session = getattr(session, "_auth_request_session", None)
+    if isinstance(refresh_session, requests.Session):
+        settle(refresh_session)
     session.verify = config.tls_verify
     adapter = requests.adapters.HTTPAdapter(pool_connections=4, pool_maxsize=POOL_SIZE,
                                             max_retries=0)

@@ -21,6 +21,7 @@ from cloudtrack.blobs.s3.listing import EVENT, parse_listing
 from cloudtrack.blobs.sdk_errors import IncompleteAnswer, entity_tag
 from cloudtrack.config import StoreConfig, redact_uri
 from cloudtrack.credentials.s3 import S3Credentials
+from cloudtrack.environment import read_environment
 from cloudtrack.errors import ConfigError, MissingDependencyError
 
 log = logging.getLogger("cloudtrack.blobs.s3")
@@ -165,10 +166,11 @@ def make_client(config: StoreConfig, credentials: S3Credentials | None = None) -
     )
     region = config.get("region")
     try:
-        client = credentials.session.create_client(
+        # botocore reads the proxy settings by iterating os.environ while it builds the client.
+        client = read_environment(lambda: credentials.session.create_client(
             "s3", region_name=str(region) if region else None,
             endpoint_url=str(endpoint) if endpoint else None, verify=sdk_verify(config),
-            config=client_config, **credentials.client_arguments())
+            config=client_config, **credentials.client_arguments()))
     except bex.ProfileNotFound as e:
         raise credentials.profile_error(e) from e
     members = client.meta.service_model.operation_model("PutObject").input_shape.members
