@@ -52,7 +52,10 @@ PAGES_TTL = 1.0
 
 
 def is_finished(head: Record) -> bool:
-    return str((head.get("info") or {}).get("status")) in FINISHED_STATUSES
+    """Whether the run of ``head`` has ended (a head that is not one has not: it is never
+    paged, and a reader that meets it skips it and says so)."""
+    info = head.get("info") if isinstance(head, dict) else None
+    return isinstance(info, dict) and str(info.get("status")) in FINISHED_STATUSES
 
 
 class PageWriter:
