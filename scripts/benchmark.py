@@ -428,8 +428,10 @@ class Lab:
 
     def __init__(self, latency_ms: float, *, script: Path | None = None,
                  timeouts: Mapping[str, int] | None = None,
-                 src_commit: str | None = None) -> None:
+                 src_commit: str | None = None,
+                 settings: Mapping[str, str] | None = None) -> None:
         self.latency_ms = latency_ms
+        self.settings = dict(settings or {})
         self.src_commit = src_commit
         self.script = script or Path(__file__).resolve()
         self.timeouts = dict(timeouts or TIMEOUTS)
@@ -560,6 +562,7 @@ class Lab:
             # The read cache of every child in the benchmark's own folder, not the user's.
             "XDG_CACHE_HOME": str(self.workdir / "cache"),
         })
+        env.update(self.settings)  # after the filter above, which drops the caller's own
         env.update(extra or {})
         return env
 
@@ -938,7 +941,19 @@ def new_parser(script: str, doc: str | None) -> argparse.ArgumentParser:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--latency-ms", type=float, default=20.0,
                    help="added to every round trip by the proxies (default 20)")
+    p.add_argument("--setting", type=_setting, action="append", default=[],
+                   metavar="CLOUDTRACK_NAME=VALUE",
+                   help="a cloudtrack setting for every child, e.g. CLOUDTRACK_READ_TIMEOUT=60 "
+                        "(repeatable; the header and the JSON record it)")
     return p
+
+
+def _setting(value: str) -> tuple[str, str]:
+    name, sep, setting = value.partition("=")
+    if not sep or not re.fullmatch(r"CLOUDTRACK_[A-Z0-9_]+", name):
+        raise argparse.ArgumentTypeError(
+            f"expected CLOUDTRACK_NAME=VALUE (see `cloudtrack config`), not {value!r}")
+    return name, setting
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -1061,7 +1076,8 @@ def header(title: str, meta: Mapping[str, Any]) -> str:
     return (f"# {title} {meta['date']}, {meta['cores']} cores, load "
             f"{meta['load_at_start'][0]:.1f} -> {meta['load_at_end'][0]:.1f}, "
             f"+{meta['latency_ms']:g} ms per round trip, src {meta['git']} "
-            f"({meta['src_digest']})")
+            f"({meta['src_digest']})"
+            + "".join(f", {k}={v}" for k, v in meta.get("settings", {}).items()))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -1073,7 +1089,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return worker_main(argv[1], argv[2], READS_WORKERS)
         return worker_main(argv[1], argv[2])
     args = parse_args(argv)
-    meta = new_meta(args.latency_ms, backends=args.backends, workloads=args.workloads,
+    meta = new_meta(args.latency_ms, settings=dict(args.setting), backends=args.backends,
+                    workloads=args.workloads,
                     runs=args.runs, points=args.points, epochs=args.epochs,
                     artifact_files=args.artifact_files, artifact_big_mb=args.artifact_big_mb,
                     reads_runs=args.reads_runs, reads_models=args.reads_models,
@@ -1081,7 +1098,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     repeat=args.repeat)
     if args.src_commit:
         meta["git"] = f"{_resolve_commit(args.src_commit)} (--src-commit, not the working tree)"
-    lab = Lab(args.latency_ms, src_commit=args.src_commit)
+    lab = Lab(args.latency_ms, src_commit=args.src_commit, settings=dict(args.setting))
     bench = Benchmark(args, lab)
 
     def body() -> None:
