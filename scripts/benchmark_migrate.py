@@ -693,8 +693,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if argv[:1] == ["_worker"]:
         return worker_main(argv[1], argv[2], WORKERS)
     args = parse_args(argv)
-    meta = new_meta(args.latency_ms, settings=dict(args.setting), cases=args.cases, runs=args.runs, points=args.points,
-                    dests=args.dests,
+    meta = new_meta(args.latency_ms, settings=dict(args.setting), cases=args.cases,
+                    runs=args.runs, points=args.points, dests=args.dests,
                     compare_runs=args.compare_runs, memory_runs=args.memory_runs,
                     memory_points=args.memory_points)
     lab = Lab(args.latency_ms, script=Path(__file__).resolve(), timeouts=TIMEOUTS,

@@ -36,7 +36,7 @@ def test_benchmark_migrate_runs_end_to_end_and_prints_the_table(tmp_path: Path) 
         "target", "verdict"]
 
     result = json.loads(out.read_text())
-    # The stores' patience reached the children that were measured.
+    # The results say under which settings they were measured.
     assert result["meta"]["settings"]["CLOUDTRACK_READ_TIMEOUT"] == "60"
     rows = result["rows"]
     by_key = {(r["case"], r["tool"], r["pair"], r["runs"]): r for r in rows}
